@@ -1,0 +1,273 @@
+"""On-disk dataset format: a directory with ``manifest.json`` and one NPZ file per sample.
+
+Layout::
+
+    DIR/manifest.json
+    DIR/samples/<name>.npz      keys: pos [N, d], x [N, F], y [N, T], optional cells [M, k] + cell_type
+
+Manifest (JSON)::
+
+    {"format": "dsmpnn-dataset", "version": 1, "name": "darcy", "dim": 2,
+     "input_fields":  [{"name": "a", "unit": "1"}, ...],          # columns of x
+     "target_fields": [{"name": "u", "unit": "1"}, ...],          # columns of y
+     "splits": {"train": ["samples/s00000.npz", ...], "val": [...], "test": [...]},
+     "stats": {"computed_on": "train", "pos": {"mean": [...], "std": [...]},
+               "x": {"mean": [...], "std": [...]}, "y": {"mean": [...], "std": [...]}},
+     "spacing": 0.0159,                                            # median nearest-neighbour distance
+     "description": "..."}
+
+Writers are atomic: the directory is built under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from dsmpnn.data.normalize import RunningStats, Stats
+from dsmpnn.data.sample import MeshSample
+from dsmpnn.errors import DatasetError
+
+__all__ = ["FORMAT", "VERSION", "Field", "Manifest", "Dataset", "write_dataset", "read_sample_file",
+           "write_sample_file"]
+
+FORMAT = "dsmpnn-dataset"
+VERSION = 1
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    unit: str = ""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parsed and validated ``manifest.json`` of a dataset."""
+
+    name: str
+    dim: int
+    input_fields: tuple[Field, ...]
+    target_fields: tuple[Field, ...]
+    splits: dict[str, tuple[str, ...]]
+    stats: dict[str, Stats]
+    spacing: float
+    description: str = ""
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "name": self.name,
+            "dim": self.dim,
+            "input_fields": [{"name": f.name, "unit": f.unit} for f in self.input_fields],
+            "target_fields": [{"name": f.name, "unit": f.unit} for f in self.target_fields],
+            "splits": {k: list(v) for k, v in self.splits.items()},
+            "stats": {"computed_on": "train", **{k: s.to_json() for k, s in self.stats.items()}},
+            "spacing": self.spacing,
+            "description": self.description,
+        }
+
+    @staticmethod
+    def from_json(obj: object, path: Path) -> "Manifest":
+        def need(d: dict, key: str, kind: type | tuple, where: str) -> object:
+            if key not in d:
+                raise DatasetError(f"{path}: manifest has no key '{where}{key}'")
+            if not isinstance(d[key], kind):
+                names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+                raise DatasetError(
+                    f"{path}: manifest key '{where}{key}' is {type(d[key]).__name__} {d[key]!r:.60}, expected {names}"
+                )
+            return d[key]
+
+        if not isinstance(obj, dict):
+            raise DatasetError(f"{path}: manifest is a JSON {type(obj).__name__}, expected an object")
+        if obj.get("format") != FORMAT:
+            raise DatasetError(f"{path}: manifest 'format' is {obj.get('format')!r}, expected {FORMAT!r}")
+        if obj.get("version") != VERSION:
+            raise DatasetError(f"{path}: manifest 'version' is {obj.get('version')!r}, this dsmpnn reads {VERSION}")
+        dim = need(obj, "dim", int, "")
+        if dim not in (2, 3):
+            raise DatasetError(f"{path}: manifest 'dim' is {dim}, expected 2 or 3")
+
+        def fields(key: str) -> tuple[Field, ...]:
+            raw = need(obj, key, list, "")
+            out = []
+            for i, f in enumerate(raw):
+                if not isinstance(f, dict) or not isinstance(f.get("name"), str):
+                    raise DatasetError(f"{path}: manifest '{key}[{i}]' is {f!r:.60}, expected {{\"name\": str, \"unit\": str}}")
+                out.append(Field(f["name"], str(f.get("unit", ""))))
+            if not out:
+                raise DatasetError(f"{path}: manifest '{key}' is empty, expected at least one field")
+            return tuple(out)
+
+        inputs, targets = fields("input_fields"), fields("target_fields")
+        raw_splits = need(obj, "splits", dict, "")
+        splits = {}
+        for k, v in raw_splits.items():
+            if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+                raise DatasetError(f"{path}: manifest 'splits.{k}' must be a list of sample file names")
+            splits[k] = tuple(v)
+        raw_stats = need(obj, "stats", dict, "")
+        sizes = {"pos": dim, "x": len(inputs), "y": len(targets)}
+        stats = {k: Stats.from_json(need(raw_stats, k, dict, "stats."), size, f"{path}: manifest 'stats.{k}'")
+                 for k, size in sizes.items()}
+        spacing = float(need(obj, "spacing", (int, float), ""))
+        return Manifest(str(obj.get("name", path.parent.name)), dim, inputs, targets, splits, stats, spacing,
+                        str(obj.get("description", "")))
+
+
+class Dataset:
+    """A dataset directory. ``Dataset(root).load_split("train")`` returns validated :class:`MeshSample` s."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        path = self.root / MANIFEST
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: dataset directory does not exist")
+        if not path.is_file():
+            raise DatasetError(f"{path}: no manifest; a dataset directory needs manifest.json (see README, 'Dataset format')")
+        try:
+            obj = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{path}: manifest is not valid JSON ({e})") from None
+        self.manifest = Manifest.from_json(obj, path)
+
+    def split(self, name: str) -> tuple[str, ...]:
+        if name not in self.manifest.splits:
+            raise DatasetError(
+                f"{self.root / MANIFEST}: no split '{name}', the manifest has {sorted(self.manifest.splits)}"
+            )
+        return self.manifest.splits[name]
+
+    def load(self, rel: str) -> MeshSample:
+        return read_sample_file(self.root / rel, self.manifest)
+
+    def load_split(self, name: str) -> list[MeshSample]:
+        files = self.split(name)
+        if not files:
+            raise DatasetError(f"{self.root / MANIFEST}: split '{name}' is empty")
+        return [self.load(f) for f in files]
+
+
+def read_sample_file(path: Path, manifest: Manifest | None = None) -> MeshSample:
+    """Read one sample NPZ and check it against the manifest's dimension and field counts."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: sample file does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise DatasetError(f"{path}: cannot read NPZ file, it may be truncated or not an NPZ ({e})") from None
+    for key in ("pos", "x"):
+        if key not in data:
+            raise DatasetError(f"{path}: missing array '{key}', the file has {sorted(data)}; expected pos, x, y")
+    cell_type = str(data["cell_type"]) if "cell_type" in data else None
+    try:
+        sample = MeshSample(data["pos"], data["x"], data.get("y"), data.get("cells"), cell_type, name=path.stem)
+    except DatasetError as e:
+        raise DatasetError(f"{path}: {e}") from None
+    if manifest is not None:
+        m = manifest
+        if sample.dim != m.dim:
+            raise DatasetError(f"{path}: field 'pos' has shape {sample.pos.shape}, expected [N, {m.dim}] (manifest dim)")
+        if sample.x.shape[1] != len(m.input_fields):
+            raise DatasetError(
+                f"{path}: field 'x' has shape {sample.x.shape}, expected [N, {len(m.input_fields)}] "
+                f"for input fields {[f.name for f in m.input_fields]}"
+            )
+        if sample.y is None:
+            raise DatasetError(f"{path}: missing array 'y' (targets {[f.name for f in m.target_fields]})")
+        if sample.y.shape[1] != len(m.target_fields):
+            raise DatasetError(
+                f"{path}: field 'y' has shape {sample.y.shape}, expected [N, {len(m.target_fields)}] "
+                f"for target fields {[f.name for f in m.target_fields]}"
+            )
+    return sample
+
+
+def write_sample_file(path: Path, sample: MeshSample) -> None:
+    arrays = {"pos": sample.pos, "x": sample.x}
+    if sample.y is not None:
+        arrays["y"] = sample.y
+    if sample.cells is not None:
+        arrays["cells"] = sample.cells
+        arrays["cell_type"] = np.array(sample.cell_type)
+    np.savez(path, **arrays)
+
+
+def write_dataset(
+    out: str | os.PathLike,
+    samples: Iterable[tuple[str, MeshSample]],
+    input_fields: list[Field],
+    target_fields: list[Field],
+    name: str,
+    description: str = "",
+    overwrite: bool = False,
+) -> Manifest:
+    """Write ``(split, sample)`` pairs as a dataset directory; statistics come from the ``train`` split.
+
+    The directory appears only when complete (built under a temporary name, then renamed).
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise DatasetError(f"{out}: output directory exists and is not empty; choose another --out or remove it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        (tmp / "samples").mkdir()
+        splits: dict[str, list[str]] = {}
+        run = {"pos": RunningStats(), "x": RunningStats(), "y": RunningStats()}
+        spacings, dim = [], None
+        for i, (split, s) in enumerate(samples):
+            if s.y is None:
+                raise DatasetError(f"sample '{s.name}': a dataset sample needs targets 'y'")
+            if s.x.shape[1] != len(input_fields) or s.y.shape[1] != len(target_fields):
+                raise DatasetError(
+                    f"sample '{s.name}': x has {s.x.shape[1]} and y {s.y.shape[1]} columns, expected "
+                    f"{len(input_fields)} input and {len(target_fields)} target fields"
+                )
+            dim = dim or s.dim
+            if s.dim != dim:
+                raise DatasetError(f"sample '{s.name}': dimension {s.dim} differs from earlier samples ({dim})")
+            rel = f"samples/{i:05d}_{s.name}.npz"
+            write_sample_file(tmp / rel, s)
+            splits.setdefault(split, []).append(rel)
+            if split == "train":
+                run["pos"].update(s.pos)
+                run["x"].update(s.x)
+                run["y"].update(s.y)
+            if len(spacings) < 16:
+                spacings.append(median_spacing(s.pos))
+        if "train" not in splits:
+            raise DatasetError(f"{out}: no sample was assigned to the 'train' split")
+        manifest = Manifest(name, dim, tuple(input_fields), tuple(target_fields),
+                            {k: tuple(v) for k, v in splits.items()},
+                            {k: r.finish() for k, r in run.items()}, float(np.median(spacings)), description)
+        (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def median_spacing(pos: np.ndarray) -> float:
+    """Median distance from a node to its nearest other node (a natural unit for the graph radius)."""
+    if len(pos) < 2:
+        return 0.0
+    d, _ = cKDTree(pos).query(pos, k=2)
+    return float(np.median(d[:, 1]))

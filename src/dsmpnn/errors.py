@@ -1,0 +1,29 @@
+"""Exceptions that carry a user-facing message.
+
+Every error a user can cause (bad file, bad field, bad config, bad option) is raised as a subclass of
+:class:`DsmpnnError`. The CLI prints its message and exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DsmpnnError", "DatasetError", "ConfigError", "GraphError", "CheckpointError"]
+
+
+class DsmpnnError(Exception):
+    """Base class for errors caused by user input; the message says what was expected."""
+
+
+class DatasetError(DsmpnnError, ValueError):
+    """A dataset file or manifest is missing, malformed or inconsistent."""
+
+
+class ConfigError(DsmpnnError, ValueError):
+    """A configuration key, value or override is invalid."""
+
+
+class GraphError(DsmpnnError, ValueError):
+    """A graph cannot be built as asked (radius too large, isolated nodes, too many ranks...)."""
+
+
+class CheckpointError(DsmpnnError, RuntimeError):
+    """A run directory or checkpoint is missing, corrupt or incompatible."""

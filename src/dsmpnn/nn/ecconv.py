@@ -1,0 +1,128 @@
+r"""Edge-conditioned convolution (NNConv, Gilmer et al. 2017), evaluated in factorised form."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from dsmpnn.nn.aggregate import DEFAULT_EDGE_CHUNK, edge_kernel_aggregate, edge_weights
+from dsmpnn.nn.mlp import MLP
+
+__all__ = ["ECConv"]
+
+
+class ECConv(nn.Module):
+    r"""Edge-conditioned convolution, equal to ``torch_geometric.nn.NNConv`` to round-off.
+
+    .. math::
+        x'_i = W_r x_i + b + \operatorname{aggr}_{j \to i} \Theta(e_{ij})^\top x_j ,\qquad
+        \Theta(e) = \operatorname{reshape}_{C_{in} \times C_{out}}\!\big(W h(e) + b_\Theta\big)
+
+    where :math:`h(e) \in \mathbb{R}^H` is the last hidden layer of the kernel MLP and
+    :math:`W \in \mathbb{R}^{C_{in} C_{out} \times H}`. Writing :math:`W_k, B \in \mathbb{R}^{C_{in} \times C_{out}}`
+    for the slices of W and :math:`b_\Theta`, the message is
+
+    .. math::
+        m_{ij} = \textstyle\sum_k h_k(e_{ij}) \, W_k^\top x_j + B^\top x_j = \tilde h(e_{ij})^\top Q_j ,
+
+    with :math:`\tilde h = [h, 1]` and :math:`Q_j = [W_1^\top x_j, \dots, W_H^\top x_j, B^\top x_j]`
+    (one dense [N, C_in] x [C_in, (H+1) C_out] matmul). Per edge only an (H+1)-by-C_out product remains:
+    O(E H C_out) work instead of O(E H C_in C_out), and no [E, C_in, C_out] tensor.
+
+    Args:
+        in_channels, out_channels: C_in, C_out.
+        edge_dim: D, the number of edge attributes.
+        kernel_hidden: hidden sizes of the kernel MLP (at least one); the last one is H.
+        aggr: "mean" (default) or "sum".
+        act: activation of the kernel MLP.
+        root_weight, bias: the root term W_r x_i and bias b, as in NNConv.
+        edge_chunk: edges per chunk in the aggregation (bounds temporary memory).
+
+    Shapes:
+        x: [N, C_in], edge_index: [2, E] (row 0 source j, row 1 target i), edge_attr: [E, D] -> [N, C_out]
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, edge_dim: int, kernel_hidden: Sequence[int] = (64,),
+                 aggr: str = "mean", act: str = "relu", root_weight: bool = True, bias: bool = True,
+                 edge_chunk: int = DEFAULT_EDGE_CHUNK) -> None:
+        super().__init__()
+        if aggr not in ("mean", "sum"):
+            raise ValueError(f"aggr must be 'mean' or 'sum', got {aggr!r}")
+        if len(kernel_hidden) < 1:
+            raise ValueError("kernel_hidden needs at least one hidden layer")
+        self.in_channels, self.out_channels, self.edge_dim = in_channels, out_channels, edge_dim
+        self.aggr, self.edge_chunk = aggr, edge_chunk
+        self.kernel_hidden = MLP([edge_dim, *kernel_hidden], act=act, act_last=True)  # e -> h(e)
+        self.kernel_out = nn.Linear(kernel_hidden[-1], in_channels * out_channels)  # h -> vec(Theta)
+        self.root = nn.Linear(in_channels, out_channels, bias=False) if root_weight else None
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for m in self.kernel_hidden:
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
+        self.kernel_out.reset_parameters()
+        if self.root is not None:
+            bound = 1.0 / math.sqrt(self.in_channels)
+            nn.init.uniform_(self.root.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def node_kernels(self, x: torch.Tensor) -> torch.Tensor:
+        """Q_j for every node: x [N, C_in] -> [N, H + 1, C_out]."""
+        cin, cout = self.in_channels, self.out_channels
+        hdim = self.kernel_out.in_features
+        w = self.kernel_out.weight.view(cin, cout, hdim).transpose(1, 2)  # [C_in, H, C_out]
+        b = self.kernel_out.bias.view(cin, 1, cout)  # [C_in, 1, C_out]
+        wb = torch.cat([w, b], dim=1).reshape(cin, (hdim + 1) * cout)  # [C_in, (H+1) C_out]
+        return (x @ wb).view(-1, hdim + 1, cout)
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
+        src, dst = edge_index[0], edge_index[1]
+        h = self.kernel_hidden(edge_attr)  # [E, H]
+        h = torch.cat([h, h.new_ones(h.shape[0], 1)], dim=1)  # [E, H + 1]
+        q = self.node_kernels(x)  # [N, H + 1, C_out]
+        w = edge_weights(dst, x.shape[0], self.aggr, x.dtype)  # [E]
+        out = edge_kernel_aggregate(h, q, src, dst, w, x.shape[0], self.edge_chunk)  # [N, C_out]
+        if self.root is not None:
+            out = out + self.root(x)
+        if self.bias is not None:
+            out = out + self.bias
+        return out
+
+    @classmethod
+    def from_pyg(cls, conv: nn.Module) -> "ECConv":
+        """Build an ECConv with the same weights as a ``torch_geometric.nn.NNConv`` whose ``nn`` is a
+        ``Sequential`` ending in a ``Linear`` layer (the hidden part may hold any modules)."""
+        seq = conv.nn
+        if not isinstance(seq, nn.Sequential) or not isinstance(seq[-1], nn.Linear) or len(seq) < 2:
+            raise ValueError("NNConv.nn must be an nn.Sequential of at least two modules ending in nn.Linear")
+        aggr = {"add": "sum", "sum": "sum", "mean": "mean"}.get(str(conv.aggr))
+        if aggr is None:
+            raise ValueError(f"NNConv aggregation {conv.aggr!r} is not supported (use 'add'/'sum' or 'mean')")
+        last = seq[-1]
+        hidden = [m.out_features for m in seq if isinstance(m, nn.Linear)][:-1]
+        root = getattr(conv, "lin", None) if conv.root_weight else None
+        out = cls(conv.in_channels_l, conv.out_channels, seq[0].in_features, hidden, aggr,
+                  root_weight=root is not None, bias=conv.bias is not None).to(last.weight.dtype)
+        out.kernel_hidden = copy.deepcopy(seq[:-1])
+        with torch.no_grad():
+            out.kernel_out.weight.copy_(last.weight)
+            if last.bias is not None:
+                out.kernel_out.bias.copy_(last.bias)
+            else:
+                out.kernel_out.bias.zero_()
+            if root is not None:
+                out.root.weight.copy_(root.weight)
+            if conv.bias is not None:
+                out.bias.copy_(conv.bias)
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, edge_dim={self.edge_dim}, "
+                f"kernel_hidden={self.kernel_out.in_features}, aggr={self.aggr}")
