@@ -221,6 +221,8 @@ def write_dataset(
     The directory appears only when complete (built under a temporary name, then renamed).
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: output path exists and is not a directory; choose another --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DatasetError(f"{out}: output directory exists and is not empty; choose another --out or remove it")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -241,7 +243,7 @@ def write_dataset(
             dim = dim or s.dim
             if s.dim != dim:
                 raise DatasetError(f"sample '{s.name}': dimension {s.dim} differs from earlier samples ({dim})")
-            rel = f"samples/{i:05d}_{s.name}.npz"
+            rel = f"samples/{s.name}_{i:05d}.npz"
             write_sample_file(tmp / rel, s)
             splits.setdefault(split, []).append(rel)
             if split == "train":

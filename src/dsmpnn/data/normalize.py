@@ -18,6 +18,11 @@ class Stats:
     mean: np.ndarray  # [C]
     std: np.ndarray  # [C]
 
+    def __eq__(self, other: object) -> bool:  # the generated one compares arrays with ==, which raises
+        if not isinstance(other, Stats):
+            return NotImplemented
+        return bool(np.array_equal(self.mean, other.mean) and np.array_equal(self.std, other.std))
+
     def normalize(self, v: np.ndarray) -> np.ndarray:
         """z = (v - mean) / std, v: [N, C]."""
         return (v - self.mean) / self.std
