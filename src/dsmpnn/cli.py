@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from dsmpnn.errors import DsmpnnError
+from dsmpnn.errors import DsmpnnError, Interrupted
 
 __all__ = ["main", "build_parser"]
 
@@ -184,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code = args.handler(args)
+    except Interrupted as e:
+        print(f"dsmpnn {args.command}: {e}", file=sys.stderr)
+        return 130
     except DsmpnnError as e:
         print(f"dsmpnn {args.command}: error: {e}", file=sys.stderr)
         return 2

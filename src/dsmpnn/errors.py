@@ -6,7 +6,7 @@ Every error a user can cause (bad file, bad field, bad config, bad option) is ra
 
 from __future__ import annotations
 
-__all__ = ["DsmpnnError", "DatasetError", "ConfigError", "GraphError", "CheckpointError"]
+__all__ = ["DsmpnnError", "DatasetError", "ConfigError", "GraphError", "CheckpointError", "Interrupted"]
 
 
 class DsmpnnError(Exception):
@@ -27,3 +27,7 @@ class GraphError(DsmpnnError, ValueError):
 
 class CheckpointError(DsmpnnError, RuntimeError):
     """A run directory or checkpoint is missing, corrupt or incompatible."""
+
+
+class Interrupted(DsmpnnError):
+    """Work stopped on request (Ctrl-C / SIGTERM) after saving what is needed to continue; the CLI exits 130."""

@@ -1,6 +1,10 @@
 """Generate -> train -> evaluate -> predict on a tiny Darcy set, and resume equals an uninterrupted run."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 import shutil
 
 import meshio
@@ -90,3 +94,26 @@ def test_evaluate_refuses_incompatible_dataset(darcy, tmp_path):
     write_dataset(other, [("train", s), ("test", s)], [Field("k")], [Field("u"), Field("v")], "other")
     with pytest.raises(Exception, match="differ from the run's"):
         evaluate_run(run, other, echo=lambda s: None)
+
+
+def test_ctrl_c_saves_checkpoint_and_resume_is_exact(darcy, tmp_path):
+    """SIGINT mid-training: exit 130 with a checkpoint; --resume ends equal to an uninterrupted run."""
+    args = ["--data", str(darcy), "--no-progress", "train.epochs=6", "train.checkpoint_every=100", *TINY]
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    assert main(["train", "--out", str(straight), *args]) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "dsmpnn.cli", "train", "--out", str(run), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "metrics.jsonl").is_file():
+        time.sleep(0.05)
+    while time.time() < deadline and not (run / "metrics.jsonl").read_text():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "continue with --resume" in err
+    assert main(["train", "--out", str(run), "--resume", *args]) == 0
+    a, b = load_run(straight).model, load_run(run).model
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == list(range(1, 7))

@@ -8,6 +8,8 @@ the radius graph on each subset, and takes one optimizer step per ``train.batch_
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dsmpnn.data.dataset import Dataset
-from dsmpnn.errors import CheckpointError
+from dsmpnn.errors import CheckpointError, Interrupted
 from dsmpnn.graph import sample_nodes
 from dsmpnn.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from dsmpnn.train.config import Config
@@ -29,10 +31,34 @@ from dsmpnn.train.metrics import compute_metrics
 from dsmpnn.train.plots import plot_loss_curve
 from dsmpnn.train.rundir import RunDir
 
-__all__ = ["train", "lr_factor", "resolve_device"]
+__all__ = ["train", "lr_factor", "resolve_device", "StopRequest"]
 
 VAL_SAMPLES = 4
 """Validation during training uses at most this many meshes of the 'val' split (full graphs)."""
+
+
+class StopRequest:
+    """Turns the first SIGINT/SIGTERM into a request that the loop honours between optimizer steps (so the
+    checkpoint it saves is consistent); a second SIGINT interrupts at once. Only active in the main thread."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -81,14 +107,16 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, total, tc.warmup_epochs * steps_per_epoch, tc.scheduler, tc.min_lr_ratio))
 
-    start = 0
+    start, resume_batch, partial = 0, 0, (0.0, 0)
     if resume:
         state, path = load_checkpoint(rd.checkpoints)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        start = int(state["epoch"])
-        echo(f"resuming from {path} (epoch {start})")
+        start, resume_batch = int(state["epoch"]), int(state.get("batch", 0))
+        partial = tuple(state.get("partial", (0.0, 0)))
+        echo(f"resuming from {path} (epoch {start} done" + (f", {resume_batch} graphs into epoch {start + 1})"
+                                                            if resume_batch else ")"))
     else:
         rd.write_meta(cfg, Path(data_dir), man)
     logger = MetricsLogger(rd.root, resume_epoch=start if resume else None)
@@ -96,44 +124,56 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
     echo(f"training {n_params:,} parameters on {len(train_set)} meshes x {gc.samples_per_mesh} samples of "
          f"{gc.sample_nodes} nodes, {steps_per_epoch} steps/epoch, epochs {start + 1}..{tc.epochs}, device {device}")
 
+    def checkpoint(epoch: int, batch: int = 0, part: tuple[float, int] = (0.0, 0)) -> Path:
+        """``epoch`` epochs done, plus ``batch`` graphs of the next one (an interrupted epoch)."""
+        return save_checkpoint(rd.checkpoints, epoch, {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "epoch": epoch, "batch": batch, "partial": list(part), "config": cfg.to_dict()}, keep=tc.keep_checkpoints)
+
     record: dict = {}
     bar = tqdm(range(start + 1, tc.epochs + 1), desc="train", unit="epoch", disable=not progress, initial=start,
                total=tc.epochs)
     try:
-        for epoch in bar:
-            t0 = time.perf_counter()
-            rng = np.random.default_rng([tc.seed, epoch])
-            items = [(s, sample_nodes(s.num_nodes, gc.sample_nodes, rng))
-                     for s in train_set for _ in range(gc.samples_per_mesh)]
-            order = rng.permutation(len(items))
-            model.train()
-            loss_sum, nodes = 0.0, 0
-            for b in range(0, len(order), tc.batch_graphs):
-                batch = make_batch([items[i] for i in order[b:b + tc.batch_graphs]], fmap, gc.radius,
-                                   gc.max_neighbors, dtype).to(device)
-                pred = model(batch.x, batch.edge_index, batch.edge_attr)  # [n, T] normalised
-                loss = torch.nn.functional.mse_loss(pred, batch.y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if tc.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                opt.step()
-                sched.step()
-                loss_sum += loss.item() * batch.x.shape[0]
-                nodes += batch.x.shape[0]
-            record = {"epoch": epoch, "step": epoch * steps_per_epoch, "train_loss": loss_sum / nodes,
-                      "lr": opt.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0}
-            if val_set and (epoch % tc.eval_every == 0 or epoch == tc.epochs):
-                preds = [predict_sample(model, fmap, s, cfg, device) for s in val_set]
-                record["val_rel_l2"] = compute_metrics(preds, [s.y for s in val_set],
-                                                       [f.name for f in man.target_fields])["rel_l2"]
-            logger.log(record)
-            bar.set_postfix(loss=f"{record['train_loss']:.3g}", **(
-                {"val_rel_l2": f"{record['val_rel_l2']:.3g}"} if "val_rel_l2" in record else {}))
-            if epoch % tc.checkpoint_every == 0 or epoch == tc.epochs:
-                save_checkpoint(rd.checkpoints, epoch, {
-                    "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "epoch": epoch, "config": cfg.to_dict()}, keep=tc.keep_checkpoints)
+        with StopRequest() as stop:
+            for epoch in bar:
+                t0 = time.perf_counter()
+                rng = np.random.default_rng([tc.seed, epoch])
+                items = [(s, sample_nodes(s.num_nodes, gc.sample_nodes, rng))
+                         for s in train_set for _ in range(gc.samples_per_mesh)]
+                order = rng.permutation(len(items))
+                model.train()
+                first = resume_batch if epoch == start + 1 else 0
+                loss_sum, nodes = partial if first else (0.0, 0)
+                for b in range(first, len(order), tc.batch_graphs):
+                    batch = make_batch([items[i] for i in order[b:b + tc.batch_graphs]], fmap, gc.radius,
+                                       gc.max_neighbors, dtype).to(device)
+                    pred = model(batch.x, batch.edge_index, batch.edge_attr)  # [n, T] normalised
+                    loss = torch.nn.functional.mse_loss(pred, batch.y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if tc.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                    opt.step()
+                    sched.step()
+                    loss_sum += loss.item() * batch.x.shape[0]
+                    nodes += batch.x.shape[0]
+                    if stop.requested:
+                        path = checkpoint(epoch - 1, b + tc.batch_graphs, (loss_sum, nodes))
+                        raise Interrupted(
+                            f"interrupted during epoch {epoch}; saved {path}; continue with --resume")
+                record = {"epoch": epoch, "step": epoch * steps_per_epoch, "train_loss": loss_sum / nodes,
+                          "lr": opt.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0}
+                if val_set and (epoch % tc.eval_every == 0 or epoch == tc.epochs):
+                    preds = [predict_sample(model, fmap, s, cfg, device) for s in val_set]
+                    record["val_rel_l2"] = compute_metrics(preds, [s.y for s in val_set],
+                                                           [f.name for f in man.target_fields])["rel_l2"]
+                logger.log(record)
+                bar.set_postfix(loss=f"{record['train_loss']:.3g}", **(
+                    {"val_rel_l2": f"{record['val_rel_l2']:.3g}"} if "val_rel_l2" in record else {}))
+                if epoch % tc.checkpoint_every == 0 or epoch == tc.epochs or stop.requested:
+                    checkpoint(epoch)
+                if stop.requested:
+                    raise Interrupted(f"interrupted after epoch {epoch}; checkpoint saved; continue with --resume")
     finally:
         logger.close()
         bar.close()
