@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen_sub = gen.add_subparsers(dest="generator", required=True, metavar="DATASET")
     imp = sub.add_parser("import", help="convert user data into the dsmpnn dataset format")
     imp_sub = imp.add_subparsers(dest="importer", required=True, metavar="FORMAT")
-    for add in (_add_generate_darcy, _add_import_grid):
+    for add in (_add_generate_darcy, _add_generate_airfoil, _add_generate_step3d, _add_import_grid,
+                _add_import_airfrans):
         add(gen_sub if add.__name__.startswith("_add_generate") else imp_sub)
     for add in (_add_train, _add_evaluate, _add_predict):
         add(sub)
@@ -109,6 +110,103 @@ def _import_grid(args: argparse.Namespace) -> int:
     y = ", ".join(f.name for f in m.target_fields)
     print(f"imported {sum(len(v) for v in m.splits.values())} samples ({counts}; inputs {x}; targets {y}) "
           f"from {args.file} to {args.out} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+# --- generate airfoil / step3d, import airfrans ---------------------------------------------------------------
+
+
+def _add_generate_airfoil(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("airfoil", help="2D steady Navier-Stokes past NACA airfoils, Re 50-200 (AirfRANS-like)",
+                       description="Generate steady incompressible flows past random NACA 4/5-digit airfoils "
+                                   "(chord 1 in the box [-2,4]x[-2,2], nu = 0.01, inlet speed 0.5-2 m/s, angle of "
+                                   "attack -5..15 deg) with Taylor-Hood P2-P1 elements and Newton; unconverged "
+                                   "settings are refused. Inputs [inlet_u, inlet_v, sdf, normal_x, normal_y], "
+                                   "targets [u, v, p].",
+                       formatter_class=_formatter())
+    p.add_argument("--n", type=int, default=100, help="number of samples")
+    p.add_argument("--fidelity", choices=("low", "high"), default="low",
+                   help="mesh: low = size 0.03 at the airfoil, 0.4 far (~800 nodes); high = 0.015 / 0.2 (~2,900)")
+    _add_solver_run_options(p)
+    p.set_defaults(handler=_generate_airfoil)
+
+
+def _add_generate_step3d(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("step3d", help="3D steady Navier-Stokes over a backward-facing step (tetrahedra)",
+                       description="Generate steady incompressible flows in a 3x1x0.5 channel with a backward-"
+                                   "facing step of random height 0.2-0.5 and peak inlet speed 0.2-1 m/s "
+                                   "(nu = 0.02), Taylor-Hood P2-P1 tetrahedra and Newton; unconverged settings "
+                                   "are refused. Inputs [inlet_speed, step_height, wall], targets [u, v, w, p].",
+                       formatter_class=_formatter())
+    p.add_argument("--n", type=int, default=50, help="number of samples")
+    p.add_argument("--resolution", type=int, default=6, metavar="R",
+                   help="tetrahedra across the channel height (mesh size 1/R m)")
+    _add_solver_run_options(p)
+    p.set_defaults(handler=_generate_step3d)
+
+
+def _add_solver_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, default=argparse.SUPPRESS, metavar="DIR",
+                   help="output dataset directory (must not exist or be empty)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (attempt k is reproducible from seed and k)")
+    p.add_argument("--split", default="0.8,0.1,0.1", metavar="TRAIN,VAL,TEST",
+                   help="fractions of samples in the train/val/test splits, summing to 1")
+    p.add_argument("--max-newton", type=int, default=15, help="Newton iterations before a setting is refused")
+    p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+
+
+def _generate_airfoil(args: argparse.Namespace) -> int:
+    from dsmpnn.data.airfoil import generate_airfoil
+    from dsmpnn.data.grid import parse_splits
+
+    _, report = generate_airfoil(args.out, args.n, args.fidelity, args.seed, parse_splits(args.split),
+                                 args.max_newton, progress=not args.no_progress)
+    print(f"wrote airfoil ({args.fidelity}) to {args.out}: {report.summary()}")
+    return 0
+
+
+def _generate_step3d(args: argparse.Namespace) -> int:
+    from dsmpnn.data.grid import parse_splits
+    from dsmpnn.data.step3d import generate_step3d
+
+    _, report = generate_step3d(args.out, args.n, args.resolution, args.seed, parse_splits(args.split),
+                                args.max_newton, progress=not args.no_progress)
+    print(f"wrote step3d (resolution {args.resolution}) to {args.out}: {report.summary()}")
+    return 0
+
+
+def _add_import_airfrans(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("airfrans", help="AirfRANS case folders (+ manifest.json) of one task",
+                       description="Convert AirfRANS cases (DIR/manifest.json and DIR/<case>/<case>_internal.vtu, "
+                                   "<case>_aerofoil.vtp) into a dataset: inputs [inlet_u, inlet_v, sdf, normal_x, "
+                                   "normal_y], targets [u, v, p, nu_t]; splits <task>_train and <task>_test "
+                                   "(scarce uses full_test).",
+                       formatter_class=_formatter())
+    p.add_argument("dir", metavar="DIR", help="the AirfRANS dataset folder (with manifest.json)")
+    p.add_argument("--out", required=True, default=argparse.SUPPRESS, metavar="DIR2",
+                   help="output dataset directory (must not exist or be empty)")
+    p.add_argument("--task", choices=("full", "scarce", "reynolds", "aoa"), default="full",
+                   help="AirfRANS task whose train/test lists are imported")
+    p.add_argument("--val-fraction", type=float, default=0.0, metavar="F",
+                   help="share of the train cases moved to a 'val' split (seeded)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the val selection")
+    p.add_argument("--limit", type=int, default=None, metavar="K",
+                   help="import only the first K cases of each list; None: all")
+    p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    p.set_defaults(handler=_import_airfrans)
+
+
+def _import_airfrans(args: argparse.Namespace) -> int:
+    import time
+
+    from dsmpnn.data.airfrans import import_airfrans
+
+    t0 = time.perf_counter()
+    m = import_airfrans(args.dir, args.out, args.task, args.val_fraction, args.seed, args.limit,
+                        progress=not args.no_progress)
+    counts = ", ".join(f"{k} {len(v)}" for k, v in m.splits.items())
+    print(f"imported AirfRANS task {args.task} ({counts}) from {args.dir} to {args.out} "
+          f"in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
