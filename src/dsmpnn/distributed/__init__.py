@@ -1,0 +1,20 @@
+"""Domain-decomposed MPNN over torch.distributed: process groups, halo exchange, reductions, runner, check."""
+
+from dsmpnn.distributed.check import TOLERANCE, check, max_rel_diff
+from dsmpnn.distributed.exchange import (EXCHANGE_MODES, ExchangeStats, HaloExchange, LayerExchange,
+                                         make_exchange)
+from dsmpnn.distributed.launch import run_processes
+from dsmpnn.distributed.process_group import (DEFAULT_TIMEOUT_S, DistContext, default_backend,
+                                              destroy_process_group, init_from_env, init_process_group)
+from dsmpnn.distributed.reduce import (all_reduce_sum, allreduce_gradients, broadcast_parameters,
+                                       distributed_mse)
+from dsmpnn.distributed.runner import (DistributedResult, LocalShard, distributed_forward_backward,
+                                       forward_backward, forward_owned, gather_owned, make_shard, predict,
+                                       train_step)
+
+__all__ = ["DEFAULT_TIMEOUT_S", "EXCHANGE_MODES", "TOLERANCE", "DistContext", "DistributedResult",
+           "ExchangeStats", "HaloExchange", "LayerExchange", "LocalShard", "all_reduce_sum", "allreduce_gradients",
+           "broadcast_parameters", "check", "default_backend", "destroy_process_group", "distributed_forward_backward",
+           "distributed_mse", "forward_backward", "forward_owned", "gather_owned", "init_from_env",
+           "init_process_group", "make_exchange", "make_shard", "max_rel_diff", "predict", "run_processes",
+           "train_step"]

@@ -1,0 +1,104 @@
+"""Process-group setup: one rank per subdomain, gloo on CPU, NCCL on CUDA.
+
+Launch with torchrun (it sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT)::
+
+    torchrun --nproc_per_node 4 -m dsmpnn.cli train ...      # one node, 4 ranks
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv_endpoint host:29500 -m dsmpnn.cli train ...
+
+and call :func:`init_from_env` once at start-up. Without those variables it returns a single-process context
+(no process group), so the same code runs with and without torchrun. Only ``ctx.is_main`` (rank 0) should write
+logs, checkpoints and plots.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from dsmpnn.errors import DsmpnnError
+
+__all__ = ["DistContext", "DEFAULT_TIMEOUT_S", "default_backend", "init_from_env", "init_process_group",
+           "destroy_process_group"]
+
+DEFAULT_TIMEOUT_S = 300.0
+"""Seconds a collective may wait for its peers before the process group raises (a hung rank fails loudly)."""
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process sits: ``rank`` of ``world_size``, its device, and whether a process group exists."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        """True when a process group is initialised (even with one rank)."""
+        return self.backend is not None
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only rank that writes logs, checkpoints and plots."""
+        return self.rank == 0
+
+
+def default_backend(device: torch.device | str | None = None) -> str:
+    """"nccl" for CUDA devices (or when CUDA is available and no device is named), else "gloo"."""
+    if device is None:
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def _device_for(backend: str, local_rank: int) -> torch.device:
+    if backend == "nccl":
+        if not torch.cuda.is_available():
+            raise DsmpnnError("backend 'nccl' needs CUDA, which is not available; use backend 'gloo' on CPU")
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def init_process_group(rank: int, world_size: int, init_method: str, backend: str = "gloo",
+                       timeout_s: float = DEFAULT_TIMEOUT_S, local_rank: int | None = None) -> DistContext:
+    """Join a process group explicitly (``init_method`` "file:///path" or "tcp://host:port")."""
+    if not 0 <= rank < world_size:
+        raise DsmpnnError(f"rank {rank} is outside [0, world_size={world_size})")
+    local_rank = rank if local_rank is None else local_rank
+    device = _device_for(backend, local_rank)
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=timeout_s))
+    return DistContext(rank, world_size, local_rank, backend, device)
+
+
+def init_from_env(backend: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistContext:
+    """Join the process group described by torchrun's environment variables, or run as one process.
+
+    ``backend`` defaults to NCCL when CUDA is available, else gloo; each rank uses GPU ``LOCAL_RANK``.
+    """
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+        return DistContext()
+    try:
+        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    except ValueError as err:
+        raise DsmpnnError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers: {err}") from None
+    for var in ("MASTER_ADDR", "MASTER_PORT"):
+        if var not in os.environ:
+            raise DsmpnnError(f"{var} is not set; launch with torchrun, which sets it")
+    if dist.is_initialized():
+        return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, dist.get_backend(),
+                           _device_for(dist.get_backend(), local_rank))
+    return init_process_group(rank, world_size, "env://", backend or default_backend(), timeout_s, local_rank)
+
+
+def destroy_process_group() -> None:
+    """Leave the process group, if there is one."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,88 @@
+r"""Loss and gradient reductions that make P ranks take the single-process step.
+
+With the loss :math:`L = \frac{1}{n} \sum_p \sum_{i \in O_p} \ell_i` (n the global number of target entries),
+rank p back-propagates only its share :math:`L_p = \frac1n \sum_{i \in O_p} \ell_i`; the halo exchange's
+backward routes every other contribution to the owner, so summing the parameter gradients over ranks
+(``all_reduce`` SUM, not DDP's average) gives exactly :math:`\nabla L`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = ["all_reduce_sum", "distributed_mse", "allreduce_gradients", "broadcast_parameters"]
+
+
+def _world(group) -> int:
+    return dist.get_world_size(group) if dist.is_initialized() else 1
+
+
+def all_reduce_sum(values: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """Sum of ``values`` over ranks (a new tensor, no autograd); ``values`` itself without a process group."""
+    out = values.detach().clone()
+    if _world(group) > 1:
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+    return out
+
+
+def distributed_mse(pred: torch.Tensor, target: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    r"""Mean squared error over the owned rows of all ranks.
+
+    Shapes: pred, target [n_own, T] (this rank's owned rows only).
+
+    The value is the global MSE, the same on every rank (sums all-reduced in float64). The gradient is this
+    rank's share :math:`\frac1n \sum_{i \in O_p} \nabla (\hat y_i - y_i)^2`; call
+    :func:`allreduce_gradients` after ``backward()`` to get the full gradient on every rank.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction has shape {tuple(pred.shape)}, target {tuple(target.shape)}")
+    sse = (pred - target).pow(2).sum()
+    totals = all_reduce_sum(torch.stack([sse.detach().double(),
+                                         torch.tensor(float(pred.numel()), dtype=torch.float64,
+                                                      device=pred.device)]), group)  # [sse, count] global
+    count = totals[1].clamp(min=1.0)
+    local = sse / count.to(sse.dtype)
+    return local + (totals[0] / count).to(sse.dtype) - local.detach()
+
+
+def allreduce_gradients(params: Iterable[nn.Parameter], group: dist.ProcessGroup | None = None) -> None:
+    """Sum every parameter gradient over ranks (in place), so every rank holds the global gradient.
+
+    A parameter with no gradient on this rank counts as zero; it keeps ``grad = None`` only when no rank has a
+    gradient for it (then the optimizer skips it, as in one process). Gradients travel as one flat buffer per
+    dtype.
+    """
+    params = [p for p in params if p.requires_grad]
+    if _world(group) == 1 or not params:
+        return
+    device = params[0].device
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
+    dist.all_reduce(has, op=dist.ReduceOp.MAX, group=group)
+    present = [p for p, h in zip(params, has.tolist()) if h]
+    for p in present:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    by_dtype: dict[torch.dtype, list[nn.Parameter]] = {}
+    for p in present:
+        by_dtype.setdefault(p.grad.dtype, []).append(p)
+    for group_params in by_dtype.values():
+        flat = torch.cat([p.grad.reshape(-1) for p in group_params])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        offset = 0
+        for p in group_params:
+            n = p.grad.numel()
+            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+            offset += n
+
+
+def broadcast_parameters(module: nn.Module, src: int = 0, group: dist.ProcessGroup | None = None) -> None:
+    """Copy rank ``src``'s parameters and buffers to every rank (call once after building the model)."""
+    if _world(group) == 1:
+        return
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, src=src, group=group)

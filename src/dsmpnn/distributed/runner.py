@@ -1,0 +1,186 @@
+"""One rank's share of a forward, backward and optimizer step of the MPNN, and gathering owned results.
+
+A training step on rank p (every rank runs the same code)::
+
+    ctx = init_from_env()
+    plans = build_halo_plans(partition(pos, ctx.world_size, "metis", graph.edge_index.numpy()),
+                             graph.edge_index, halo_hops=2)
+    shard = make_shard(plans[ctx.rank], graph, x, y, device=ctx.device)
+    exchange = make_exchange(plans[ctx.rank])
+    broadcast_parameters(model)                       # same initial weights everywhere
+    loss = train_step(model, optimizer, shard, exchange)   # global MSE; same step on every rank
+    pred = predict(model, shard, exchange)           # [N, T] on rank 0, None elsewhere
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dsmpnn.distributed.exchange import LayerExchange, make_exchange
+from dsmpnn.distributed.reduce import allreduce_gradients, distributed_mse
+from dsmpnn.errors import DsmpnnError
+from dsmpnn.graph.halo import HaloPlan
+from dsmpnn.graph.radius import Graph
+
+__all__ = ["LocalShard", "make_shard", "forward_owned", "forward_backward", "train_step", "predict", "gather_owned",
+           "DistributedResult", "distributed_forward_backward"]
+
+
+@dataclass(frozen=True, eq=False)
+class LocalShard:
+    """The tensors rank ``plan.rank`` works on.
+
+    Shapes: x [n_local, F] (owned rows, then halo rows), edge_index [2, E_loc], edge_attr [E_loc, D],
+    y [n_own, T] or None.
+
+    The halo rows of ``x`` are never read: the first exchange overwrites the encoder's halo rows with the
+    owners' values. A rank that holds only its owned data may pass zeros there (:meth:`from_owned`).
+    """
+
+    plan: HaloPlan
+    x: torch.Tensor
+    edge_index: torch.Tensor
+    edge_attr: torch.Tensor
+    y: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        p = self.plan
+        if self.x.shape[0] != p.num_local:
+            raise DsmpnnError(f"rank {p.rank}: x has {self.x.shape[0]} rows, expected {p.num_local} local rows")
+        if tuple(self.edge_index.shape) != (2, p.num_edges) or self.edge_attr.shape[0] != p.num_edges:
+            raise DsmpnnError(f"rank {p.rank}: edge_index {tuple(self.edge_index.shape)} / edge_attr "
+                              f"{tuple(self.edge_attr.shape)} do not match the plan's {p.num_edges} local edges")
+        if self.y is not None and self.y.shape[0] != p.num_owned:
+            raise DsmpnnError(f"rank {p.rank}: y has {self.y.shape[0]} rows, expected {p.num_owned} owned rows")
+
+    @classmethod
+    def from_owned(cls, plan: HaloPlan, x_owned: torch.Tensor, edge_attr_local: torch.Tensor,
+                   y_owned: torch.Tensor | None = None) -> "LocalShard":
+        """A shard from this rank's data only: ``x_owned [n_own, F]`` (halo rows padded with zeros) and the
+        local edges' attributes ``edge_attr_local [E_loc, D]`` (``edge_attributes(pos_local, plan.edge_index,
+        r)`` from the positions of the local rows gives the global graph's values)."""
+        x = torch.cat([x_owned, x_owned.new_zeros(plan.num_halo, *x_owned.shape[1:])])
+        ei = plan.tensor("edge_index", x_owned.device)
+        return cls(plan, x, ei, edge_attr_local, y_owned)
+
+
+def make_shard(plan: HaloPlan, graph: Graph, x: torch.Tensor, y: torch.Tensor | None = None,
+               device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> LocalShard:
+    """This rank's shard from global data: ``graph`` on N nodes, ``x [N, F]``, ``y [N, T]``."""
+    x, y = torch.as_tensor(x), None if y is None else torch.as_tensor(y)
+    if x.shape[0] != plan.num_global_nodes or (y is not None and y.shape[0] != plan.num_global_nodes):
+        raise DsmpnnError(f"x/y must have one row per node of the graph ({plan.num_global_nodes}), got "
+                          f"{x.shape[0]}" + ("" if y is None else f"/{y.shape[0]}"))
+    local = plan.local_graph(graph)
+    dtype = dtype or x.dtype
+    owned = plan.tensor("owned")
+    return LocalShard(plan, plan.to_local(x).to(device=device, dtype=dtype), local.edge_index.to(device),
+                      local.edge_attr.to(device=device, dtype=dtype),
+                      None if y is None else y[owned].to(device=device, dtype=dtype))
+
+
+def forward_owned(model: nn.Module, shard: LocalShard, exchange: LayerExchange | None) -> torch.Tensor:
+    """The model's output on this rank's owned nodes: [n_own, T], in ``plan.owned`` order."""
+    out = model(shard.x, shard.edge_index, shard.edge_attr, exchange=exchange)  # [n_local, T]
+    return out[:shard.plan.num_owned]
+
+
+def forward_backward(model: nn.Module, shard: LocalShard, exchange: LayerExchange | None,
+                     group: dist.ProcessGroup | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, global MSE, backward and gradient all-reduce; returns (loss (global value), owned prediction).
+
+    Gradients ACCUMULATE into ``.grad`` as usual (zero them before) and are summed over ranks, so every rank
+    holds the single-process gradient afterwards.
+    """
+    if shard.y is None:
+        raise DsmpnnError("forward_backward needs targets: build the shard with y")
+    pred = forward_owned(model, shard, exchange)
+    loss = distributed_mse(pred, shard.y, group)
+    loss.backward()
+    allreduce_gradients(model.parameters(), group)
+    return loss.detach(), pred.detach()
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, shard: LocalShard, exchange: LayerExchange | None,
+               group: dist.ProcessGroup | None = None) -> float:
+    """One optimizer step, identical on every rank and equal to the single-process step; returns the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss, _ = forward_backward(model, shard, exchange, group)
+    optimizer.step()
+    return float(loss)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, shard: LocalShard, exchange: LayerExchange | None, dst: int = 0,
+            group: dist.ProcessGroup | None = None) -> torch.Tensor | None:
+    """Inference: the prediction on every node, ``[N, T]`` in global node order on rank ``dst`` (None elsewhere)."""
+    return gather_owned(forward_owned(model, shard, exchange), shard.plan, dst, group)
+
+
+def gather_owned(values: torch.Tensor, plan: HaloPlan, dst: int = 0,
+                 group: dist.ProcessGroup | None = None) -> torch.Tensor | None:
+    """Per-node values of all ranks as one ``[N, ...]`` tensor in global node order on rank ``dst``.
+
+    Shapes: values [n_own, ...] in ``plan.owned`` order -> [N, ...] on ``dst``, None on the other ranks.
+    """
+    values = values.detach().contiguous()
+    if values.shape[0] != plan.num_owned:
+        raise DsmpnnError(f"rank {plan.rank}: expected {plan.num_owned} owned rows, got {values.shape[0]}")
+    world = dist.get_world_size(group) if dist.is_initialized() else 1
+    ids = plan.tensor("owned", values.device)
+    if world == 1:
+        return values.new_empty((plan.num_global_nodes, *values.shape[1:])).index_copy_(0, ids, values)
+    counts = [torch.zeros(1, dtype=torch.int64, device=values.device) for _ in range(world)]
+    dist.all_gather(counts, torch.tensor([plan.num_owned], device=values.device), group=group)
+    most = int(max(c.item() for c in counts))
+    pad_v = values.new_zeros((most, *values.shape[1:]))
+    pad_v[:plan.num_owned] = values
+    pad_i = torch.full((most,), -1, dtype=torch.int64, device=values.device)
+    pad_i[:plan.num_owned] = ids
+    is_dst = dist.get_rank(group) == dst
+    all_v = [torch.empty_like(pad_v) for _ in range(world)] if is_dst else None
+    all_i = [torch.empty_like(pad_i) for _ in range(world)] if is_dst else None
+    dst_global = dst if group is None else dist.get_global_rank(group, dst)
+    dist.gather(pad_v, all_v, dst=dst_global, group=group)
+    dist.gather(pad_i, all_i, dst=dst_global, group=group)
+    if not is_dst:
+        return None
+    out = values.new_empty((plan.num_global_nodes, *values.shape[1:]))
+    for v, i, c in zip(all_v, all_i, counts):
+        n = int(c.item())
+        out.index_copy_(0, i[:n], v[:n])
+    return out
+
+
+@dataclass
+class DistributedResult:
+    """What :func:`distributed_forward_backward` returns on each rank.
+
+    Shapes: pred_owned [n_own, T]; pred [N, T] on rank 0 (None elsewhere); loss a scalar or None.
+    Gradients are left in the model's ``.grad`` (summed over ranks).
+    """
+
+    pred_owned: torch.Tensor
+    pred: torch.Tensor | None
+    loss: torch.Tensor | None
+
+
+def distributed_forward_backward(model: nn.Module, plan: HaloPlan, graph: Graph, x: torch.Tensor,
+                                 y: torch.Tensor | None = None, group: dist.ProcessGroup | None = None,
+                                 gather: bool = True, mode: str = "all_to_all") -> DistributedResult:
+    """Forward (and, with targets ``y``, the global-MSE backward with summed gradients) of ``model`` on this
+    rank's part of ``graph``; gathers the prediction on rank 0 when ``gather``. Tensors are placed on the device
+    and dtype of the model's parameters."""
+    param = next(model.parameters())
+    shard = make_shard(plan, graph, x, y, device=param.device, dtype=param.dtype)
+    exchange = make_exchange(plan, group, mode)
+    if y is None:
+        with torch.no_grad():
+            pred, loss = forward_owned(model, shard, exchange), None
+    else:
+        loss, pred = forward_backward(model, shard, exchange, group)
+    return DistributedResult(pred, gather_owned(pred, plan, 0, group) if gather else None, loss)

@@ -1,0 +1,188 @@
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dsmpnn.errors import GraphError
+from dsmpnn.graph import (HaloPlan, build_graph, build_halo_plan, build_halo_plans, build_overlap_plans,
+                          build_sampled_plans, check_plans, partition, sample_nodes)
+from tests.helpers.oracles import brute_radius_graph
+
+
+def slow_rings(owner, edge_index, rank, hops):
+    """Halo rings by breadth-first search over Python sets: ring h = new sources of edges into ring h-1."""
+    src, dst = edge_index
+    seen = {int(v) for v in np.flatnonzero(owner == rank)}
+    frontier, rings = set(seen), []
+    for _ in range(hops):
+        new = {int(j) for j, i in zip(src, dst) if i in frontier and j not in seen}
+        rings.append(new)
+        seen |= new
+        frontier = new
+    return rings
+
+
+def simulate(plans, edge_index, weights, h0, layers, every):
+    """Message passing h <- tanh(h + sum_j w_e h_j) on every rank's local graph, with the halo exchange done by
+    copying rows between the ranks' arrays before layers 0, every, 2 every, ... Returns the global [N] result."""
+    hs = [h0[p.local_nodes].copy() for p in plans]
+    for layer in range(layers):
+        if layer % every == 0:
+            for p in plans:
+                for q in p.peers:
+                    hs[q][plans[q].recv_idx(p.rank)] = hs[p.rank][p.send_idx(q)]
+        for p, h in zip(plans, hs):
+            agg = np.zeros_like(h)
+            np.add.at(agg, p.edge_index[1], weights[p.edge_ids] * h[p.edge_index[0]])
+            h[:] = np.tanh(h + agg)
+    out = np.empty_like(h0)
+    for p, h in zip(plans, hs):
+        out[p.owned] = h[:p.num_owned]
+    return out
+
+
+def single(edge_index, weights, h0, layers):
+    h = h0.copy()
+    for _ in range(layers):
+        agg = np.zeros_like(h)
+        np.add.at(agg, edge_index[1], weights * h[edge_index[0]])
+        h = np.tanh(h + agg)
+    return h
+
+
+def path_graph(n):
+    a = np.arange(n - 1)
+    return np.stack([np.concatenate([a, a + 1]), np.concatenate([a + 1, a])])
+
+
+def test_golden_path_graph():
+    ei = path_graph(6)  # 0 - 1 - 2 | 3 - 4 - 5
+    owner = np.array([0, 0, 0, 1, 1, 1])
+    p0, p1 = build_halo_plans(owner, ei, halo_hops=1)
+    assert p0.owned.tolist() == [0, 1, 2] and p0.halo.tolist() == [3]
+    assert sorted(ei[:, p0.edge_ids][1].tolist()) == [0, 1, 1, 2, 2]  # every edge into 0, 1, 2
+    assert p0.send_counts.tolist() == [0, 1] and p0.send_idx(1).tolist() == [2]  # node 2 = local row 2
+    assert p1.halo.tolist() == [2] and p1.recv_idx(0).tolist() == [3] and p1.send_idx(0).tolist() == [0]
+    q0, q1 = build_halo_plans(owner, ei, halo_hops=2)
+    assert q0.halo.tolist() == [3, 4] and q0.halo_ring.tolist() == [1, 2]
+    assert sorted(ei[:, q0.edge_ids][1].tolist()) == [0, 1, 1, 2, 2, 3, 3]  # also into ring 1 (node 3)
+    assert q0.local_nodes[q0.edge_index].tolist() == ei[:, q0.edge_ids].tolist()
+    assert q1.send_idx(0).tolist() == [0, 1]  # nodes 3, 4
+    assert build_halo_plan(owner, ei, 1, halo_hops=2).halo.tolist() == [1, 2]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(2, 40), nparts=st.integers(1, 5), hops=st.integers(1, 3), density=st.floats(0.0, 4.0),
+       seed=st.integers(0, 2**16))
+def test_plan_invariants_on_random_graphs(n, nparts, hops, density, seed):
+    rng = np.random.default_rng(seed)
+    nparts = min(nparts, n)
+    owner = np.concatenate([np.arange(nparts), rng.integers(0, nparts, n - nparts)])
+    rng.shuffle(owner)
+    ei = rng.integers(0, n, (2, int(density * n)))
+    ei = ei[:, ei[0] != ei[1]]
+    plans = build_halo_plans(owner, ei, halo_hops=hops)
+    check_plans(plans)  # sends match receives, owned sets cover every node once
+    sent = np.zeros(n * nparts, dtype=int)  # how often node v is sent to rank q (key q * n + v)
+    for p in plans:
+        rings = slow_rings(owner, ei, p.rank, hops)
+        for h, ring in enumerate(rings, start=1):
+            assert set(p.halo[p.halo_ring == h].tolist()) == ring
+        assert np.all(owner[p.halo] == p.halo_owner) and np.all(owner[p.owned] == p.rank)
+        # local edges: exactly the edges into owned nodes and inner rings, with the right endpoints
+        inner = set(np.flatnonzero(owner == p.rank).tolist()).union(*rings[:-1])
+        expected = [e for e in range(ei.shape[1]) if ei[1, e] in inner]
+        assert p.edge_ids.tolist() == expected
+        np.testing.assert_array_equal(p.local_nodes[p.edge_index], ei[:, p.edge_ids])
+        for q in p.peers:
+            np.add.at(sent, q * n + p.owned[p.send_idx(q)], 1)
+    for q in plans:  # every halo node is sent exactly once, by its owner; nothing else is sent
+        expected = np.zeros(n * nparts, dtype=int)
+        expected[q.rank * n + q.halo] = 1
+        np.testing.assert_array_equal(sent[q.rank * n:(q.rank + 1) * n], expected[q.rank * n:(q.rank + 1) * n])
+    # k layers between exchanges reproduce one process exactly on owned nodes
+    w, h0 = rng.standard_normal(ei.shape[1]) * 0.5, rng.standard_normal(n)
+    layers = 2 * hops + 1
+    np.testing.assert_allclose(simulate(plans, ei, w, h0, layers, hops), single(ei, w, h0, layers), atol=1e-12)
+
+
+def test_too_few_hops_is_not_exact():
+    """The simulation is sensitive: exchanging every 2 layers with a 1-hop halo gives a different result."""
+    rng = np.random.default_rng(0)
+    pos = rng.random((200, 2))
+    ei = brute_radius_graph(pos, 0.15)
+    plans = build_halo_plans(partition(pos, 3, "rcb"), ei, halo_hops=1)
+    w, h0 = rng.standard_normal(ei.shape[1]) * 0.3, rng.standard_normal(200)
+    assert not np.allclose(simulate(plans, ei, w, h0, 4, 2), single(ei, w, h0, 4), atol=1e-6)
+
+
+def test_geometric_overlap_of_radius_width_is_exact():
+    rng = np.random.default_rng(3)
+    pos, r = rng.random((300, 3)), 0.2
+    ei = brute_radius_graph(pos, r)
+    owner = partition(pos, 4, "rcb")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning when exact
+        plans = build_overlap_plans(owner, ei, pos, overlap=r, radius=r)
+    check_plans(plans)
+    hop = build_halo_plans(owner, ei, 1)
+    for p, q in zip(plans, hop):
+        assert set(q.halo.tolist()) <= set(p.halo.tolist())  # l = r covers every source of an edge into O_p
+        d = np.linalg.norm(pos[p.halo][:, None] - pos[p.owned][None], axis=-1).min(1)
+        assert np.all(d <= r) and p.overlap == r
+    w, h0 = rng.standard_normal(ei.shape[1]) * 0.3, rng.standard_normal(300)
+    np.testing.assert_allclose(simulate(plans, ei, w, h0, 3, 1), single(ei, w, h0, 3), atol=1e-12)
+
+
+def test_narrow_geometric_overlap_warns_that_results_differ():
+    rng = np.random.default_rng(4)
+    pos, r = rng.random((300, 2)), 0.15
+    ei = brute_radius_graph(pos, r)
+    owner = partition(pos, 3, "slab")
+    with pytest.warns(UserWarning, match="differs from one process"):
+        plans = build_overlap_plans(owner, ei, pos, overlap=0.5 * r, radius=r)
+    check_plans(plans)
+    w, h0 = rng.standard_normal(ei.shape[1]) * 0.3, rng.standard_normal(300)
+    assert not np.allclose(simulate(plans, ei, w, h0, 2, 1), single(ei, w, h0, 2), atol=1e-6)
+
+
+def test_sampled_graph_plans_equal_the_single_process_sampled_graph():
+    rng = np.random.default_rng(5)
+    pos = rng.random((500, 2))
+    owner = partition(pos, 3, "rcb")
+    ids = sample_nodes(500, 200, np.random.default_rng(42))  # the one global seed
+    dec = build_sampled_plans(pos, ids, owner, radius=0.15, halo_hops=2)
+    ref = build_graph(pos[ids], 0.15)
+    torch.testing.assert_close(dec.graph.edge_index, ref.edge_index)
+    torch.testing.assert_close(dec.graph.edge_attr, ref.edge_attr)
+    check_plans(dec.plans)
+    assert np.all(dec.owner == owner[ids])
+    np.testing.assert_array_equal(dec.local_rows(1)[:dec.plans[1].num_owned], ids[dec.owner == 1])
+    # a rank whose region holds no sampled node gets an empty plan instead of an error
+    few = np.flatnonzero(owner != 2)[:30]
+    dec = build_sampled_plans(pos, few, owner, radius=0.3, nparts=3)
+    assert dec.plans[2].num_owned == 0 and dec.plans[2].num_local == 0
+    check_plans(dec.plans)
+
+
+def test_bad_plans_are_refused():
+    ei = path_graph(6)
+    with pytest.raises(GraphError, match="subdomains are empty"):
+        build_halo_plans(np.array([0, 0, 0, 2, 2, 2]), ei)
+    with pytest.raises(GraphError, match="halo_hops"):
+        build_halo_plans(np.array([0, 0, 0, 1, 1, 1]), ei, halo_hops=0)
+    with pytest.raises(GraphError, match="outside"):
+        build_halo_plans(np.array([0, 0, 0, 1, 1, 1]), ei + 1)
+    plan = build_halo_plans(np.array([0, 0, 0, 1, 1, 1]), ei)[0]
+    with pytest.raises(ValueError, match="read-only"):
+        plan.owned[0] = 5
+    fields = {f: getattr(plan, f) for f in plan.__dataclass_fields__}
+    with pytest.raises(GraphError, match="send_rows must be owned rows"):
+        HaloPlan(**{**fields, "send_rows": np.array([4])})
+    with pytest.raises(GraphError, match="both owned and halo"):
+        HaloPlan(**{**fields, "halo": np.array([2])})
+    with pytest.raises(GraphError, match="local edges must index"):
+        HaloPlan(**{**fields, "edge_index": plan.edge_index + 10})
