@@ -16,8 +16,8 @@ def test_generate_darcy(tmp_path, capsys):
     assert "wrote 5 Darcy samples" in stdout and "train 3, val 1, test 1" in stdout and str(out) in stdout
     ds = Dataset(out)
     s = ds.load_split("test")[0]
-    assert s.x.shape == (144, 2) and s.y.shape == (144, 1)
-    assert [f.name for f in ds.manifest.input_fields] == ["a", "boundary"]
+    assert s.x.shape == (144, 5) and s.y.shape == (144, 1)
+    assert [f.name for f in ds.manifest.input_fields] == ["a", "boundary", "a_smooth", "a_smooth_dx", "a_smooth_dy"]
 
 
 def test_import_grid(tmp_path, capsys):

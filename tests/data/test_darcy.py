@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dsmpnn.data.darcy import A_HIGH, A_LOW, darcy_sample, generate_darcy, grf, sample_rng, solve_darcy
+from dsmpnn.data.darcy import A_HIGH, A_LOW, coefficient_features, darcy_sample, generate_darcy, grf, sample_rng, solve_darcy
 from dsmpnn.data.dataset import Dataset
 from dsmpnn.data.grid import grid_positions
 from dsmpnn.errors import ConfigError, DatasetError
@@ -89,12 +89,12 @@ def test_generate_darcy_writes_a_readable_dataset(tmp_path):
     m = generate_darcy(out, n=6, resolution=16, seed=1, progress=False)
     assert {k: len(v) for k, v in m.splits.items()} == {"train": 4, "val": 1, "test": 1}
     ds = Dataset(out)
-    assert [f.name for f in ds.manifest.input_fields] == ["a", "boundary"]
+    assert [f.name for f in ds.manifest.input_fields] == ["a", "boundary", "a_smooth", "a_smooth_dx", "a_smooth_dy"]
     assert [f.name for f in ds.manifest.target_fields] == ["u"]
     train = ds.load_split("train")
     assert len(train) == 4
     s = train[0]
-    assert s.pos.shape == (256, 2) and s.x.shape == (256, 2) and s.y.shape == (256, 1)
+    assert s.pos.shape == (256, 2) and s.x.shape == (256, 5) and s.y.shape == (256, 1)
     assert s.cells.shape == (225, 4) and s.cell_type == "quad"
     np.testing.assert_array_equal(s.pos, grid_positions(16, 16))
     bnd = s.x[:, 1] == 1
@@ -109,6 +109,18 @@ def test_generate_darcy_writes_a_readable_dataset(tmp_path):
     val = ds.load_split("val")[0]
     np.testing.assert_array_equal(val.x[:, 0], a.ravel())
     np.testing.assert_allclose(val.y[:, 0], u.ravel())
+
+
+def test_coefficient_features_smooth_and_gradient():
+    """a_smooth of a linear field is the field (the Gaussian preserves it away from the edges); the gradient
+    columns are its derivatives."""
+    s = 33
+    yy, xx = np.meshgrid(np.linspace(0, 1, s), np.linspace(0, 1, s), indexing="ij")
+    feats = coefficient_features(3 + 2 * xx - yy)
+    inner = (slice(8, -8), slice(8, -8))
+    np.testing.assert_allclose(feats[..., 0][inner], (3 + 2 * xx - yy)[inner], atol=1e-12)
+    np.testing.assert_allclose(feats[..., 1][inner], 2.0, atol=1e-9)
+    np.testing.assert_allclose(feats[..., 2][inner], -1.0, atol=1e-9)
 
 
 @pytest.mark.parametrize("n, res", [(0, 16), (3, 2)])
