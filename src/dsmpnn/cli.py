@@ -2,6 +2,11 @@
 
 Each subcommand is a thin shell over a library function (tests call the functions directly).
 Errors caused by user input (:class:`dsmpnn.errors.DsmpnnError`) are printed without a traceback and exit with 2.
+
+``train``, ``evaluate`` and ``predict`` run as P ranks with ``--nproc P``: this process then checks the input and
+re-launches ``python -m dsmpnn.cli <the same arguments>`` as P local ranks through torchrun's elastic launcher
+(each rank sees torchrun's RANK/WORLD_SIZE and joins the group instead of launching again). Multi-node runs start
+the same entry point with ``torchrun ... -m dsmpnn.cli train ...`` directly.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_generate_darcy, _add_generate_airfoil, _add_generate_step3d, _add_import_grid,
                 _add_import_airfrans):
         add(gen_sub if add.__name__.startswith("_add_generate") else imp_sub)
-    for add in (_add_train, _add_evaluate, _add_predict):
+    for add in (_add_train, _add_evaluate, _add_predict, _add_partition, _add_check):
         add(sub)
     return parser
 
@@ -213,80 +218,311 @@ def _import_airfrans(args: argparse.Namespace) -> int:
 # --- train / evaluate / predict -------------------------------------------------------------------------------
 
 
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _nonnegative_int(text: str) -> int:
+    return 0 if text.strip() == "0" else _positive_int(text)
+
+
+def _add_ds_options(p: argparse.ArgumentParser, config_default: bool) -> None:
+    """--nproc, --partition, --halo-hops, --max-restarts of the commands that run on P ranks."""
+    from dsmpnn.graph.partition import PARTITION_METHODS
+
+    src = "the config's distributed.partition" if config_default else "the run's distributed.partition"
+    g = p.add_argument_group("domain decomposition (DS-MPNN)")
+    g.add_argument("--nproc", type=_positive_int, default=None, metavar="P",
+                   help="run as P local ranks, launched like torchrun --standalone; omit it under torchrun "
+                        "(the ranks then come from torchrun). None: one process")
+    g.add_argument("--partition", choices=PARTITION_METHODS, default=None,
+                   help=f"how each mesh is split over the ranks; None: {src} (metis unless set)")
+    g.add_argument("--halo-hops", type=_positive_int, default=None, metavar="K",
+                   help="halo width in graph hops; the halo exchange runs before every K-th layer; None: "
+                        + src.replace("partition", "halo_hops") + " (1 unless set)")
+    g.add_argument("--max-restarts", type=_nonnegative_int, default=0, metavar="N",
+                   help="with --nproc: restart all ranks up to N times after one fails (train resumes from the "
+                        "newest checkpoint)")
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model on a dataset", formatter_class=_formatter(),
-                       description="Train the MPNN of a YAML config on a dataset directory. Overrides: section.key=value.")
+    p = sub.add_parser("train", help="train a model on a dataset (one process, or P ranks with --nproc)",
+                       formatter_class=_formatter(),
+                       description="Train the MPNN of a YAML config on a dataset directory. Overrides: "
+                                   "section.key=value. With --nproc P (or under torchrun) every mesh is partitioned "
+                                   "over P ranks that exchange halo features; the result equals one process up to "
+                                   "round-off.")
     p.add_argument("--config", help="YAML config (see configs/); defaults for every key not given")
     p.add_argument("--data", required=True, help="dataset directory (with manifest.json)")
     p.add_argument("--out", required=True, help="run directory to write checkpoints, logs and plots to")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=10")
-    p.set_defaults(handler=_train)
+    _add_ds_options(p, config_default=True)
+    p.set_defaults(handler=_train, precheck=_train_precheck)
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train_config(args: argparse.Namespace):
     from pathlib import Path
 
-    from dsmpnn.train import load_config, train
-    from dsmpnn.train.rundir import RunDir
+    from dsmpnn.train import load_config
 
+    overrides = list(args.overrides)
+    if args.partition is not None:
+        overrides.append(f"distributed.partition={args.partition}")
+    if args.halo_hops is not None:
+        overrides.append(f"distributed.halo_hops={args.halo_hops}")
     if args.resume:
         stored = Path(args.out) / "config.yaml"
         if not stored.is_file():
             raise DsmpnnError(f"{args.out}: --resume needs a run directory with config.yaml")
-        cfg = load_config(args.config or stored, args.overrides)
-    else:
-        cfg = load_config(args.config, args.overrides)
-    record = train(cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress)
-    print(f"done: epoch {record.get('epoch')}, train loss {record.get('train_loss', float('nan')):.4g}; "
-          f"run in {RunDir(Path(args.out)).root}")
+        return load_config(args.config or stored, overrides)
+    return load_config(args.config, overrides)
+
+
+def _train_precheck(args: argparse.Namespace) -> None:
+    """Before launching P ranks: the config parses and every training mesh has at least P nodes."""
+    from pathlib import PurePath
+
+    from dsmpnn.data.dataset import Dataset
+    from dsmpnn.train.sharding import check_nproc
+
+    _train_config(args)
+    data = Dataset(args.data)
+    check_nproc(args.nproc, [(PurePath(f).stem, data.num_nodes(f)) for f in data.split("train")])
+
+
+def _join_group(args: argparse.Namespace, timeout_s: float):
+    """The process group torchrun (or `--nproc`) started, or one process."""
+    from dsmpnn.distributed import destroy_process_group, init_from_env, quiet_unless_main
+
+    ctx = init_from_env(timeout_s=timeout_s)
+    if args.nproc is not None and ctx.world_size != args.nproc:
+        destroy_process_group()
+        raise quiet_unless_main(DsmpnnError(
+            f"--nproc {args.nproc} was given, but this process is one of {ctx.world_size} ranks started by "
+            "torchrun; omit --nproc under torchrun"))
+    return ctx
+
+
+def _train(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from dsmpnn.distributed import destroy_process_group
+    from dsmpnn.train import train
+    from dsmpnn.train.checkpoint import list_checkpoints
+    from dsmpnn.train.rundir import RunDir
+
+    cfg = _train_config(args)
+    ctx = _join_group(args, cfg.distributed.timeout_s)
+    resume = args.resume
+    if not resume and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        resume = bool(list_checkpoints(RunDir(Path(args.out)).checkpoints))  # a restart continues the run
+    try:
+        record = train(cfg, args.data, args.out, resume=resume, progress=not args.no_progress, ctx=ctx)
+    finally:
+        destroy_process_group()
+    if ctx.is_main:
+        print(f"done: epoch {record.get('epoch')}, train loss {record.get('train_loss', float('nan')):.4g}; "
+              f"run in {RunDir(Path(args.out)).root}")
     return 0
+
+
+def _run_timeout(run: str) -> float:
+    """The run's distributed.timeout_s (the default when its config cannot be read; the command reports why)."""
+    from pathlib import Path
+
+    from dsmpnn.distributed import DEFAULT_TIMEOUT_S
+    from dsmpnn.train.rundir import RunDir
+
+    try:
+        return RunDir(Path(run)).read_meta()[0].distributed.timeout_s
+    except DsmpnnError:
+        return DEFAULT_TIMEOUT_S
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate a trained run on a dataset split", formatter_class=_formatter(),
-                       description="Print RMSE per field and mean relative L2 (physical units); write RUN/metrics.json.")
+                       description="Print RMSE per field and mean relative L2 (physical units); write "
+                                   "RUN/metrics.json. With --nproc P every mesh is partitioned and predicted by P "
+                                   "ranks.")
     p.add_argument("run", help="run directory written by `dsmpnn train`")
     p.add_argument("--data", help="dataset directory (default: the one the run was trained on)")
     p.add_argument("--split", default="test", help="dataset split to evaluate")
     p.add_argument("--no-plots", action="store_true", help="skip the truth / prediction / error figures")
-    p.set_defaults(handler=_evaluate)
+    _add_ds_options(p, config_default=False)
+    p.set_defaults(handler=_evaluate, precheck=_evaluate_precheck)
+
+
+def _evaluate_precheck(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from dsmpnn.data.dataset import Dataset
+    from dsmpnn.train.rundir import RunDir
+    from dsmpnn.train.sharding import check_nproc
+
+    _, data_dir, _ = RunDir(Path(args.run)).read_meta()
+    data = Dataset(args.data if args.data is not None else data_dir)
+    check_nproc(args.nproc, [(Path(f).stem, data.num_nodes(f)) for f in data.split(args.split)])
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from dsmpnn.distributed import destroy_process_group
     from dsmpnn.train import evaluate_run
 
-    evaluate_run(args.run, args.data, args.split, plots=not args.no_plots)
+    ctx = _join_group(args, _run_timeout(args.run))
+    try:
+        evaluate_run(args.run, args.data, args.split, plots=not args.no_plots, ctx=ctx, partition=args.partition,
+                     halo_hops=args.halo_hops)
+    finally:
+        destroy_process_group()
     return 0
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict the fields of one mesh", formatter_class=_formatter(),
                        description="Predict target fields on a mesh (.npz sample or .vtu/.vtk with the input fields "
-                                   "as point data); write .npz or .vtu (with _true/_error fields when targets exist).")
+                                   "as point data); write .npz or .vtu (with _true/_error fields when targets exist). "
+                                   "With --nproc P the mesh is partitioned and predicted by P ranks.")
     p.add_argument("run", help="run directory written by `dsmpnn train`")
     p.add_argument("--input", required=True, help="mesh file: .npz (pos, x[, y]) or .vtu/.vtk")
     p.add_argument("--out", required=True, help="output file, .npz or .vtu")
-    p.set_defaults(handler=_predict)
+    _add_ds_options(p, config_default=False)
+    p.set_defaults(handler=_predict, precheck=_predict_precheck)
+
+
+def _predict_precheck(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from dsmpnn.data.dataset import sample_num_nodes
+    from dsmpnn.train.rundir import RunDir
+    from dsmpnn.train.sharding import check_nproc
+
+    RunDir(Path(args.run)).read_meta()
+    path = Path(args.input)
+    if path.suffix == ".npz":  # other formats are read (and checked) by the ranks
+        check_nproc(args.nproc, [(path.stem, sample_num_nodes(path))])
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from dsmpnn.distributed import destroy_process_group
     from dsmpnn.train import predict_file
 
-    predict_file(args.run, args.input, args.out)
+    ctx = _join_group(args, _run_timeout(args.run))
+    try:
+        predict_file(args.run, args.input, args.out, ctx=ctx, partition=args.partition, halo_hops=args.halo_hops)
+    finally:
+        destroy_process_group()
     return 0
 
 
+# --- partition / check ----------------------------------------------------------------------------------------
+
+
+def _add_partition(sub: argparse._SubParsersAction) -> None:
+    from dsmpnn.graph.partition import DEFAULT_PARTITION_METHOD, PARTITION_METHODS
+
+    p = sub.add_parser("partition", help="split a mesh over P ranks; report and draw subdomains and halos",
+                       formatter_class=_formatter(),
+                       description="Partition one mesh of a dataset into P subdomains on its radius graph, print "
+                                   "per-rank owned/halo/cut-edge counts and the imbalance, and draw the subdomains "
+                                   "and halos (2D: PNG; any mesh: VTU with 'owner' and 'halo_count' point fields).")
+    p.add_argument("--data", required=True, help="dataset directory (with manifest.json)")
+    p.add_argument("--nproc", type=_positive_int, required=True, metavar="P", help="number of subdomains (ranks)")
+    p.add_argument("--method", "--partition", dest="method", choices=PARTITION_METHODS,
+                   default=DEFAULT_PARTITION_METHOD, help="partitioner")
+    p.add_argument("--halo-hops", type=_positive_int, default=1, metavar="K", help="halo width in graph hops")
+    p.add_argument("--radius", type=float, default=None, metavar="R",
+                   help="radius of the graph (mesh length unit); None: graph.radius of --config or the default")
+    p.add_argument("--config", help="YAML config whose graph.radius and graph.max_neighbors are used")
+    p.add_argument("--split", default="train", help="dataset split to take the mesh from")
+    p.add_argument("--sample", type=_nonnegative_int, default=0, metavar="K", help="which mesh of the split")
+    p.add_argument("--plot", default=None, metavar="FILE",
+                   help="write the picture: FILE.png (2D meshes) or FILE.vtu (any mesh); None: no picture")
+    p.set_defaults(handler=_partition)
+
+
+def _partition(args: argparse.Namespace) -> int:
+    from dsmpnn.train import load_config
+    from dsmpnn.train.decomposition import inspect_partition, write_partition_figure
+
+    cfg = load_config(args.config)
+    view = inspect_partition(args.data, args.nproc, args.method, cfg, args.halo_hops, args.radius, args.split,
+                             args.sample)
+    print(view.describe())
+    if args.plot:
+        print(f"wrote {write_partition_figure(view, args.plot)}")
+    return 0
+
+
+def _add_check(sub: argparse._SubParsersAction) -> None:
+    from dsmpnn.graph.partition import DEFAULT_PARTITION_METHOD, PARTITION_METHODS
+
+    p = sub.add_parser("check", help="check that P ranks give the single-process outputs and gradients",
+                       formatter_class=_formatter(),
+                       description="One forward + backward of the config's model on a training mesh, as one process "
+                                   "and as P local gloo ranks; prints the largest relative difference of the outputs "
+                                   "and of every parameter gradient. Exit status 0 within tolerance (1e-10 float64, "
+                                   "1e-5 float32), 1 otherwise.")
+    p.add_argument("--data", required=True, help="dataset directory (with manifest.json)")
+    p.add_argument("--nproc", type=_positive_int, default=2, metavar="P", help="number of ranks")
+    p.add_argument("--partition", "--method", dest="partition", choices=PARTITION_METHODS,
+                   default=DEFAULT_PARTITION_METHOD, help="partitioner")
+    p.add_argument("--halo-hops", type=_positive_int, default=1, metavar="K", help="halo width in graph hops")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="precision of both runs")
+    p.add_argument("--config", help="YAML config: the model, graph.radius and graph.max_neighbors")
+    p.add_argument("--split", default="train", help="dataset split to take the mesh from")
+    p.add_argument("--sample", type=_nonnegative_int, default=0, metavar="K", help="which mesh of the split")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. model.layers=2")
+    p.set_defaults(handler=_check)
+
+
+def _check(args: argparse.Namespace) -> int:
+    import torch
+
+    from dsmpnn.train import load_config
+    from dsmpnn.train.decomposition import check_dataset, format_check
+
+    cfg = load_config(args.config, args.overrides)
+    rep = check_dataset(args.data, cfg, args.nproc, args.partition, args.halo_hops, getattr(torch, args.dtype),
+                        args.split, args.sample)
+    print(format_check(rep))
+    return 0 if rep["passed"] else 1
+
+
+def _launched_here(args: argparse.Namespace) -> bool:
+    """True when this process should start ``--nproc`` ranks (not when it is one of them, under torchrun)."""
+    import os
+
+    nproc = getattr(args, "nproc", None)
+    return (hasattr(args, "precheck") and nproc is not None and nproc > 1
+            and not ("RANK" in os.environ and "WORLD_SIZE" in os.environ))
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
+        if _launched_here(args):
+            from dsmpnn.distributed import launch_module
+
+            args.precheck(args)  # refuse bad input once, before starting P processes
+            return launch_module("dsmpnn.cli", argv, args.nproc, args.max_restarts)
         code = args.handler(args)
     except Interrupted as e:
-        print(f"dsmpnn {args.command}: {e}", file=sys.stderr)
+        if not e.quiet:
+            print(f"dsmpnn {args.command}: {e}", file=sys.stderr)
         return 130
     except DsmpnnError as e:
-        print(f"dsmpnn {args.command}: error: {e}", file=sys.stderr)
+        if not e.quiet:
+            print(f"dsmpnn {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dsmpnn {args.command}: interrupted", file=sys.stderr)

@@ -10,7 +10,14 @@ __all__ = ["DsmpnnError", "DatasetError", "ConfigError", "GraphError", "Checkpoi
 
 
 class DsmpnnError(Exception):
-    """Base class for errors caused by user input; the message says what was expected."""
+    """Base class for errors caused by user input; the message says what was expected.
+
+    ``quiet`` is set on the ranks other than 0 of a distributed run when every rank raises the same error
+    (see :func:`dsmpnn.distributed.agree.run_agreed`): rank 0 prints it, the others exit with the same status
+    silently, so P ranks do not print P copies.
+    """
+
+    quiet: bool = False
 
 
 class DatasetError(DsmpnnError, ValueError):

@@ -38,7 +38,7 @@ from dsmpnn.data.sample import MeshSample
 from dsmpnn.errors import DatasetError
 
 __all__ = ["FORMAT", "VERSION", "Field", "Manifest", "Dataset", "write_dataset", "read_sample_file",
-           "write_sample_file"]
+           "sample_num_nodes", "write_sample_file"]
 
 FORMAT = "dsmpnn-dataset"
 VERSION = 1
@@ -153,6 +153,10 @@ class Dataset:
     def load(self, rel: str) -> MeshSample:
         return read_sample_file(self.root / rel, self.manifest)
 
+    def num_nodes(self, rel: str) -> int:
+        """Node count of a sample file, read from the header of its ``pos`` array (the arrays are not loaded)."""
+        return sample_num_nodes(self.root / rel)
+
     def load_split(self, name: str) -> list[MeshSample]:
         files = self.split(name)
         if not files:
@@ -195,6 +199,25 @@ def read_sample_file(path: Path, manifest: Manifest | None = None) -> MeshSample
                 f"for target fields {[f.name for f in m.target_fields]}"
             )
     return sample
+
+
+def sample_num_nodes(path: Path) -> int:
+    """N of a sample NPZ, from the header of ``pos.npy`` only (cheap for huge meshes)."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as z, z.open("pos.npy") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape = read(f)[0]
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: sample file does not exist") from None
+    except KeyError:
+        raise DatasetError(f"{path}: missing array 'pos'") from None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise DatasetError(f"{path}: cannot read NPZ file, it may be truncated or not an NPZ ({e})") from None
+    if len(shape) != 2:
+        raise DatasetError(f"{path}: field 'pos' has shape {shape}, expected [N, d]")
+    return int(shape[0])
 
 
 def write_sample_file(path: Path, sample: MeshSample) -> None:

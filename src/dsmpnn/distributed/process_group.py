@@ -21,8 +21,8 @@ import torch.distributed as dist
 
 from dsmpnn.errors import DsmpnnError
 
-__all__ = ["DistContext", "DEFAULT_TIMEOUT_S", "default_backend", "init_from_env", "init_process_group",
-           "destroy_process_group"]
+__all__ = ["DistContext", "DEFAULT_TIMEOUT_S", "current_context", "default_backend", "init_from_env",
+           "init_process_group", "destroy_process_group"]
 
 DEFAULT_TIMEOUT_S = 300.0
 """Seconds a collective may wait for its peers before the process group raises (a hung rank fails loudly)."""
@@ -96,6 +96,15 @@ def init_from_env(backend: str | None = None, timeout_s: float = DEFAULT_TIMEOUT
         return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, dist.get_backend(),
                            _device_for(dist.get_backend(), local_rank))
     return init_process_group(rank, world_size, "env://", backend or default_backend(), timeout_s, local_rank)
+
+
+def current_context() -> DistContext:
+    """The :class:`DistContext` of the process group this process already belongs to (one process if none)."""
+    if not dist.is_initialized():
+        return DistContext()
+    backend = dist.get_backend()
+    local_rank = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, backend, _device_for(backend, local_rank))
 
 
 def destroy_process_group() -> None:

@@ -403,7 +403,7 @@ class SampledDecomposition:
 
 def build_sampled_plans(pos: np.ndarray, sample_ids: np.ndarray, owner: np.ndarray, radius: float,
                         halo_hops: int = 1, nparts: int | None = None, max_neighbors: int | None = None,
-                        dtype: torch.dtype = torch.float32) -> SampledDecomposition:
+                        dtype: torch.dtype = torch.float32, warn_isolated: bool = True) -> SampledDecomposition:
     """The sampled radius graph and its per-rank plans, equal on every rank and to the single-process graph.
 
     Nyström sampling in DS mode draws ``sample_ids`` with one global seed (``sample_nodes(N, m, rng)`` with the
@@ -417,7 +417,8 @@ def build_sampled_plans(pos: np.ndarray, sample_ids: np.ndarray, owner: np.ndarr
     the whole sampled graph on every rank (m log m work, no messages); a rank holding only its subdomain's
     positions could build the same plan from the sampled nodes within ``(halo_hops + 1) * radius`` of
     its own (every path of at most halo_hops edges from an owned node stays within that distance, plus one radius
-    for a neighbour cap), which this version does not do.
+    for a neighbour cap), which this version does not do. ``warn_isolated=False`` silences the warning about
+    sampled nodes without a neighbour (training draws many samples; the single-process path does not warn).
     """
     pos = np.asarray(pos)
     sample_ids = np.asarray(sample_ids, dtype=np.int64)
@@ -428,7 +429,7 @@ def build_sampled_plans(pos: np.ndarray, sample_ids: np.ndarray, owner: np.ndarr
             sample_ids.size and (sample_ids[0] < 0 or sample_ids[-1] >= len(pos))):
         raise GraphError(f"sample_ids must be distinct ascending mesh ids in [0, {len(pos)})")
     nparts = int(owner.max()) + 1 if nparts is None else nparts
-    graph = build_graph(pos[sample_ids], radius, max_neighbors, dtype=dtype)
+    graph = build_graph(pos[sample_ids], radius, max_neighbors, dtype=dtype, warn_isolated=warn_isolated)
     owner_s = owner[sample_ids].astype(np.int64)
     plans = build_halo_plans(owner_s, graph.edge_index.numpy(), halo_hops, nparts, allow_empty=True)
     return SampledDecomposition(sample_ids, owner_s, graph, plans)

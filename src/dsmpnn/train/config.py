@@ -1,11 +1,12 @@
 """Typed run configuration, loaded from YAML and validated (unknown keys and wrong types are errors).
 
-A config has four sections; every key has a default, so a YAML file lists only what it changes::
+A config has five sections; every key has a default, so a YAML file lists only what it changes::
 
     model:  {hidden: 32, layers: 4, kernel_hidden: [64], aggr: mean, act: gelu, ...}
     graph:  {radius: 0.06, sample_nodes: 1024, samples_per_mesh: 4, max_neighbors: null}
     train:  {epochs: 100, batch_graphs: 4, lr: 1e-3, scheduler: cosine, seed: 0, ...}
     eval:   {mode: full, samples: 8, plot_samples: 3}
+    distributed: {partition: metis, halo_hops: 1, timeout_s: 300}   # used when run on P > 1 ranks
 
 Command-line overrides use dotted keys: ``train.epochs=5 model.hidden=16 graph.max_neighbors=null``.
 """
@@ -22,8 +23,10 @@ from typing import Any
 import yaml
 
 from dsmpnn.errors import ConfigError
+from dsmpnn.graph.partition import DEFAULT_PARTITION_METHOD, PARTITION_METHODS
 
-__all__ = ["ModelConfig", "GraphConfig", "TrainConfig", "EvalConfig", "Config", "load_config", "apply_overrides"]
+__all__ = ["ModelConfig", "GraphConfig", "TrainConfig", "EvalConfig", "DistributedConfig", "Config", "load_config",
+           "apply_overrides"]
 
 
 @dataclass
@@ -120,11 +123,32 @@ class EvalConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Domain decomposition over P ranks (``dsmpnn train --nproc P`` or torchrun); ignored by one process.
+
+    ``partition``: how each mesh is split (slab / rcb / metis, see :mod:`dsmpnn.graph.partition`);
+    ``halo_hops``: halo width in graph hops, the halo exchange runs before every ``halo_hops``-th layer;
+    ``timeout_s``: seconds a collective waits for the other ranks before the run fails.
+    """
+
+    partition: str = DEFAULT_PARTITION_METHOD
+    halo_hops: int = 1
+    timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        _choice("distributed.partition", self.partition, PARTITION_METHODS)
+        _positive("distributed.halo_hops", self.halo_hops)
+        if not self.timeout_s > 0:
+            raise ConfigError(f"distributed.timeout_s must be > 0 seconds, got {self.timeout_s}")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,7 +172,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({e})") from None
         if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (model, graph, train, eval), got {type(raw).__name__}")
+            raise ConfigError(f"{path}: expected a mapping of sections (model, graph, train, eval, distributed), "
+                              f"got {type(raw).__name__}")
     raw = apply_overrides(raw, overrides)
     return Config.from_dict(raw, where)
 

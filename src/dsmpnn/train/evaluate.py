@@ -1,9 +1,11 @@
-"""Evaluate a trained run on a dataset split, and predict the fields of one mesh file."""
+"""Evaluate a trained run on a dataset split, and predict the fields of one mesh file (one process or P ranks)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,42 +14,87 @@ import numpy as np
 
 from dsmpnn.data.dataset import Dataset, read_sample_file
 from dsmpnn.data.sample import MeshSample
-from dsmpnn.errors import CheckpointError, DatasetError
+from dsmpnn.distributed import DistContext, current_context, run_agreed
+from dsmpnn.errors import CheckpointError, ConfigError, DatasetError
 from dsmpnn.train.checkpoint import atomic_write_bytes
-from dsmpnn.train.inference import predict_sample
+from dsmpnn.train.config import Config
 from dsmpnn.train.metrics import compute_metrics
 from dsmpnn.train.plots import plot_fields
 from dsmpnn.train.rundir import load_run
+from dsmpnn.train.strategy import make_strategy
 from dsmpnn.train.trainer import resolve_device
 
-__all__ = ["evaluate_run", "predict_file", "read_mesh_input"]
+__all__ = ["evaluate_run", "predict_file", "read_mesh_input", "vtu_bytes"]
+
+
+def _distributed_overrides(cfg: Config, partition: str | None, halo_hops: int | None) -> Config:
+    """``cfg`` with the partition method and halo width of a distributed evaluation replaced where given."""
+    changes = {k: v for k, v in (("partition", partition), ("halo_hops", halo_hops)) if v is not None}
+    if not changes:
+        return cfg
+    try:
+        return dataclasses.replace(cfg, distributed=dataclasses.replace(cfg.distributed, **changes))
+    except ConfigError as e:
+        raise ConfigError(f"--partition/--halo-hops: {e}") from None
+
+
+def _open_run(run_dir: str | Path, ctx: DistContext, partition: str | None, halo_hops: int | None):
+    """The run (model on this rank's device), its config with the overrides, and the step strategy."""
+    device = ctx.device if ctx.world_size > 1 else resolve_device()
+    run = run_agreed(lambda: load_run(run_dir, device))  # every rank reads the checkpoint
+    cfg = _distributed_overrides(run.cfg, partition, halo_hops)
+    strategy = make_strategy(ctx, cfg, run.fmap, next(run.model.parameters()).dtype, device)
+    strategy.broadcast(run.model)
+    return run, cfg, strategy
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split: str = "test",
-                 plots: bool = True, echo: Callable[[str], None] = print) -> dict:
-    """Metrics of the trained model on ``split`` in physical units; writes ``RUN/metrics.json`` and field plots."""
-    device = resolve_device()
-    run = load_run(run_dir, device)
-    data = Dataset(data_dir if data_dir is not None else run.data_dir)
-    man, trained = data.manifest, run.fmap.manifest
-    if ([f.name for f in man.input_fields], [f.name for f in man.target_fields], man.dim) != (
-            [f.name for f in trained.input_fields], [f.name for f in trained.target_fields], trained.dim):
-        raise CheckpointError(
-            f"{data.root}: dataset fields {[f.name for f in man.input_fields]} -> {[f.name for f in man.target_fields]} "
-            f"(dim {man.dim}) differ from the run's {[f.name for f in trained.input_fields]} -> "
-            f"{[f.name for f in trained.target_fields]} (dim {trained.dim})")
-    samples = data.load_split(split)
+                 plots: bool = True, echo: Callable[[str], None] = print, ctx: DistContext | None = None,
+                 partition: str | None = None, halo_hops: int | None = None) -> dict | None:
+    """Metrics of the trained model on ``split`` in physical units; writes ``RUN/metrics.json`` and field plots.
+
+    In a process group of P > 1 ranks (``ctx``, default: the current one) every rank calls this function: each
+    mesh is partitioned (``partition``/``halo_hops`` override the run's ``distributed`` config) and predicted on the
+    full graph by all ranks together; rank 0 gathers, writes and returns the metrics (None on the other ranks).
+    The metrics equal the single-process ones up to round-off.
+    """
+    ctx = current_context() if ctx is None else ctx
+    run, cfg, strategy = _open_run(run_dir, ctx, partition, halo_hops)
+
+    def open_dataset() -> Dataset:
+        data = Dataset(data_dir if data_dir is not None else run.data_dir)
+        man, trained = data.manifest, run.fmap.manifest
+        if ([f.name for f in man.input_fields], [f.name for f in man.target_fields], man.dim) != (
+                [f.name for f in trained.input_fields], [f.name for f in trained.target_fields], trained.dim):
+            raise CheckpointError(
+                f"{data.root}: dataset fields {[f.name for f in man.input_fields]} -> "
+                f"{[f.name for f in man.target_fields]} (dim {man.dim}) differ from the run's "
+                f"{[f.name for f in trained.input_fields]} -> {[f.name for f in trained.target_fields]} "
+                f"(dim {trained.dim})")
+        return data
+
+    data = strategy.agreed(open_dataset)
+    man = data.manifest
+    meshes = strategy.load(data, split, keep_full=True)
+    preds = [strategy.predict(run.model, m) for m in meshes]  # None on ranks other than 0
+    if not strategy.is_main:
+        strategy.barrier()
+        return None
+    samples = [strategy.full(m) for m in meshes]
     names = [f.name for f in man.target_fields]
-    preds = [predict_sample(run.model, run.fmap, s, run.cfg, device) for s in samples]
-    metrics = {"split": split, "dataset": str(data.root), "epoch": run.epoch, "eval_mode": run.cfg.eval.mode,
+    metrics = {"split": split, "dataset": str(data.root), "epoch": run.epoch, "eval_mode": cfg.eval.mode,
                **compute_metrics(preds, [s.y for s in samples], names)}
+    if ctx.world_size > 1:
+        metrics["ranks"] = ctx.world_size
+        metrics["partition"] = cfg.distributed.partition
     root = Path(run_dir)
     atomic_write_bytes(root / "metrics.json", json.dumps(metrics, indent=1).encode())
     if plots and man.dim in (2, 3):
-        for k in range(min(run.cfg.eval.plot_samples, len(samples))):
+        for k in range(min(cfg.eval.plot_samples, len(samples))):
             plot_fields(samples[k], preds[k], names, root / "plots" / f"{split}_{k:02d}_{samples[k].name}.png")
     rmse = ", ".join(f"{n} {v:.4g}" for n, v in metrics["rmse"].items())
     echo(f"{split}: {len(samples)} meshes, relative L2 {metrics['rel_l2']:.4f}, RMSE {rmse}")
+    strategy.barrier()
     return metrics
 
 
@@ -76,24 +123,35 @@ def read_mesh_input(path: Path, input_names: list[str], target_names: list[str])
 
 
 def predict_file(run_dir: str | Path, input_path: str | Path, out_path: str | Path,
-                 echo: Callable[[str], None] = print) -> np.ndarray:
+                 echo: Callable[[str], None] = print, ctx: DistContext | None = None, partition: str | None = None,
+                 halo_hops: int | None = None) -> np.ndarray | None:
     """Predict the target fields of the mesh in ``input_path``; write ``out_path`` (.npz or .vtu) atomically.
 
     The output holds the predicted fields under their names and, when the input has targets, ``<name>_true`` and
-    ``<name>_error`` (prediction - truth).
+    ``<name>_error`` (prediction - truth). In a process group of P > 1 ranks every rank calls this function and
+    reads the input; the mesh is partitioned and predicted by all ranks together, rank 0 writes the file and
+    returns the prediction (None on the other ranks).
     """
     out_path = Path(out_path)
     if out_path.suffix not in (".npz", ".vtu"):
         raise DatasetError(f"{out_path}: output must end in .npz or .vtu")
-    device = resolve_device()
-    run = load_run(run_dir, device)
+    ctx = current_context() if ctx is None else ctx
+    run, _, strategy = _open_run(run_dir, ctx, partition, halo_hops)
     man = run.fmap.manifest
     inputs, targets = [f.name for f in man.input_fields], [f.name for f in man.target_fields]
-    sample = read_mesh_input(Path(input_path), inputs, targets)
-    if sample.dim != man.dim or sample.x.shape[1] != len(inputs):
-        raise DatasetError(f"{input_path}: mesh has dim {sample.dim} and {sample.x.shape[1]} input fields, the model "
-                           f"expects dim {man.dim} and {inputs}")
-    pred = predict_sample(run.model, run.fmap, sample, run.cfg, device)
+
+    def read() -> MeshSample:
+        sample = read_mesh_input(Path(input_path), inputs, targets)
+        if sample.dim != man.dim or sample.x.shape[1] != len(inputs):
+            raise DatasetError(f"{input_path}: mesh has dim {sample.dim} and {sample.x.shape[1]} input fields, the "
+                               f"model expects dim {man.dim} and {inputs}")
+        return sample
+
+    sample = strategy.agreed(read)
+    pred = strategy.predict(run.model, strategy.hold(sample))
+    if not strategy.is_main:
+        strategy.barrier()
+        return None
     fields = {n: pred[:, t] for t, n in enumerate(targets)}
     if sample.y is not None:
         for t, n in enumerate(targets):
@@ -103,14 +161,25 @@ def predict_file(run_dir: str | Path, input_path: str | Path, out_path: str | Pa
     if out_path.suffix == ".npz":
         np.savez(buf, pos=sample.pos, pred=pred, **fields)
     else:
-        points = sample.pos if sample.dim == 3 else np.column_stack([sample.pos, np.zeros(sample.num_nodes)])
-        cells = [(sample.cell_type, sample.cells)] if sample.cells is not None else [("vertex", np.arange(sample.num_nodes)[:, None])]
         point_data = dict(fields)
         point_data.update({n: sample.x[:, k] for k, n in enumerate(inputs)})
-        tmp = out_path.with_name(f".{out_path.name}.tmp.vtu")
-        meshio.write(tmp, meshio.Mesh(points, cells, point_data=point_data))
-        buf.write(tmp.read_bytes())
-        tmp.unlink()
+        buf.write(vtu_bytes(sample, point_data, out_path))
     atomic_write_bytes(out_path, buf.getvalue())
     echo(f"wrote {out_path} ({sample.num_nodes} nodes, fields {list(fields)})")
+    strategy.barrier()
     return pred
+
+
+def vtu_bytes(sample: MeshSample, point_data: dict[str, np.ndarray], near: Path) -> bytes:
+    """The VTU file of ``sample``'s mesh (its cells, or one vertex cell per node) with ``point_data``; written
+    through a temporary file next to ``near`` (meshio writes files, not buffers)."""
+    points = sample.pos if sample.dim == 3 else np.column_stack([sample.pos, np.zeros(sample.num_nodes)])
+    cells = ([(sample.cell_type, sample.cells)] if sample.cells is not None
+             else [("vertex", np.arange(sample.num_nodes)[:, None])])
+    near.parent.mkdir(parents=True, exist_ok=True)
+    tmp = near.with_name(f".{near.name}.{os.getpid()}.tmp.vtu")
+    try:
+        meshio.write(tmp, meshio.Mesh(points, cells, point_data=point_data))
+        return tmp.read_bytes()
+    finally:
+        tmp.unlink(missing_ok=True)

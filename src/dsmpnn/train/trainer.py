@@ -1,8 +1,18 @@
-"""The S-MPNN training loop: Adam on the MSE of normalised targets over Nyström-sampled radius graphs.
+"""The training loop: Adam on the MSE of normalised targets over Nyström-sampled radius graphs.
 
 Each epoch draws ``graph.samples_per_mesh`` node subsets of ``graph.sample_nodes`` nodes from every training mesh
-(numpy generator seeded by (seed, epoch), so a resumed run draws exactly what an uninterrupted one would), builds
-the radius graph on each subset, and takes one optimizer step per ``train.batch_graphs`` graphs.
+(numpy generator seeded by (seed, epoch), so a resumed run draws exactly what an uninterrupted one would, and every
+rank of a distributed run draws the same), builds the radius graph on each subset, and takes one optimizer step per
+``train.batch_graphs`` graphs. How a step runs -- one process (S-MPNN) or P ranks with halo exchange (DS-MPNN) -- is
+the step strategy's business (:mod:`dsmpnn.train.strategy`); the loop is the same.
+
+Run on P ranks (one process per rank; ``--nproc`` launches them as ``torchrun --standalone`` would)::
+
+    dsmpnn train --config configs/darcy.yaml --data data/darcy --out runs/darcy --nproc 4 --partition metis
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
+        -m dsmpnn.cli train --config configs/darcy.yaml --data data/darcy --out runs/darcy
+
+Only rank 0 logs, checkpoints and plots. A SIGINT/SIGTERM on any rank stops every rank after the same step.
 """
 
 from __future__ import annotations
@@ -19,17 +29,18 @@ import torch
 from tqdm.auto import tqdm
 
 from dsmpnn.data.dataset import Dataset
+from dsmpnn.distributed import DistContext, current_context, run_agreed
 from dsmpnn.errors import CheckpointError, Interrupted
 from dsmpnn.graph import sample_nodes
 from dsmpnn.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from dsmpnn.train.config import Config
 from dsmpnn.train.factory import build_model
-from dsmpnn.train.features import FeatureMap, make_batch
-from dsmpnn.train.inference import predict_sample
+from dsmpnn.train.features import FeatureMap
 from dsmpnn.train.logger import MetricsLogger, read_jsonl
 from dsmpnn.train.metrics import compute_metrics
 from dsmpnn.train.plots import plot_loss_curve
 from dsmpnn.train.rundir import RunDir
+from dsmpnn.train.strategy import make_strategy
 
 __all__ = ["train", "lr_factor", "resolve_device", "StopRequest"]
 
@@ -78,29 +89,44 @@ def lr_factor(step: int, total: int, warmup: int, kind: str, min_ratio: float) -
 
 
 def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool = False,
-          progress: bool = True, echo: Callable[[str], None] = print) -> dict:
+          progress: bool = True, echo: Callable[[str], None] = print, ctx: DistContext | None = None) -> dict:
     """Train the model of ``cfg`` on the dataset in ``data_dir``; write everything to ``run_dir``.
 
     With ``resume`` the newest readable checkpoint of ``run_dir`` is loaded and training continues from there.
-    Returns the last epoch's record.
+    ``ctx``: the process group to train in (default: the one this process belongs to, if any). With two or more
+    ranks the run is domain-decomposed (:class:`~dsmpnn.train.strategy.DomainDecomposed`): every rank calls this
+    function, the result equals the single-process run up to round-off, and only rank 0 writes the run directory.
+    Returns the last epoch's record (without validation metrics on ranks other than 0).
     """
-    data = Dataset(data_dir)
-    man = data.manifest
-    rd = RunDir(Path(run_dir))
-    if list_checkpoints(rd.checkpoints) and not resume:
-        raise CheckpointError(f"{rd.root}: already holds a trained run; pass --resume to continue it or choose another --out")
-    if resume and not list_checkpoints(rd.checkpoints):
-        raise CheckpointError(f"{rd.root}: --resume given but there is no checkpoint to resume from")
+    ctx = current_context() if ctx is None else ctx
+    main = ctx.is_main
+    say = echo if main else (lambda s: None)
     tc, gc = cfg.train, cfg.graph
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
-    dtype, device = getattr(torch, tc.dtype), resolve_device()
+    dtype = getattr(torch, tc.dtype)
+    device = ctx.device if ctx.world_size > 1 else resolve_device()
+    rd = RunDir(Path(run_dir))
+
+    def open_dataset() -> Dataset:
+        data = Dataset(data_dir)
+        if list_checkpoints(rd.checkpoints) and not resume:
+            raise CheckpointError(f"{rd.root}: already holds a trained run; pass --resume to continue it or choose "
+                                  "another --out")
+        if resume and not list_checkpoints(rd.checkpoints):
+            raise CheckpointError(f"{rd.root}: --resume given but there is no checkpoint to resume from")
+        return data
+
+    data = run_agreed(open_dataset)  # the same error on every rank (plain call without a process group)
+    man = data.manifest
     fmap = FeatureMap(man, cfg.model.use_pos)
+    strategy = make_strategy(ctx, cfg, fmap, dtype, device)
     model = build_model(cfg.model, fmap).to(dtype).to(device)
+    strategy.broadcast(model)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    train_set = data.load_split("train")
-    val_set = data.load_split("val")[:VAL_SAMPLES] if data.manifest.splits.get("val") else []
+    train_set = strategy.load(data, "train")
+    val_set = strategy.load(data, "val", limit=VAL_SAMPLES, keep_full=True) if man.splits.get("val") else []
     graphs_per_epoch = len(train_set) * gc.samples_per_mesh
     steps_per_epoch = math.ceil(graphs_per_epoch / tc.batch_graphs)
     total = tc.epochs * steps_per_epoch
@@ -109,35 +135,40 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
 
     start, resume_batch, partial = 0, 0, (0.0, 0)
     if resume:
-        state, path = load_checkpoint(rd.checkpoints)
+        state, path = strategy.agreed(lambda: load_checkpoint(rd.checkpoints))  # every rank reads it
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start, resume_batch = int(state["epoch"]), int(state.get("batch", 0))
         partial = tuple(state.get("partial", (0.0, 0)))
-        echo(f"resuming from {path} (epoch {start} done" + (f", {resume_batch} graphs into epoch {start + 1})"
-                                                            if resume_batch else ")"))
-    else:
+        strategy.same_everywhere((path.name, start, resume_batch), "the checkpoint to resume from")
+        say(f"resuming from {path} (epoch {start} done" + (f", {resume_batch} graphs into epoch {start + 1})"
+                                                           if resume_batch else ")"))
+    elif main:
         rd.write_meta(cfg, Path(data_dir), man)
-    logger = MetricsLogger(rd.root, resume_epoch=start if resume else None)
+    logger = MetricsLogger(rd.root, resume_epoch=start if resume else None) if main else None
     n_params = sum(p.numel() for p in model.parameters())
-    echo(f"training {n_params:,} parameters on {len(train_set)} meshes x {gc.samples_per_mesh} samples of "
-         f"{gc.sample_nodes} nodes, {steps_per_epoch} steps/epoch, epochs {start + 1}..{tc.epochs}, device {device}")
+    where = (f"{ctx.world_size} ranks ({cfg.distributed.partition} partition, halo_hops "
+             f"{cfg.distributed.halo_hops}), device {device}" if ctx.world_size > 1 else f"device {device}")
+    say(f"training {n_params:,} parameters on {len(train_set)} meshes x {gc.samples_per_mesh} samples of "
+        f"{gc.sample_nodes} nodes, {steps_per_epoch} steps/epoch, epochs {start + 1}..{tc.epochs}, {where}")
 
-    def checkpoint(epoch: int, batch: int = 0, part: tuple[float, int] = (0.0, 0)) -> Path:
-        """``epoch`` epochs done, plus ``batch`` graphs of the next one (an interrupted epoch)."""
+    def checkpoint(epoch: int, batch: int = 0, part: tuple[float, int] = (0.0, 0)) -> Path | None:
+        """``epoch`` epochs done, plus ``batch`` graphs of the next one (an interrupted epoch). Rank 0 writes."""
+        if not main:
+            return None
         return save_checkpoint(rd.checkpoints, epoch, {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "epoch": epoch, "batch": batch, "partial": list(part), "config": cfg.to_dict()}, keep=tc.keep_checkpoints)
 
     record: dict = {}
-    bar = tqdm(range(start + 1, tc.epochs + 1), desc="train", unit="epoch", disable=not progress, initial=start,
-               total=tc.epochs)
+    bar = tqdm(range(start + 1, tc.epochs + 1), desc="train", unit="epoch", disable=not (progress and main),
+               initial=start, total=tc.epochs)
     try:
         with StopRequest() as stop:
             for epoch in bar:
                 t0 = time.perf_counter()
-                rng = np.random.default_rng([tc.seed, epoch])
+                rng = np.random.default_rng([tc.seed, epoch])  # the same draws on every rank
                 items = [(s, sample_nodes(s.num_nodes, gc.sample_nodes, rng))
                          for s in train_set for _ in range(gc.samples_per_mesh)]
                 order = rng.permutation(len(items))
@@ -145,39 +176,45 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
                 first = resume_batch if epoch == start + 1 else 0
                 loss_sum, nodes = partial if first else (0.0, 0)
                 for b in range(first, len(order), tc.batch_graphs):
-                    batch = make_batch([items[i] for i in order[b:b + tc.batch_graphs]], fmap, gc.radius,
-                                       gc.max_neighbors, dtype).to(device)
-                    pred = model(batch.x, batch.edge_index, batch.edge_attr)  # [n, T] normalised
-                    loss = torch.nn.functional.mse_loss(pred, batch.y)
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    loss, n, stopping = strategy.step(model, [items[i] for i in order[b:b + tc.batch_graphs]],
+                                                      stop.requested)
                     if tc.grad_clip:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
                     opt.step()
                     sched.step()
-                    loss_sum += loss.item() * batch.x.shape[0]
-                    nodes += batch.x.shape[0]
-                    if stop.requested:
+                    loss_sum += loss * n
+                    nodes += n
+                    if stopping:
                         path = checkpoint(epoch - 1, b + tc.batch_graphs, (loss_sum, nodes))
-                        raise Interrupted(
-                            f"interrupted during epoch {epoch}; saved {path}; continue with --resume")
+                        strategy.barrier()
+                        raise strategy.error(Interrupted(
+                            f"interrupted during epoch {epoch}; saved {path}; continue with --resume"))
                 record = {"epoch": epoch, "step": epoch * steps_per_epoch, "train_loss": loss_sum / nodes,
                           "lr": opt.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0}
                 if val_set and (epoch % tc.eval_every == 0 or epoch == tc.epochs):
-                    preds = [predict_sample(model, fmap, s, cfg, device) for s in val_set]
-                    record["val_rel_l2"] = compute_metrics(preds, [s.y for s in val_set],
-                                                           [f.name for f in man.target_fields])["rel_l2"]
-                logger.log(record)
-                bar.set_postfix(loss=f"{record['train_loss']:.3g}", **(
-                    {"val_rel_l2": f"{record['val_rel_l2']:.3g}"} if "val_rel_l2" in record else {}))
-                if epoch % tc.checkpoint_every == 0 or epoch == tc.epochs or stop.requested:
+                    preds = [strategy.predict(model, s) for s in val_set]  # None on ranks other than 0
+                    if main:
+                        record["val_rel_l2"] = compute_metrics(preds, [strategy.full(s).y for s in val_set],
+                                                               [f.name for f in man.target_fields])["rel_l2"]
+                if main:
+                    logger.log(record)
+                    bar.set_postfix(loss=f"{record['train_loss']:.3g}", **(
+                        {"val_rel_l2": f"{record['val_rel_l2']:.3g}"} if "val_rel_l2" in record else {}))
+                stopping = strategy.agree_stop(stop.requested)
+                if epoch % tc.checkpoint_every == 0 or epoch == tc.epochs or stopping:
                     checkpoint(epoch)
-                if stop.requested:
-                    raise Interrupted(f"interrupted after epoch {epoch}; checkpoint saved; continue with --resume")
+                if stopping:
+                    strategy.barrier()
+                    raise strategy.error(Interrupted(
+                        f"interrupted after epoch {epoch}; checkpoint saved; continue with --resume"))
     finally:
-        logger.close()
+        if logger is not None:
+            logger.close()
         bar.close()
-    records = read_jsonl(logger.path)
-    if records:
-        plot_loss_curve(records, rd.plots / "loss_curve.png")
+    if main:
+        records = read_jsonl(logger.path)
+        if records:
+            plot_loss_curve(records, rd.plots / "loss_curve.png")
+    strategy.barrier()  # the run directory is complete when train() returns on any rank
     return record

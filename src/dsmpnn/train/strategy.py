@@ -1,0 +1,185 @@
+r"""How one optimizer step, the loading of meshes and prediction run: in one process, or domain-decomposed over P ranks.
+
+The training loop (:mod:`dsmpnn.train.trainer`), evaluation and prediction (:mod:`dsmpnn.train.evaluate`) are
+written once against this small interface; :func:`make_strategy` picks the implementation from the process group.
+
+- :class:`SingleProcess` (S-MPNN): the step's sampled graphs are joined into one disjoint graph and the loss is the
+  MSE over all its nodes.
+- :class:`DomainDecomposed` (DS-MPNN): every rank holds a :class:`~dsmpnn.train.sharding.MeshShard` of each mesh,
+  draws the same node samples (same seeded generator), and for each sampled graph g of a step back-propagates
+
+  .. math:: L_{p,g} = \frac{1}{n T} \sum_{i \in O_{p,g}} \sum_t (\hat y_{it} - y_{it})^2,
+
+  with :math:`O_{p,g}` its owned sampled nodes and :math:`n` the number of nodes of all graphs of the step. The
+  halo exchange's backward sends every halo contribution to its owner, so after one SUM all-reduce of the
+  parameter gradients every rank holds the gradient of the single-process batch MSE and takes the same step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dsmpnn.data.dataset import Dataset
+from dsmpnn.data.sample import MeshSample
+from dsmpnn.distributed import (DistContext, all_gather_objects, all_reduce_sum, allreduce_gradients, any_rank,
+                                broadcast_parameters, forward_owned, make_exchange, quiet_unless_main, run_agreed)
+from dsmpnn.errors import DatasetError, DsmpnnError
+from dsmpnn.train.config import Config
+from dsmpnn.train.features import FeatureMap, make_batch
+from dsmpnn.train.inference import predict_sample
+from dsmpnn.train.sharding import MeshShard, decompose, predict_sharded, shard_meshes
+
+__all__ = ["SingleProcess", "DomainDecomposed", "make_strategy", "Item"]
+
+T = TypeVar("T")
+Item = tuple[object, np.ndarray]
+"""A sampled graph: (mesh, ascending node ids); the mesh is a MeshSample or a MeshShard."""
+
+
+def _files(data: Dataset, split: str, limit: int | None) -> tuple[str, ...]:
+    files = data.split(split)
+    if not files:
+        raise DatasetError(f"{data.root / 'manifest.json'}: split '{split}' is empty")
+    return files[:limit] if limit is not None else files
+
+
+class SingleProcess:
+    """Everything in this process (no process group, or a group of one)."""
+
+    def __init__(self, cfg: Config, fmap: FeatureMap, dtype: torch.dtype, device: torch.device | str,
+                 ctx: DistContext | None = None) -> None:
+        self.cfg, self.fmap, self.dtype, self.device = cfg, fmap, dtype, torch.device(device)
+        self.ctx = ctx or DistContext()
+
+    @property
+    def is_main(self) -> bool:
+        return True
+
+    def agreed(self, fn: Callable[[], T]) -> T:
+        return fn()
+
+    def error(self, err: DsmpnnError) -> DsmpnnError:
+        return err
+
+    def load(self, data: Dataset, split: str, limit: int | None = None, keep_full: bool = False) -> list[MeshSample]:
+        return [data.load(f) for f in _files(data, split, limit)]
+
+    def hold(self, sample: MeshSample) -> MeshSample:
+        """The mesh as this strategy keeps it (for one mesh read from elsewhere, e.g. ``dsmpnn predict``)."""
+        return sample
+
+    def full(self, mesh: MeshSample) -> MeshSample:
+        return mesh
+
+    def broadcast(self, model: nn.Module) -> None:
+        pass
+
+    def same_everywhere(self, value: object, what: str) -> None:
+        pass
+
+    def step(self, model: nn.Module, items: Sequence[Item], stop_requested: bool) -> tuple[float, int, bool]:
+        """Forward and backward of one optimizer step over ``items``; gradients accumulate into ``.grad``.
+
+        Returns (batch MSE, nodes in the batch, whether to stop after this step)."""
+        batch = make_batch(list(items), self.fmap, self.cfg.graph.radius, self.cfg.graph.max_neighbors,
+                           self.dtype).to(self.device)
+        pred = model(batch.x, batch.edge_index, batch.edge_attr)  # [n, T] normalised
+        loss = torch.nn.functional.mse_loss(pred, batch.y)
+        loss.backward()
+        return loss.item(), batch.x.shape[0], stop_requested
+
+    def agree_stop(self, requested: bool) -> bool:
+        return requested
+
+    def predict(self, model: nn.Module, mesh: MeshSample) -> np.ndarray:
+        return predict_sample(model, self.fmap, mesh, self.cfg, self.device)
+
+    def barrier(self) -> None:
+        pass
+
+
+class DomainDecomposed:
+    """Rank ``ctx.rank`` of ``ctx.world_size`` in an initialised process group (see the module docstring)."""
+
+    def __init__(self, cfg: Config, fmap: FeatureMap, dtype: torch.dtype, ctx: DistContext) -> None:
+        if not dist.is_initialized() or ctx.world_size < 2:
+            raise DsmpnnError("DomainDecomposed needs an initialised process group of at least 2 ranks")
+        self.cfg, self.fmap, self.dtype, self.ctx = cfg, fmap, dtype, ctx
+        self.device = ctx.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.ctx.is_main
+
+    def agreed(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on every rank; a :class:`DsmpnnError` on any rank is raised on all (rank 0 reports it)."""
+        return run_agreed(fn)
+
+    def error(self, err: DsmpnnError) -> DsmpnnError:
+        """``err`` as raised by every rank: reported by rank 0, quiet elsewhere."""
+        return quiet_unless_main(err)
+
+    def load(self, data: Dataset, split: str, limit: int | None = None, keep_full: bool = False) -> list[MeshShard]:
+        files = self.agreed(lambda: _files(data, split, limit))
+        return shard_meshes(lambda k: data.load(files[k]), len(files), self.ctx, self.cfg, self.fmap, self.dtype,
+                            keep_full)
+
+    def hold(self, sample: MeshSample) -> MeshShard:
+        return shard_meshes(lambda k: sample, 1, self.ctx, self.cfg, self.fmap, self.dtype, keep_full=True)[0]
+
+    def full(self, mesh: MeshShard) -> MeshSample | None:
+        return mesh.sample
+
+    def broadcast(self, model: nn.Module) -> None:
+        """Rank 0's parameters on every rank."""
+        broadcast_parameters(model)
+
+    def same_everywhere(self, value: object, what: str) -> None:
+        """Refuse to go on when ranks disagree on ``value`` (e.g. the checkpoint each one loaded)."""
+        values = all_gather_objects(value)
+        if any(v != values[0] for v in values):
+            raise self.error(DsmpnnError(f"ranks disagree on {what}: {values}; every rank must see the same files "
+                                         "(a shared file system)"))
+
+    def step(self, model: nn.Module, items: Sequence[Item], stop_requested: bool) -> tuple[float, int, bool]:
+        """Forward and backward of one optimizer step over ``items``; on return every rank's ``.grad`` holds the
+        gradient of the batch MSE (summed over ranks). Returns (batch MSE, nodes in the batch, stop on all ranks)."""
+        n = sum(len(ids) for _, ids in items)
+        denom = n * self.fmap.out_channels  # entries of the whole batch, all ranks
+        sse = torch.zeros((), dtype=torch.float64, device=self.device)
+        for mesh, ids in items:
+            shard = decompose(mesh, ids, self.ctx.world_size, self.cfg, self.dtype)
+            pred = forward_owned(model, shard, make_exchange(shard.plan))  # [n_own, T] normalised
+            err = (pred - shard.y).pow(2).sum()  # owned nodes of this rank only
+            (err / denom).backward()
+            sse += err.detach().double()
+        allreduce_gradients(model.parameters())
+        # one all-reduce for both the global SSE and the stop flag (sum of the flags > 0 == their MAX)
+        flag = torch.tensor(float(stop_requested), dtype=torch.float64, device=self.device)
+        total = all_reduce_sum(torch.stack([sse, flag]))  # [global SSE, ranks asking to stop]
+        return float(total[0]) / denom, n, bool(total[1] > 0)
+
+    def agree_stop(self, requested: bool) -> bool:
+        """True on every rank when any rank received SIGINT/SIGTERM, so all stop after the same step."""
+        return any_rank(requested, device=self.device)
+
+    def predict(self, model: nn.Module, mesh: MeshShard) -> np.ndarray | None:
+        """[N, T] physical prediction on rank 0, None elsewhere (a collective)."""
+        return predict_sharded(model, self.fmap, mesh, self.cfg, self.ctx)
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+
+def make_strategy(ctx: DistContext, cfg: Config, fmap: FeatureMap, dtype: torch.dtype,
+                  device: torch.device | str) -> SingleProcess | DomainDecomposed:
+    """:class:`DomainDecomposed` on a process group of two or more ranks, else :class:`SingleProcess`."""
+    if ctx.world_size > 1:
+        return DomainDecomposed(cfg, fmap, dtype, ctx)
+    return SingleProcess(cfg, fmap, dtype, device, ctx)
