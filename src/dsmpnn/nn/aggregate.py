@@ -1,26 +1,62 @@
 r"""The edge-conditioned aggregation at the heart of :class:`dsmpnn.nn.ECConv`.
 
 .. math::
-    \mathrm{out}_i = \sum_{e = (j \to i)} w_e \, h_e^\top Q_j ,\qquad
-    h \in \mathbb{R}^{E \times K},\; Q \in \mathbb{R}^{N \times K \times C},\; w \in \mathbb{R}^{E}
+    \mathrm{out}_i = s_i \sum_{e = (j \to i)} w_e \, \tilde h_e^\top Q_j ,\qquad
+    \tilde h_e = [h_e, 1] \text{ or } h_e ,\quad
+    h \in \mathbb{R}^{E \times K},\; Q \in \mathbb{R}^{N \times K' \times C}
 
-with :math:`w_e = 1/\deg(i)` for mean and 1 for sum aggregation. A custom autograd function evaluates it over
-chunks of edges and recomputes the per-edge gathers in backward, so neither pass stores an [E, K, C] tensor:
+with :math:`K' = K + 1` when Q carries a last "bias" row (multiplied by a constant 1) and :math:`K' = K`
+otherwise; :math:`w_e` are per-edge weights and :math:`s_i` per-target weights (``1/deg(i)`` for a mean).
+
+How it is evaluated (:class:`dsmpnn.nn.edge_plan.EdgePlan`): the edges are sorted by (out-degree of the source,
+source) and cut into chunks of at most ``chunk`` edges. Per chunk, the messages of all sources of out-degree d
+are one batched product :math:`M_j = H_j Q_j` ([n_d, d, K] x [n_d, K, C]), each :math:`Q_j` is read once, and
+the [e, C] messages are added into their targets. The backward pass is the same loop:
 
 .. math::
-    \partial L / \partial h_e = w_e \, Q_j \, g_i ,\qquad
-    \partial L / \partial Q_j = \sum_{e = (j \to i)} w_e \, h_e \, g_i^\top .
+    g^M_e = w_e s_i g_i ,\qquad
+    \partial L / \partial Q_j = \tilde H_j^\top G^M_j ,\qquad
+    \partial L / \partial h_e = Q_j \, g^M_e .
+
+:func:`ecconv_aggregate` fuses the two ends of the convolution into the same loop, so that nothing per edge
+except one chunk is ever held, in the forward or the backward pass:
+
+- ``Q_j = x_j W`` (``W`` [C_in, K', C]) is computed per chunk from x and recomputed in backward (a dense
+  [n, C_in] x [C_in, K' C] matmul) instead of storing the [N, K', C] tensor;
+- ``h_e = kernel(a_e)`` (the kernel MLP on edge attributes, Linear layers and pointwise activations,
+  :class:`dsmpnn.nn.rowwise.RowwiseKernel`) is computed per chunk and recomputed in backward, where the
+  kernel's own backward on that chunk gives the gradients of its parameters and of the edge attributes.
+
+Memory: besides the inputs, the [N, C] output and the gradients, one chunk of [e, K], [e, C] and [n, K', C]
+temporaries per worker (e <= chunk edges, n <= e sources). Work: 2 N C_in K' C (dense) + 2 E K C (batched)
+multiply-adds forward; backward twice that, plus the recomputation of Q and h.
+
+Threads: on CPU the chunks are split between ``torch.get_num_threads()`` single-threaded workers
+(:mod:`dsmpnn.nn.chunk_pool`). Devices: the code is device-generic; on CUDA the per-degree products of a chunk
+become one padded ``bmm``, compiled when possible (:mod:`dsmpnn.nn.padded`, UNTESTED ON GPU).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+from torch.autograd.function import once_differentiable
 
-__all__ = ["edge_kernel_aggregate", "edge_weights", "DEFAULT_EDGE_CHUNK"]
+from dsmpnn.nn.chunk_pool import run_chunks
+from dsmpnn.nn.edge_plan import DEFAULT_EDGE_CHUNK, Chunk, EdgePlan, Group
+from dsmpnn.nn.padded import maybe_compiled
+from dsmpnn.nn.rowwise import RowwiseKernel
 
-DEFAULT_EDGE_CHUNK = 32_768
-"""Edges per chunk: bounds temporary memory at about chunk x K x C floats."""
+__all__ = ["edge_kernel_aggregate", "ecconv_aggregate", "edge_weights", "DEFAULT_EDGE_CHUNK", "PADDED"]
 
+PADDED: bool | None = None
+"""Per-chunk products as one degree-padded ``bmm`` (:mod:`dsmpnn.nn.padded`) instead of one ``bmm`` per
+out-degree; None: on CUDA only (where it is also compiled when possible; UNTESTED ON GPU)."""
+
+
+def _use_padded(device: torch.device) -> bool:
+    return PADDED if PADDED is not None else device.type == "cuda"
 
 def edge_weights(dst: torch.Tensor, num_nodes: int, aggr: str, dtype: torch.dtype) -> torch.Tensor:
     """Per-edge aggregation weights ``w [E]``: ``1 / deg(dst)`` for "mean", ones for "sum"."""
@@ -31,37 +67,210 @@ def edge_weights(dst: torch.Tensor, num_nodes: int, aggr: str, dtype: torch.dtyp
     return deg.clamp(min=1).reciprocal()[dst]
 
 
-class _EdgeKernelAggregate(torch.autograd.Function):
+def _messages(h: torch.Tensor, q: torch.Tensor, groups: Sequence[Group], m: torch.Tensor) -> None:
+    """m [e, C] <- the rows of H_j Q_j for each source j: h [e, K'] (contiguous), q [n, K', C]."""
+    k, c = h.shape[1], q.shape[2]
+    for g in groups:
+        nb = g.b - g.a
+        torch.bmm(h[g.s:g.t].view(nb, g.d, k), q[g.a:g.b], out=m[g.s:g.t].view(nb, g.d, c))
+
+
+def _message_grads(h: torch.Tensor, q: torch.Tensor, gm: torch.Tensor, groups: Sequence[Group],
+                   gq: torch.Tensor | None, gh: torch.Tensor | None) -> None:
+    """Adjoint of :func:`_messages` for gm = dL/dm [e, C]: gq [n, K', C] <- H_j^T G_j and gh [e, K] <- G_j Q_j^T
+    restricted to the first K rows of Q_j (K = K' - 1 leaves out the bias row, whose h is the constant 1).
+    gq and gh must be contiguous: ``bmm`` into a strided output falls back to a loop over the batch."""
+    k1, c = h.shape[1], q.shape[2]
+    k = gh.shape[1] if gh is not None else k1
+    for g in groups:
+        nb = g.b - g.a
+        gmv = gm[g.s:g.t].view(nb, g.d, c)  # [nb, d, C]
+        if gq is not None:
+            torch.bmm(h[g.s:g.t].view(nb, g.d, k1).transpose(1, 2), gmv, out=gq[g.a:g.b])
+        if gh is not None:
+            torch.bmm(gmv, q[g.a:g.b, :k].transpose(1, 2), out=gh[g.s:g.t].view(nb, g.d, k))
+
+
+class _GroupedAggregate(torch.autograd.Function):
+    """out = s * sum_e w_e [kernel(a_e), (1)]^T Q_src(e), Q = x W (or Q = x when W is None), in chunks."""
+
     @staticmethod
-    def forward(ctx, h, q, src, dst, w, num_nodes, chunk):  # noqa: D401 - autograd signature
-        out = q.new_zeros(num_nodes, q.shape[2])  # [N, C]
-        for s in range(0, src.shape[0], chunk):
-            sl = slice(s, s + chunk)
-            msg = torch.bmm(h[sl].unsqueeze(1), q[src[sl]]).squeeze(1)  # [e, C]
-            out.index_add_(0, dst[sl], msg * w[sl, None])
-        ctx.save_for_backward(h, q, src, dst, w)
-        ctx.chunk = chunk
+    def forward(ctx, plan: EdgePlan, kernel: RowwiseKernel | None, x, wb, feats, edge_weight, node_weight,
+                *params):
+        k1, c = (wb.shape[1], wb.shape[2]) if wb is not None else (x.shape[1], x.shape[2])
+        k = feats.shape[1] if kernel is None else kernel.out_features
+        ws = edge_weight[plan.perm] if edge_weight is not None else None  # [E] in sorted order
+        # the kernel's inputs (edge attributes: few columns) are sorted once, then read in slices
+        fs = torch.index_select(feats, 0, plan.perm) if kernel is not None else None  # [E, F]
+        padded = maybe_compiled("messages", x.device) if _use_padded(x.device) else None
+
+        def work(chunks: Sequence[Chunk]) -> torch.Tensor:
+            out = x.new_zeros(plan.num_nodes, c)  # [N, C] partial sum of this worker
+            q_buf = x.new_empty(plan.max_chunk_nodes, k1 * c)
+            h_buf = _feature_buffer(x, plan.max_chunk_edges, k, k1)
+            m_buf = x.new_empty(plan.max_chunk_edges, c) if padded is None else None
+            for ch in chunks:
+                e = ch.e1 - ch.e0
+                q = _node_kernels(x, wb, plan.sources[ch.n0:ch.n1], q_buf)  # [n, K', C]
+                h = _edge_features(kernel, feats, fs, plan.perm, ch, h_buf[:e], k, None)  # [e, K']
+                if padded is not None:
+                    m = padded(h, q, *plan.padded(ch))  # [e, C]
+                else:
+                    m = m_buf[:e]  # [e, C]
+                    _messages(h, q, ch.groups, m)
+                if ws is not None:
+                    m.mul_(ws[ch.e0:ch.e1, None])
+                out.index_add_(0, plan.dst_sorted[ch.e0:ch.e1], m)
+            return out
+
+        parts = run_chunks(work, plan.chunks, x.device) if plan.num_edges else [x.new_zeros(plan.num_nodes, c)]
+        out = parts[0]
+        for part in parts[1:]:
+            out.add_(part)
+        if node_weight is not None:
+            out.mul_(node_weight[:, None])
+        ctx.plan, ctx.kernel = plan, kernel
+        ctx.save_for_backward(x, wb, feats, fs, edge_weight, node_weight, *params)
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):
-        h, q, src, dst, w = ctx.saved_tensors
-        gh = torch.empty_like(h) if ctx.needs_input_grad[0] else None
-        gq = torch.zeros_like(q) if ctx.needs_input_grad[1] else None
-        for s in range(0, src.shape[0], ctx.chunk):
-            sl = slice(s, s + ctx.chunk)
-            gd = g[dst[sl]] * w[sl, None]  # [e, C]
-            if gh is not None:
-                gh[sl] = torch.bmm(q[src[sl]], gd.unsqueeze(2)).squeeze(2)  # [e, K]
-            if gq is not None:
-                gq.index_add_(0, src[sl], h[sl, :, None] * gd[:, None, :])  # [e, K, C] temporary
-        return gh, gq, None, None, None, None, None
+        plan, kernel = ctx.plan, ctx.kernel
+        x, wb, feats, fs, edge_weight, node_weight, *params = ctx.saved_tensors
+        need_x, need_wb, need_f = ctx.needs_input_grad[2:5]
+        need_p = ctx.needs_input_grad[7:]
+        k1, c = (wb.shape[1], wb.shape[2]) if wb is not None else (x.shape[1], x.shape[2])
+        k = feats.shape[1] if kernel is None else kernel.out_features
+        want_q, want_h = need_x or need_wb, need_f or any(need_p)
+        # rows of gx and gf belong to one chunk each: workers write them in place, disjointly
+        gx = torch.zeros_like(x) if need_x else None
+        gf = torch.zeros_like(feats) if need_f else None
+        if node_weight is not None:
+            g = g * node_weight[:, None]
+        ws = edge_weight[plan.perm] if edge_weight is not None else None
+        wb2 = wb.reshape(wb.shape[0], k1 * c) if wb is not None else None  # [C_in, K' C]
+        padded = maybe_compiled("grads", x.device) if _use_padded(x.device) else None
+
+        def work(chunks: Sequence[Chunk]) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+            # partial sums of this worker: dL/dW, and the kernel's parameter gradients (Linear weights
+            # transposed, [in, out], see RowwiseKernel.backward)
+            gwb = x.new_zeros(wb.shape[0], k1 * c) if need_wb else None  # [C_in, K' C]
+            gp = [(p.new_zeros(p.shape[::-1]) if p.dim() == 2 else torch.zeros_like(p)) if n else None
+                  for p, n in zip(params, need_p)]
+            if not chunks:
+                return gwb, gp
+            q_buf = x.new_empty(plan.max_chunk_nodes, k1 * c)
+            h_buf = _feature_buffer(x, plan.max_chunk_edges, k, k1)
+            gm_buf = x.new_empty(plan.max_chunk_edges, c)
+            gq_buf = x.new_empty(plan.max_chunk_nodes, k1 * c) if want_q and padded is None else None
+            gh_buf = x.new_empty(plan.max_chunk_edges, k) if want_h and padded is None else None
+            for ch in chunks:
+                n, e = ch.n1 - ch.n0, ch.e1 - ch.e0
+                nodes, rows = plan.sources[ch.n0:ch.n1], plan.perm[ch.e0:ch.e1]
+                q = _node_kernels(x, wb, nodes, q_buf)  # [n, K', C], recomputed
+                gm = torch.index_select(g, 0, plan.dst_sorted[ch.e0:ch.e1], out=gm_buf[:e])  # [e, C]
+                if ws is not None:
+                    gm.mul_(ws[ch.e0:ch.e1, None])
+                tape: list | None = [] if want_h else None
+                h = _edge_features(kernel, feats, fs, plan.perm, ch, h_buf[:e], k, tape)  # [e, K'], recomputed
+                if padded is not None:
+                    gq, gh = padded(h, q, gm, *plan.padded(ch), k, want_q, want_h)
+                else:
+                    gq = gq_buf[:n].view(n, k1, c) if want_q else None  # [n, K', C]
+                    gh = gh_buf[:e] if want_h else None  # [e, K]
+                    _message_grads(h, q, gm, ch.groups, gq, gh)
+                if want_q and wb is None:  # Q given: its gradient is the result
+                    gx.index_copy_(0, nodes, gq)
+                elif want_q:
+                    gq2 = gq.reshape(n, k1 * c)  # [n, K' C]
+                    if need_x:
+                        gx.index_copy_(0, nodes, gq2 @ wb2.T)  # [n, C_in]
+                    if need_wb:
+                        gwb.addmm_(torch.index_select(x, 0, nodes).T, gq2)  # [C_in, K' C]
+                if kernel is not None and want_h:
+                    gh = kernel.backward(tape, gh, gp, need_f)  # overwrites gh; dL/da [e, F] or None
+                if need_f:
+                    gf.index_copy_(0, rows, gh)
+            return gwb, gp
+
+        if plan.num_edges and (want_q or want_h):
+            parts = run_chunks(work, plan.chunks, x.device)
+        else:
+            parts = [work(())]
+        gwb, gp = parts[0]
+        for gwb_t, gp_t in parts[1:]:
+            if gwb is not None:
+                gwb.add_(gwb_t)
+            for a, b in zip(gp, gp_t):
+                if a is not None:
+                    a.add_(b)
+        gwb = gwb.view(wb.shape) if gwb is not None else None
+        gp = [gr.T if gr is not None and gr.dim() == 2 else gr for gr in gp]
+        return (None, None, gx, gwb, gf, None, None, *gp)
+
+
+def _feature_buffer(x: torch.Tensor, rows: int, k: int, k1: int) -> torch.Tensor:
+    """[rows, K'] buffer for the chunk's h; when K' = K + 1 its last column is the constant 1 of h~ = [h, 1]."""
+    buf = x.new_empty(rows, k1)
+    if k1 == k + 1:
+        buf[:, k] = 1
+    return buf
+
+
+def _edge_features(kernel: RowwiseKernel | None, feats: torch.Tensor, fs: torch.Tensor | None, perm: torch.Tensor,
+                   ch: Chunk, h_buf: torch.Tensor, k: int, tape: list | None) -> torch.Tensor:
+    """h~ of the chunk's edges in h_buf [e, K'] (first K columns): kernel(fs[chunk]) with fs the kernel's inputs
+    in sorted order, or feats[perm[chunk]] when there is no kernel."""
+    if kernel is not None:
+        kernel.forward(fs[ch.e0:ch.e1], tape, out=h_buf[:, :k])
+    elif h_buf.device.type == "cpu":
+        torch.index_select(feats, 0, perm[ch.e0:ch.e1], out=h_buf[:, :k])  # strided out: fine on CPU
+    else:
+        h_buf[:, :k] = torch.index_select(feats, 0, perm[ch.e0:ch.e1])
+    return h_buf
+
+
+def _node_kernels(x: torch.Tensor, wb: torch.Tensor | None, nodes: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+    """Q_j for the chunk's sources: x[nodes] @ W -> [n, K', C] (or x[nodes] itself when W is None)."""
+    n = nodes.shape[0]
+    if wb is None:
+        return torch.index_select(x.reshape(x.shape[0], -1), 0, nodes, out=buf[:n]).view(n, *x.shape[1:])
+    q = torch.mm(torch.index_select(x, 0, nodes), wb.reshape(wb.shape[0], -1), out=buf[:n])  # [n, K' C]
+    return q.view(n, wb.shape[1], wb.shape[2])
+
+
+def ecconv_aggregate(x: torch.Tensor, wb: torch.Tensor, feats: torch.Tensor, plan: EdgePlan,
+                     kernel: RowwiseKernel | None = None, node_weight: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Fused edge-conditioned aggregation :math:`\mathrm{out}_i = s_i \sum_{e=(j \to i)} \tilde h_e^\top (x_j W)`.
+
+    ``h = kernel(feats)`` chunk by chunk (``feats`` itself when ``kernel`` is None), :math:`\tilde h = [h, 1]`
+    when W has K + 1 rows, ``s = node_weight`` (or 1). Differentiable in x, wb, feats, node_weight excepted, and
+    the kernel's parameters (recomputed per chunk in backward); not twice differentiable.
+
+    Shapes:
+        x [N_src, C_in], wb [C_in, K', C], feats [E, F] (edge order of the plan's edge_index),
+        node_weight [N] or None -> out [N, C]
+    """
+    k = kernel.out_features if kernel is not None else feats.shape[1]
+    if wb.dim() != 3 or wb.shape[0] != x.shape[1] or wb.shape[1] not in (k, k + 1):
+        raise ValueError(f"wb has shape {list(wb.shape)}, expected [C_in={x.shape[1]}, K' in ({k}, {k + 1}), C]")
+    if feats.shape[0] != plan.num_edges or x.shape[0] != plan.num_src:
+        raise ValueError(f"x has {x.shape[0]} rows and feats {feats.shape[0]}; the plan has {plan.num_src} "
+                         f"sources and {plan.num_edges} edges")
+    params = kernel.parameters() if kernel is not None else ()
+    node_weight = node_weight.detach() if node_weight is not None else None
+    return _GroupedAggregate.apply(plan, kernel, x, wb, feats, None, node_weight, *params)
 
 
 def edge_kernel_aggregate(h: torch.Tensor, q: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
-                          w: torch.Tensor, num_nodes: int, chunk: int = DEFAULT_EDGE_CHUNK) -> torch.Tensor:
-    r""":math:`\mathrm{out}_i = \sum_{e=(j \to i)} w_e h_e^\top Q_j`.
+                          w: torch.Tensor | None, num_nodes: int, chunk: int = DEFAULT_EDGE_CHUNK) -> torch.Tensor:
+    r""":math:`\mathrm{out}_i = \sum_{e=(j \to i)} w_e h_e^\top Q_j` (Q given; differentiable in h and q, not w).
 
-    Shapes: h [E, K], q [N_src, K, C], src/dst [E] int64, w [E] -> out [num_nodes, C].
+    Shapes: h [E, K], q [N_src, K, C], src/dst [E] int64, w [E] or None -> out [num_nodes, C].
     """
-    return _EdgeKernelAggregate.apply(h, q, src, dst, w, num_nodes, chunk)
+    if h.shape[0] != src.shape[0] or q.dim() != 3 or h.shape[1] != q.shape[1]:
+        raise ValueError(f"h {list(h.shape)} and q {list(q.shape)} do not match: expected [E, K] and [N, K, C]")
+    plan = EdgePlan.build(torch.stack([src, dst]), num_nodes, q.shape[0], chunk)
+    w = w.detach() if w is not None else None
+    return _GroupedAggregate.apply(plan, None, q, None, h, w, None)

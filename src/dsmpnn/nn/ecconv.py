@@ -9,8 +9,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from dsmpnn.nn.aggregate import DEFAULT_EDGE_CHUNK, edge_kernel_aggregate, edge_weights
+from dsmpnn.nn.aggregate import ecconv_aggregate
+from dsmpnn.nn.edge_plan import DEFAULT_EDGE_CHUNK, EdgePlan, cached_edge_plan
 from dsmpnn.nn.mlp import MLP
+from dsmpnn.nn.rowwise import RowwiseKernel
 
 __all__ = ["ECConv"]
 
@@ -33,6 +35,18 @@ class ECConv(nn.Module):
     (one dense [N, C_in] x [C_in, (H+1) C_out] matmul). Per edge only an (H+1)-by-C_out product remains:
     O(E H C_out) work instead of O(E H C_in C_out), and no [E, C_in, C_out] tensor.
 
+    Evaluation (:func:`dsmpnn.nn.aggregate.ecconv_aggregate`): edges grouped by source and out-degree
+    (:class:`dsmpnn.nn.edge_plan.EdgePlan`, cached per ``edge_index`` tensor so the layers of a model share it),
+    in chunks of ``edge_chunk`` edges. Per chunk: Q_j of its sources (dense matmul), h(e) of its edges (kernel
+    MLP), one batched [d, H] x [H, C_out] product per out-degree d, messages added into the targets. Backward
+    recomputes Q and h per chunk, so neither pass stores anything per edge (no [E, H] tensor either) when the
+    kernel MLP is made of Linear layers and pointwise activations; other kernel modules (dropout, batch norm)
+    are evaluated once over all edges by autograd and only the aggregation is chunked. On CPU the chunks are
+    shared by ``torch.get_num_threads()`` worker threads (:mod:`dsmpnn.nn.chunk_pool`). On CUDA the same code
+    runs with one degree-padded batched product per chunk, compiled when Triton is available
+    (:mod:`dsmpnn.nn.padded`): that path is UNTESTED ON GPU (its arithmetic is tested on CPU); a larger
+    ``edge_chunk`` (e.g. 2**20) suits a GPU.
+
     Args:
         in_channels, out_channels: C_in, C_out.
         edge_dim: D, the number of edge attributes.
@@ -40,10 +54,13 @@ class ECConv(nn.Module):
         aggr: "mean" (default) or "sum".
         act: activation of the kernel MLP.
         root_weight, bias: the root term W_r x_i and bias b, as in NNConv.
-        edge_chunk: edges per chunk in the aggregation (bounds temporary memory).
+        edge_chunk: edges per chunk in the aggregation (at most edge_chunk / 8 sources); bounds the temporary
+            memory of each worker thread to about edge_chunk x (2 H + 2 C_out + D) +
+            min(edge_chunk / d, edge_chunk / 8) x 2 (H + 1) C_out floats (d: out-degree of the sources).
 
     Shapes:
-        x: [N, C_in], edge_index: [2, E] (row 0 source j, row 1 target i), edge_attr: [E, D] -> [N, C_out]
+        x: [N, C_in], edge_index: [2, E] (row 0 source j, row 1 target i, any order), edge_attr: [E, D]
+        -> [N, C_out]
     """
 
     def __init__(self, in_channels: int, out_channels: int, edge_dim: int, kernel_hidden: Sequence[int] = (64,),
@@ -73,22 +90,36 @@ class ECConv(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
-    def node_kernels(self, x: torch.Tensor) -> torch.Tensor:
-        """Q_j for every node: x [N, C_in] -> [N, H + 1, C_out]."""
+    def node_kernel_weights(self) -> torch.Tensor:
+        """W such that Q_j = x_j W: [C_in, H + 1, C_out] (the last row holds the bias of the kernel's Linear)."""
         cin, cout = self.in_channels, self.out_channels
         hdim = self.kernel_out.in_features
         w = self.kernel_out.weight.view(cin, cout, hdim).transpose(1, 2)  # [C_in, H, C_out]
         b = self.kernel_out.bias.view(cin, 1, cout)  # [C_in, 1, C_out]
-        wb = torch.cat([w, b], dim=1).reshape(cin, (hdim + 1) * cout)  # [C_in, (H+1) C_out]
-        return (x @ wb).view(-1, hdim + 1, cout)
+        return torch.cat([w, b], dim=1)  # [C_in, H + 1, C_out]
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
-        src, dst = edge_index[0], edge_index[1]
-        h = self.kernel_hidden(edge_attr)  # [E, H]
-        h = torch.cat([h, h.new_ones(h.shape[0], 1)], dim=1)  # [E, H + 1]
-        q = self.node_kernels(x)  # [N, H + 1, C_out]
-        w = edge_weights(dst, x.shape[0], self.aggr, x.dtype)  # [E]
-        out = edge_kernel_aggregate(h, q, src, dst, w, x.shape[0], self.edge_chunk)  # [N, C_out]
+    def node_kernels(self, x: torch.Tensor) -> torch.Tensor:
+        """Q_j for every node: x [N, C_in] -> [N, H + 1, C_out]."""
+        wb = self.node_kernel_weights()
+        return (x @ wb.reshape(wb.shape[0], -1)).view(x.shape[0], *wb.shape[1:])
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor,
+                plan: EdgePlan | None = None) -> torch.Tensor:
+        """``plan``: an :class:`EdgePlan` of ``edge_index`` built with ``num_nodes = x.shape[0]``, to skip the
+        (cached) lookup; by default :func:`dsmpnn.nn.edge_plan.cached_edge_plan` finds or builds it."""
+        n = x.shape[0]
+        if edge_attr.dim() != 2 or edge_attr.shape[0] != edge_index.shape[-1]:
+            raise ValueError(f"edge_attr has shape {list(edge_attr.shape)}, expected [E={edge_index.shape[-1]}, D]")
+        if plan is None:
+            plan = cached_edge_plan(edge_index, n, n, self.edge_chunk)
+        node_weight = plan.mean_weights(x.dtype) if self.aggr == "mean" else None  # [N] or None
+        wb = self.node_kernel_weights()  # [C_in, H + 1, C_out]
+        kernel = RowwiseKernel.from_module(self.kernel_hidden)
+        if kernel is not None:  # Linear layers and pointwise activations: evaluated chunk by chunk
+            out = ecconv_aggregate(x, wb, edge_attr, plan, kernel, node_weight)  # [N, C_out]
+        else:
+            h = self.kernel_hidden(edge_attr)  # [E, H]
+            out = ecconv_aggregate(x, wb, h, plan, node_weight=node_weight)  # [N, C_out]
         if self.root is not None:
             out = out + self.root(x)
         if self.bias is not None:

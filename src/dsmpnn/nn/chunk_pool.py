@@ -1,0 +1,103 @@
+"""Chunks of the edge aggregation run side by side on CPU threads, each with one intra-op thread.
+
+One chunk of the aggregation is a few dozen small operations (a gather, a matmul, a batched matmul per
+out-degree, a scatter). Left to PyTorch's intra-op parallelism, every one of them forks and joins all threads;
+when the cores are shared with other processes a join waits for a descheduled thread, and two threads were
+measured slower than one. Splitting the chunks between threads instead (thread t takes chunks t, t + T, ...,
+each thread running its operations single-threaded) has one join per pass and no idle waits in between.
+
+The assignment is static, so results are deterministic for a given number of workers; each worker returns its
+own partial sums, which the caller adds in worker order. Workers inherit the caller's grad and inference modes.
+``CHUNK_WORKERS`` sets the number of workers (None: ``torch.get_num_threads()``); 1 runs everything in the
+calling thread, with PyTorch's usual intra-op parallelism. Non-CPU devices, and PyTorch builds whose intra-op
+backend is not OpenMP (where a thread cannot switch to one intra-op thread), always use the calling thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import torch
+
+__all__ = ["run_chunks", "run_single_threaded", "CHUNK_WORKERS", "num_workers"]
+
+CHUNK_WORKERS: int | None = None
+"""Threads that share the chunks of one pass on CPU; None: ``torch.get_num_threads()``."""
+
+T = TypeVar("T")
+C = TypeVar("C")
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
+_LOCK = threading.Lock()
+_IN_WORKER = threading.local()  # set on pool threads: a nested call runs inline instead of waiting on the pool
+
+
+@functools.cache
+def _openmp() -> bool:
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
+def num_workers(num_chunks: int, device: torch.device) -> int:
+    if device.type != "cpu" or not _openmp():
+        return 1
+    want = CHUNK_WORKERS if CHUNK_WORKERS is not None else torch.get_num_threads()
+    return max(1, min(int(want), num_chunks))
+
+
+def _forget_pool() -> None:
+    """In a forked child the pool's threads do not exist: start a new pool there when one is needed."""
+    global _POOL, _POOL_SIZE, _LOCK
+    _POOL, _POOL_SIZE, _LOCK = None, 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _pool(size: int) -> ThreadPoolExecutor:
+    global _POOL, _POOL_SIZE
+    with _LOCK:
+        if _POOL is None or _POOL_SIZE < size:
+            if _POOL is not None:
+                _POOL.shutdown(wait=False)
+            _POOL, _POOL_SIZE = ThreadPoolExecutor(size, thread_name_prefix="dsmpnn-chunks"), size
+        return _POOL
+
+
+def run_chunks(fn: Callable[[Sequence[C]], T], chunks: Sequence[C], device: torch.device,
+               workers: int | None = None) -> list[T]:
+    """``[fn(part) for part in parts]`` with ``parts[t] = chunks[t::workers]``, one part per pool thread
+    (``workers`` defaults to :func:`num_workers`; with one worker and no explicit request, the calling thread)."""
+    if getattr(_IN_WORKER, "active", False):
+        return [fn(chunks)]
+    if workers is None:
+        workers = num_workers(len(chunks), device)
+        if workers == 1:
+            return [fn(chunks)]
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    threads = torch.get_num_threads()
+
+    def task(part: Sequence[C]) -> T:
+        torch.set_num_threads(1)  # this pool thread only does single-threaded work
+        _IN_WORKER.active = True
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return fn(part)
+
+    try:
+        return list(_pool(workers).map(task, [chunks[t::workers] for t in range(workers)]))
+    finally:
+        torch.set_num_threads(threads)  # set_num_threads also writes a process-wide default: restore it
+
+
+def run_single_threaded(fn: Callable[[], T], device: torch.device) -> T:
+    """``fn()`` on one pool thread with one intra-op thread (CPU, several threads): for a sequence of small
+    operations, such as building an edge plan, that forking and joining threads per operation slows down."""
+    if num_workers(2, device) == 1:
+        return fn()
+    return run_chunks(lambda part: fn(), [None], device, workers=1)[0]

@@ -1,0 +1,210 @@
+r"""Edges grouped by source and by out-degree: the layout the fast edge-conditioned aggregation works on.
+
+The aggregation :math:`\mathrm{out}_i = \sum_{e = (j \to i)} h_e^\top Q_j` (see :mod:`dsmpnn.nn.aggregate`) is a
+batch of small dense products, one per source node j: :math:`M_j = H_j Q_j`, with :math:`H_j \in
+\mathbb{R}^{d_j \times K}` the kernel features of the :math:`d_j` edges leaving j. Sorting the edges by
+(out-degree of the source, source) puts the edges of all sources of the same out-degree d next to each other,
+so the products of those sources are one ``bmm`` of shape [n_d, d, K] x [n_d, K, C] on views, without padding
+or copies. The sorted sequence is then cut into chunks of at most ``chunk`` edges and ``chunk // 8`` sources (a
+source's edges are never split), which bounds the temporary memory of one chunk.
+
+A plan depends only on ``edge_index`` and the node counts, so the L layers of a model that share one graph can
+share one plan: :func:`cached_edge_plan` keeps the last few plans, keyed by the identity and version counter of the
+``edge_index`` tensor (an in-place change to the tensor, or a new tensor, gives a new plan).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+from dsmpnn.nn.chunk_pool import run_single_threaded
+
+__all__ = ["EdgePlan", "Group", "Chunk", "cached_edge_plan", "DEFAULT_EDGE_CHUNK"]
+
+DEFAULT_EDGE_CHUNK = 16_384
+"""Edges per chunk (at most ``chunk // 8`` sources): bounds the temporaries of one chunk at about
+chunk x (K + 2 C) + min(chunk / d, chunk / 8) x (K + 1) x C floats (d: out-degree of its sources). On the issue-5
+reference case (2-core CPU) 16 384 was as fast as 32 768 with half the memory, and 8 192 about 15 % slower."""
+
+NODES_PER_CHUNK_DIVISOR = 8
+
+
+@dataclass(frozen=True)
+class Group:
+    """Sources of equal out-degree ``d`` inside a chunk: local nodes ``[a, b)`` own local edges ``[s, t)``,
+    ``t - s = (b - a) d``, edge ``s + k d + r`` being the r-th edge of node ``a + k``."""
+
+    d: int
+    a: int
+    b: int
+    s: int
+    t: int
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Source slots ``[n0, n1)`` and sorted edges ``[e0, e1)`` of one chunk, split into equal-degree groups."""
+
+    n0: int
+    n1: int
+    e0: int
+    e1: int
+    groups: tuple[Group, ...]
+
+
+@dataclass(frozen=True)
+class EdgePlan:
+    """Edges of ``edge_index`` sorted by (out-degree of the source, source), in chunks.
+
+    Shapes:
+        perm:       [E] int64, original edge id of each sorted edge (stable: ties keep their input order)
+        sources:    [S] int64, the source node of each slot, S = number of nodes with out-degree > 0
+        source_degree: [S] int64, the out-degree of each slot's source (non-decreasing)
+        dst_sorted: [E] int64, target of each sorted edge (``edge_index[1, perm]``)
+        in_degree:  [num_nodes] int64, edges per target
+    """
+
+    perm: torch.Tensor
+    sources: torch.Tensor
+    source_degree: torch.Tensor
+    dst_sorted: torch.Tensor
+    in_degree: torch.Tensor
+    chunks: tuple[Chunk, ...]
+    num_src: int
+    num_nodes: int
+    chunk: int
+    _padded: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.perm.shape[0])
+
+    @property
+    def max_chunk_edges(self) -> int:
+        return max((c.e1 - c.e0 for c in self.chunks), default=0)
+
+    @property
+    def max_chunk_nodes(self) -> int:
+        return max((c.n1 - c.n0 for c in self.chunks), default=0)
+
+    def padded(self, ch: Chunk) -> tuple[torch.Tensor, torch.Tensor]:
+        """The degree-padded layout of chunk ``ch`` (:func:`dsmpnn.nn.padded.padded_index`), made once."""
+        if ch.n0 not in self._padded:
+            from dsmpnn.nn.padded import padded_index  # noqa: PLC0415 - only the padded (CUDA) path needs it
+
+            self._padded[ch.n0] = padded_index(self.source_degree[ch.n0:ch.n1], ch.e1 - ch.e0)
+        return self._padded[ch.n0]
+
+    def mean_weights(self, dtype: torch.dtype) -> torch.Tensor:
+        """``1 / max(deg_in(i), 1)`` per target node: [num_nodes]."""
+        return self.in_degree.clamp(min=1).to(dtype).reciprocal()
+
+    @classmethod
+    def build(cls, edge_index: torch.Tensor, num_nodes: int, num_src: int | None = None,
+              chunk: int = DEFAULT_EDGE_CHUNK) -> "EdgePlan":
+        """Plan for ``edge_index [2, E]`` (row 0 source in ``[0, num_src)``, row 1 target in ``[0, num_nodes)``;
+        ``num_src`` defaults to ``num_nodes``). On CPU it is built on one thread: its many small sorts and
+        gathers were measured 10 times slower with two threads on cores shared with other processes."""
+        return run_single_threaded(lambda: cls._build(edge_index, num_nodes, num_src, chunk), edge_index.device)
+
+    @classmethod
+    def _build(cls, edge_index: torch.Tensor, num_nodes: int, num_src: int | None, chunk: int) -> "EdgePlan":
+        num_src = num_nodes if num_src is None else num_src
+        if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+            raise ValueError(f"edge_index has shape {list(edge_index.shape)}, expected [2, E]")
+        if edge_index.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"edge_index has dtype {edge_index.dtype}, expected int64 or int32")
+        if chunk < 1:
+            raise ValueError(f"chunk must be at least 1 edge, got {chunk}")
+        src, dst = edge_index[0].long(), edge_index[1].long()
+        num_edges = int(src.shape[0])
+        out_degree = torch.bincount(src, minlength=num_src)  # [num_src] (raises on negative ids)
+        in_degree = torch.bincount(dst, minlength=num_nodes)  # [num_nodes]
+        if out_degree.shape[0] != num_src or in_degree.shape[0] != num_nodes:
+            raise ValueError(f"edge_index refers to node {max(out_degree.shape[0], in_degree.shape[0]) - 1}, "
+                             f"expected sources < {num_src} and targets < {num_nodes}")
+        # Sort key (out-degree, source): both < 2^31 for any graph that fits in memory, so one int64 key.
+        perm = torch.argsort(out_degree[src] * num_src + src, stable=True)  # [E]
+        slot_key = out_degree * num_src + torch.arange(num_src, device=src.device)
+        sources = torch.argsort(slot_key)[num_src - int((out_degree > 0).sum()):]  # [S], degree > 0 only
+        source_degree = out_degree[sources]  # [S]
+        degrees, counts = torch.unique_consecutive(source_degree, return_counts=True)
+        chunks = _cut(degrees.tolist(), counts.tolist(), chunk, max(1, chunk // NODES_PER_CHUNK_DIVISOR))
+        return cls(perm, sources, source_degree, dst[perm], in_degree, chunks, num_src, num_nodes, chunk)
+
+
+def _cut(degrees: list[int], counts: list[int], chunk: int, max_nodes: int) -> tuple[Chunk, ...]:
+    """Cut runs of ``counts[g]`` sources of out-degree ``degrees[g]`` into chunks of at most ``chunk`` edges
+    and ``max_nodes`` sources."""
+    chunks: list[Chunk] = []
+    groups: list[Group] = []
+    n0 = e0 = 0  # global start of the open chunk
+    n = e = 0  # global end of the open chunk
+    for d, count in zip(degrees, counts):
+        left = count
+        while left:
+            room = min((chunk - (e - e0)) // d, max_nodes - (n - n0))
+            if room <= 0 and e > e0:  # close the chunk; a source with more than `chunk` edges gets its own
+                chunks.append(Chunk(n0, n, e0, e, tuple(groups)))
+                groups, n0, e0 = [], n, e
+                continue
+            take = min(max(room, 1), left)
+            groups.append(Group(d, n - n0, n - n0 + take, e - e0, e - e0 + take * d))
+            n, e, left = n + take, e + take * d, left - take
+    if groups:
+        chunks.append(Chunk(n0, n, e0, e, tuple(groups)))
+    return tuple(chunks)
+
+
+_CACHE: OrderedDict[int, tuple[weakref.ref, tuple, EdgePlan]] = OrderedDict()
+_CACHE_SIZE = 4
+_LOCK = threading.Lock()
+_FREED: list[int] = []  # keys whose tensor was freed (appended by weakref callbacks, which take no lock)
+
+
+def cached_edge_plan(edge_index: torch.Tensor, num_nodes: int, num_src: int | None = None,
+                     chunk: int = DEFAULT_EDGE_CHUNK) -> EdgePlan:
+    """:meth:`EdgePlan.build`, reusing the plan of the same ``edge_index`` tensor when it has not changed.
+
+    The cache holds the last few plans. An entry is used only for the very tensor object it was built from
+    (weak reference), with the same version counter (no in-place change since), node counts and chunk size;
+    it is dropped when that tensor is freed.
+    """
+    num_src = num_nodes if num_src is None else num_src
+    key = id(edge_index)
+    try:
+        version = edge_index._version
+    except RuntimeError:  # inference tensors have no version counter: plan them every time
+        return EdgePlan.build(edge_index, num_nodes, num_src, chunk)
+    sig = (version, tuple(edge_index.shape), edge_index.device, num_nodes, num_src, chunk)
+    with _LOCK:
+        _drop_freed()
+        hit = _CACHE.get(key)
+        if hit is not None and hit[0]() is edge_index and hit[1] == sig:
+            _CACHE.move_to_end(key)
+            return hit[2]
+    plan = EdgePlan.build(edge_index, num_nodes, num_src, chunk)
+    try:
+        ref = weakref.ref(edge_index, lambda _, key=key: _FREED.append(key))
+    except TypeError:  # an object that takes no weak reference is planned every time
+        return plan
+    with _LOCK:
+        _CACHE[key] = (ref, sig, plan)
+        _CACHE.move_to_end(key)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return plan
+
+
+def _drop_freed() -> None:
+    """Forget the plans of freed tensors (call with _LOCK held)."""
+    while _FREED:
+        key = _FREED.pop()
+        hit = _CACHE.get(key)
+        if hit is not None and hit[0]() is None:
+            del _CACHE[key]

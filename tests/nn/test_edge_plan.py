@@ -1,0 +1,73 @@
+"""The source-grouped edge layout: invariants of the sort and of the chunks, and the plan cache."""
+
+import pytest
+import torch
+
+from dsmpnn.nn.edge_plan import EdgePlan, cached_edge_plan
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 16, 1000])
+def test_plan_invariants(chunk):
+    gen = torch.Generator().manual_seed(0)
+    n, e = 30, 150
+    ei = torch.randint(0, n, (2, e), generator=gen)
+    ei[0, :12] = 3  # one source of high out-degree
+    plan = EdgePlan.build(ei, n, chunk=chunk)
+    src, dst = ei
+    assert torch.equal(torch.sort(plan.perm).values, torch.arange(e))  # a permutation
+    assert torch.equal(plan.dst_sorted, dst[plan.perm])
+    assert torch.equal(plan.in_degree, torch.bincount(dst, minlength=n))
+    out_deg = torch.bincount(src, minlength=n)
+    assert torch.equal(torch.sort(plan.sources).values, torch.nonzero(out_deg).flatten())
+    assert [c.n0 for c in plan.chunks[1:]] == [c.n1 for c in plan.chunks[:-1]]
+    assert [c.e0 for c in plan.chunks[1:]] == [c.e1 for c in plan.chunks[:-1]]
+    assert plan.chunks[0].n0 == 0 and plan.chunks[-1].e1 == e and plan.chunks[-1].n1 == len(plan.sources)
+    for c in plan.chunks:
+        assert c.e1 - c.e0 <= chunk or c.n1 - c.n0 == 1  # only a lone source may exceed the chunk
+        assert c.n1 - c.n0 <= max(1, chunk // 8) or c.n1 - c.n0 == 1
+        assert c.groups[0].a == 0 and c.groups[0].s == 0
+        assert c.groups[-1].b == c.n1 - c.n0 and c.groups[-1].t == c.e1 - c.e0
+        for g in c.groups:
+            assert g.t - g.s == (g.b - g.a) * g.d
+            for k in range(g.b - g.a):  # node a + k owns edges s + k d ... s + (k + 1) d - 1, in input order
+                node = plan.sources[c.n0 + g.a + k]
+                rows = plan.perm[c.e0 + g.s + k * g.d:c.e0 + g.s + (k + 1) * g.d]
+                assert torch.all(src[rows] == node) and out_deg[node] == g.d
+                assert torch.all(rows[1:] > rows[:-1])
+
+
+def test_plan_rejects_bad_edges():
+    with pytest.raises(ValueError, match="expected sources < 4"):
+        EdgePlan.build(torch.tensor([[0, 4], [1, 2]]), 4)
+    with pytest.raises(ValueError, match=r"expected \[2, E\]"):
+        EdgePlan.build(torch.zeros(3, 2, dtype=torch.long), 4)
+
+
+def test_plan_cache_is_keyed_on_tensor_identity_and_version():
+    ei = torch.randint(0, 10, (2, 40), generator=torch.Generator().manual_seed(1))
+    p1 = cached_edge_plan(ei, 10)
+    assert cached_edge_plan(ei, 10) is p1
+    assert cached_edge_plan(ei.clone(), 10) is not p1  # another tensor with the same values
+    assert cached_edge_plan(ei, 10, chunk=7) is not p1
+    assert cached_edge_plan(ei, 11) is not p1
+    ei[0, 0] = (ei[0, 0] + 1) % 10  # in-place change: version counter moves on
+    p2 = cached_edge_plan(ei, 10)
+    assert p2 is not p1 and torch.equal(p2.dst_sorted, ei[1, p2.perm])
+    with torch.inference_mode():
+        ei_inf = torch.randint(0, 10, (2, 40))
+    assert cached_edge_plan(ei_inf, 10) is not cached_edge_plan(ei_inf, 10)  # no version counter: never cached
+
+
+def test_plan_cache_forgets_freed_tensors(monkeypatch):
+    import dsmpnn.nn.chunk_pool as chunk_pool
+    import dsmpnn.nn.edge_plan as plan_module
+
+    monkeypatch.setattr(chunk_pool, "CHUNK_WORKERS", 1)  # build in this thread: no pool thread holds `ei` late
+    ei = torch.randint(0, 10, (2, 40), generator=torch.Generator().manual_seed(2))
+    cached_edge_plan(ei, 10)
+    key = id(ei)
+    assert key in plan_module._CACHE
+    del ei
+    other = torch.randint(0, 10, (2, 40))  # kept alive: it may well reuse the freed tensor's id
+    cached_edge_plan(other, 10)  # any later call drops the freed entry
+    assert all(ref() is not None for ref, _, _ in plan_module._CACHE.values())
