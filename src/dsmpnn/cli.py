@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from dsmpnn.errors import DsmpnnError, Interrupted
 
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_generate_darcy, _add_generate_airfoil, _add_generate_step3d, _add_import_grid,
                 _add_import_airfrans):
         add(gen_sub if add.__name__.startswith("_add_generate") else imp_sub)
-    for add in (_add_train, _add_evaluate, _add_predict, _add_partition, _add_check):
+    for add in (_add_train, _add_evaluate, _add_predict, _add_partition, _add_check, _add_bench):
         add(sub)
     return parser
 
@@ -291,9 +292,13 @@ def _train_precheck(args: argparse.Namespace) -> None:
     from pathlib import PurePath
 
     from dsmpnn.data.dataset import Dataset
+    from dsmpnn.data.paths import check_output_path
     from dsmpnn.train.sharding import check_nproc
 
-    _train_config(args)
+    from dsmpnn.train.strategy import check_decomposable
+
+    check_decomposable(_train_config(args), args.nproc)
+    check_output_path(args.out, "directory", "the run directory (--out)")
     data = Dataset(args.data)
     check_nproc(args.nproc, [(PurePath(f).stem, data.num_nodes(f)) for f in data.split("train")])
 
@@ -367,8 +372,10 @@ def _evaluate_precheck(args: argparse.Namespace) -> None:
     from dsmpnn.data.dataset import Dataset
     from dsmpnn.train.rundir import RunDir
     from dsmpnn.train.sharding import check_nproc
+    from dsmpnn.train.strategy import check_decomposable
 
-    _, data_dir, _ = RunDir(Path(args.run)).read_meta()
+    cfg, data_dir, _ = RunDir(Path(args.run)).read_meta()
+    check_decomposable(cfg, args.nproc)
     data = Dataset(args.data if args.data is not None else data_dir)
     check_nproc(args.nproc, [(Path(f).stem, data.num_nodes(f)) for f in data.split(args.split)])
 
@@ -402,10 +409,12 @@ def _predict_precheck(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from dsmpnn.data.dataset import sample_num_nodes
+    from dsmpnn.data.paths import check_output_path
     from dsmpnn.train.rundir import RunDir
     from dsmpnn.train.sharding import check_nproc
 
     RunDir(Path(args.run)).read_meta()
+    check_output_path(args.out, "file", "--out")
     path = Path(args.input)
     if path.suffix == ".npz":  # other formats are read (and checked) by the ranks
         check_nproc(args.nproc, [(path.stem, sample_num_nodes(path))])
@@ -497,6 +506,90 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if rep["passed"] else 1
 
 
+# --- bench ----------------------------------------------------------------------------------------------------
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks: ECConv vs NNConv (conv), growth with the mesh size (scale)",
+                       formatter_class=_formatter())
+    bench_sub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
+    c = bench_sub.add_parser("conv", help="ECConv vs PyG NNConv: time, peak memory, throughput on one radius graph",
+                             formatter_class=_formatter(),
+                             description="N random nodes in the unit square, radius graph, one ECConv and one PyG "
+                                         "NNConv with the same weights; forward, backward, inference times (min and "
+                                         "median of interleaved rounds) and peak memory; prints a table, writes JSON.")
+    c.add_argument("--nodes", type=_positive_int, default=20_000, help="random nodes in the unit square")
+    c.add_argument("--radius", type=float, default=0.02, help="graph radius (unit square)")
+    c.add_argument("--channels", type=_positive_int, default=32, help="input = output channels")
+    c.add_argument("--hidden", type=_positive_int, default=64, help="kernel MLP hidden width H")
+    c.add_argument("--aggr", choices=["mean", "sum"], default="mean", help="aggregation")
+    c.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="precision")
+    c.add_argument("--repeats", type=_positive_int, default=3, help="timed rounds")
+    c.add_argument("--edge-chunk", type=_positive_int, default=None, help="ECConv edges per chunk; None: the library's")
+    c.add_argument("--dense-size", type=_positive_int, default=4096, help="size of the reference dense matmul")
+    c.add_argument("--threads", type=_positive_int, default=None, help="torch threads; None: torch's setting")
+    c.add_argument("--device", default="cpu", help="torch device")
+    c.add_argument("--no-nnconv", action="store_true", help="skip PyG NNConv (no ratios)")
+    c.add_argument("--out", default=None, metavar="FILE.json", help="write the full result as JSON; None: do not")
+    c.set_defaults(handler=_bench_conv)
+    s = bench_sub.add_parser("scale", help="graph build, forward, backward time and peak memory against N",
+                             formatter_class=_formatter(),
+                             description="For each N: N random points in the unit square/cube, the radius giving "
+                                         "--neighbors neighbours per node, the radius graph, forward and backward of "
+                                         "an MPNN (--layers x --channels); each N in a fresh process, peak memory = "
+                                         "peak RSS above the level before the points were made. Prints a table and "
+                                         "the log-log slopes (1 = linear growth).")
+    s.add_argument("--nodes", type=_node_list, default=[10_000, 100_000, 1_000_000], metavar="N1,N2,...",
+                   help="comma-separated node counts, e.g. 1e4,1e5,1e6")
+    s.add_argument("--dim", type=int, choices=(2, 3), default=2, help="unit square (2) or unit cube (3)")
+    s.add_argument("--neighbors", type=float, default=25, help="mean neighbours per node (sets the radius)")
+    s.add_argument("--channels", type=_positive_int, default=32, help="MPNN latent channels")
+    s.add_argument("--layers", type=_positive_int, default=4, help="MPNN message-passing layers")
+    s.add_argument("--threads", type=_positive_int, default=None, help="torch threads; None: torch's setting")
+    s.add_argument("--seed", type=int, default=0, help="seed of the points and weights")
+    s.add_argument("--out", default=None, metavar="FILE.json", help="write the result as JSON (atomically)")
+    s.add_argument("--plot", default=None, metavar="FILE.png", help="log-log plot of time and memory against N")
+    s.set_defaults(handler=_bench_scale)
+
+
+def _node_list(text: str) -> list[int]:
+    try:
+        values = [int(float(v)) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated node counts like 1e4,1e5, got {text!r}") from None
+    if not values or min(values) < 2:
+        raise argparse.ArgumentTypeError(f"expected node counts of at least 2, got {text!r}")
+    return values
+
+
+def _bench_conv(args: argparse.Namespace) -> int:
+    import torch
+
+    from dsmpnn.bench import bench_conv, format_table
+    from dsmpnn.bench.scale import write_json
+
+    kwargs = {} if args.edge_chunk is None else {"edge_chunk": args.edge_chunk}
+    result = bench_conv(args.nodes, args.radius, args.channels, args.hidden, args.repeats, args.device,
+                        aggr=args.aggr, dtype=getattr(torch, args.dtype), dense_size=args.dense_size,
+                        nnconv=not args.no_nnconv, threads=args.threads, **kwargs)
+    print(format_table(result))
+    if args.out:
+        print(f"wrote {write_json(result, args.out)}")
+    return 0
+
+
+def _bench_scale(args: argparse.Namespace) -> int:
+    from dsmpnn.bench.scale import bench_scale, format_scale_table, plot_scale, write_json
+
+    result = bench_scale(args.nodes, args.dim, args.neighbors, args.channels, args.layers, args.seed, args.threads)
+    print(format_scale_table(result))
+    if args.out:
+        print(f"wrote {write_json(result, args.out)}")
+    if args.plot:
+        print(f"wrote {plot_scale(result, args.plot)}")
+    return 0
+
+
 def _launched_here(args: argparse.Namespace) -> bool:
     """True when this process should start ``--nproc`` ranks (not when it is one of them, under torchrun)."""
     import os
@@ -506,27 +599,52 @@ def _launched_here(args: argparse.Namespace) -> bool:
             and not ("RANK" in os.environ and "WORLD_SIZE" in os.environ))
 
 
+@contextmanager
+def _user_warnings(command: str) -> Iterator[None]:
+    """Print warnings meant for the user (UserWarning) as one line ``dsmpnn COMMAND: warning: ...``, without the
+    source line Python adds; other warnings keep Python's format."""
+    import warnings
+
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
+        if category is UserWarning:
+            print(f"dsmpnn {command}: warning: {message}", file=sys.stderr if file is None else file)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run ``dsmpnn ARGV``; the exit status: 0 done, 1 a run failed (a peer rank hung or died: a one-line message;
+    anything else: a traceback), 2 bad input (a one-line message naming the file, field or option), 130 interrupted
+    (a checkpoint to continue from was saved)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    try:
-        if _launched_here(args):
-            from dsmpnn.distributed import launch_module
+    with _user_warnings(args.command):
+        try:
+            if _launched_here(args):
+                from dsmpnn.distributed import launch_module
 
-            args.precheck(args)  # refuse bad input once, before starting P processes
-            return launch_module("dsmpnn.cli", argv, args.nproc, args.max_restarts)
-        code = args.handler(args)
-    except Interrupted as e:
-        if not e.quiet:
-            print(f"dsmpnn {args.command}: {e}", file=sys.stderr)
-        return 130
-    except DsmpnnError as e:
-        if not e.quiet:
-            print(f"dsmpnn {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"dsmpnn {args.command}: interrupted", file=sys.stderr)
-        return 130
+                args.precheck(args)  # refuse bad input once, before starting P processes
+                return launch_module("dsmpnn.cli", argv, args.nproc, args.max_restarts)
+            code = args.handler(args)
+        except Interrupted as e:
+            if not e.quiet:
+                print(f"dsmpnn {args.command}: {e}", file=sys.stderr)
+            return e.exit_code
+        except DsmpnnError as e:
+            if not e.quiet:
+                print(f"dsmpnn {args.command}: error: {e}", file=sys.stderr)
+            return e.exit_code
+        except KeyboardInterrupt:
+            print(f"dsmpnn {args.command}: interrupted", file=sys.stderr)
+            return 130
     return int(code or 0)
 
 

@@ -1,12 +1,15 @@
 """Exceptions that carry a user-facing message.
 
 Every error a user can cause (bad file, bad field, bad config, bad option) is raised as a subclass of
-:class:`DsmpnnError`. The CLI prints its message and exits with status 2, without a traceback.
+:class:`DsmpnnError`. The CLI prints its message without a traceback and exits with the error's ``exit_code``:
+2 for bad input, 1 when a run failed for another reason it can explain (a peer rank hung or died,
+:class:`CommunicationError`), 130 after an interruption (:class:`Interrupted`).
 """
 
 from __future__ import annotations
 
-__all__ = ["DsmpnnError", "DatasetError", "ConfigError", "GraphError", "CheckpointError", "Interrupted"]
+__all__ = ["DsmpnnError", "DatasetError", "ConfigError", "GraphError", "CheckpointError", "CommunicationError",
+           "Interrupted"]
 
 
 class DsmpnnError(Exception):
@@ -18,6 +21,7 @@ class DsmpnnError(Exception):
     """
 
     quiet: bool = False
+    exit_code: int = 2
 
 
 class DatasetError(DsmpnnError, ValueError):
@@ -36,5 +40,15 @@ class CheckpointError(DsmpnnError, RuntimeError):
     """A run directory or checkpoint is missing, corrupt or incompatible."""
 
 
+class CommunicationError(DsmpnnError, RuntimeError):
+    """A collective did not complete: a peer rank did not answer within ``distributed.timeout_s`` or its connection
+    closed (it died). Not the user's input, so the CLI exits 1; ``dsmpnn train --max-restarts N`` restarts the
+    ranks, which resume from the newest checkpoint."""
+
+    exit_code = 1
+
+
 class Interrupted(DsmpnnError):
     """Work stopped on request (Ctrl-C / SIGTERM) after saving what is needed to continue; the CLI exits 130."""
+
+    exit_code = 130

@@ -194,7 +194,7 @@ def _wrong_y_rows(p):
 
 
 def _wrong_dim(p):
-    rewrite(p, pos=np.zeros((12, 3)))
+    rewrite(p, pos=np.random.default_rng(0).random((12, 3)))  # distinct nodes, one coordinate too many
 
 
 def _nan(p):

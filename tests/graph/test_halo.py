@@ -186,3 +186,21 @@ def test_bad_plans_are_refused():
         HaloPlan(**{**fields, "halo": np.array([2])})
     with pytest.raises(GraphError, match="local edges must index"):
         HaloPlan(**{**fields, "edge_index": plan.edge_index + 10})
+
+
+def test_sampled_plans_with_geometric_overlap():
+    """``overlap`` >= radius keeps every edge into owned nodes (as the graph halo does); < radius drops some."""
+    from dsmpnn.graph import build_sampled_plans as bsp
+
+    rng = np.random.default_rng(0)
+    pos = rng.random((300, 2))
+    owner = (pos[:, 0] > 0.5).astype(np.int64)
+    ids = np.sort(rng.choice(300, 200, replace=False))
+    ref = bsp(pos, ids, owner, 0.12, nparts=2, warn_isolated=False)
+    for l in (0.12, 0.24):
+        dec = bsp(pos, ids, owner, 0.12, nparts=2, warn_isolated=False, overlap=l)
+        for p in range(2):
+            np.testing.assert_array_equal(dec.plans[p].edge_ids, ref.plans[p].edge_ids)
+            assert set(ref.plans[p].halo) <= set(dec.plans[p].halo)
+    small = bsp(pos, ids, owner, 0.12, nparts=2, warn_isolated=False, overlap=0.05)
+    assert sum(p.num_edges for p in small.plans) < sum(p.num_edges for p in ref.plans)

@@ -7,6 +7,7 @@ from hypothesis.extra.numpy import arrays
 
 from dsmpnn.errors import GraphError
 from dsmpnn.graph import build_graph, edge_attributes, radius_graph
+from dsmpnn.graph.radius import available_memory, graph_bytes
 from tests.helpers.oracles import brute_radius_graph
 
 
@@ -62,3 +63,26 @@ def test_build_graph_dtype_and_sizes():
     assert g.edge_attr.dtype == torch.float32 and g.edge_attr.shape == (g.num_edges, 4)
     assert g.num_nodes == 200 and g.edge_index.dtype == torch.int64
     assert torch.all(g.edge_attr[:, 3] <= 1.0 + 1e-6)
+
+
+def test_memory_guard_refuses_with_the_estimate():
+    pos = np.random.default_rng(0).random((5000, 2))
+    with pytest.raises(GraphError, match=r"graph.radius 0.1 on 5,000 nodes gives about [\d,]+ edges .* estimated to "
+                                         r"need [\d.]+ GiB .* over the memory limit of 0.00 GiB"):
+        radius_graph(pos, 0.1, max_bytes=1_000_000)
+    ei = radius_graph(pos, 0.01, max_bytes=1_000_000, warn_isolated=False)  # about 7 edges per node: fits
+    np.testing.assert_array_equal(ei, radius_graph(pos, 0.01, warn_isolated=False))
+    assert graph_bytes(1000, 2) == 1000 * (16 + 12 + 40)
+    mem = available_memory()
+    assert mem is None or mem > 0
+
+
+def test_edge_attributes_in_chunks_equal_one_pass():
+    pos = np.random.default_rng(2).random((300, 3))
+    ei = radius_graph(pos, 0.3)
+    whole = edge_attributes(pos, ei, 0.3)
+    chunked = edge_attributes(pos, ei, 0.3, dtype=torch.float32, chunk=7)
+    assert whole.dtype == torch.float64 and chunked.dtype == torch.float32
+    torch.testing.assert_close(chunked, whole.float())
+    rel = (pos[ei[0]] - pos[ei[1]]) / 0.3
+    np.testing.assert_allclose(whole.numpy(), np.column_stack([rel, np.linalg.norm(rel, axis=1)]), rtol=1e-12)

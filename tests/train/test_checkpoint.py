@@ -1,8 +1,15 @@
+import hashlib
+import io
+import random
+
+import numpy as np
 import pytest
 import torch
 
 from dsmpnn.errors import CheckpointError
-from dsmpnn.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from dsmpnn.train.checkpoint import (list_checkpoints, load_checkpoint, load_state, rng_state, save_checkpoint,
+                                     set_rng_state)
+from dsmpnn.train.logger import MetricsLogger, read_jsonl
 
 
 def test_keep_last_k_and_load_newest(tmp_path):
@@ -32,3 +39,56 @@ def test_corrupt_latest_falls_back_with_warning(tmp_path, damage):
 def test_no_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint found"):
         load_checkpoint(tmp_path)
+
+
+def test_version_is_stored_and_another_major_version_is_refused(tmp_path):
+    import dsmpnn
+
+    save_checkpoint(tmp_path, 1, {"epoch": 1})
+    state, _ = load_checkpoint(tmp_path)
+    assert state["version"] == dsmpnn.__version__
+    major = int(dsmpnn.__version__.split(".")[0])
+    save_checkpoint(tmp_path, 2, {"epoch": 2})
+    newest = list_checkpoints(tmp_path)[-1]
+    payload = io.BytesIO()
+    torch.save({"epoch": 2, "version": f"{major + 1}.0.0"}, payload)
+    torch.save({"sha256": hashlib.sha256(payload.getvalue()).hexdigest(), "payload": payload.getvalue()}, newest)
+    with pytest.raises(CheckpointError, match=rf"written by dsmpnn {major + 1}\.0\.0, this is dsmpnn"):
+        load_checkpoint(tmp_path)  # refused, not silently replaced by the older checkpoint
+
+
+def test_state_that_does_not_fit_is_a_checkpoint_error(tmp_path):
+    path = save_checkpoint(tmp_path, 1, {"model": torch.nn.Linear(3, 2).state_dict()})
+    state, _ = load_checkpoint(tmp_path)
+    load_state(torch.nn.Linear(3, 2), state, "model", path, "cfg.yaml")
+    with pytest.raises(CheckpointError, match=r"the checkpoint's model does not fit the model of cfg\.yaml.*size "
+                                              r"mismatch for weight"):
+        load_state(torch.nn.Linear(4, 2), state, "model", path, "cfg.yaml")
+    with pytest.raises(CheckpointError, match=r"has no 'optimizer' state"):
+        load_state(torch.optim.SGD(torch.nn.Linear(3, 2).parameters(), lr=1), state, "optimizer", path, "cfg.yaml")
+
+
+def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    save_checkpoint(tmp_path, 1, {"rng": rng_state()})
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(load_checkpoint(tmp_path)[0]["rng"])
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+
+
+def test_temporary_file_of_a_killed_writer_is_removed(tmp_path):
+    (tmp_path / ".ckpt_epoch_000002.pt.x1y2z3").write_bytes(b"half a checkpoint")
+    save_checkpoint(tmp_path, 3, {"epoch": 3})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_epoch_000003.pt"]
+
+
+def test_metrics_log_resume_drops_later_epochs_and_a_line_cut_short(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "loss": 0.5}\n{"epoch": 2, "loss": 0.4}\n{"epoch": 3, "lo')
+    logger = MetricsLogger(tmp_path, resume_epoch=2, tensorboard=False)
+    logger.log({"epoch": 3, "loss": 0.3})
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+    logger = MetricsLogger(tmp_path, resume_epoch=1, tensorboard=False)
+    assert read_jsonl(tmp_path / "metrics.jsonl") == [{"epoch": 1, "loss": 0.5}]

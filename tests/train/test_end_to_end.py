@@ -15,6 +15,7 @@ import torch
 from dsmpnn.cli import main
 from dsmpnn.data import Dataset, generate_darcy
 from dsmpnn.train import evaluate_run, load_config, load_run, train
+from dsmpnn.train.checkpoint import load_checkpoint
 from dsmpnn.train.logger import read_jsonl
 
 pytestmark = pytest.mark.slow
@@ -73,6 +74,11 @@ def test_resume_equals_uninterrupted(darcy, tmp_path):
     straight, resumed = tmp_path / "a", tmp_path / "b"
     cfg = load_config(None, ["train.epochs=4", *TINY])
     train(cfg, darcy, straight, progress=False, echo=lambda s: None)
+    state, _ = load_checkpoint(straight / "checkpoints")  # what a checkpoint holds
+    assert {"model", "optimizer", "scheduler", "rng", "epoch", "batch", "partial", "step", "config",
+            "version"} <= set(state)
+    assert state["epoch"] == 4 and state["step"] == read_jsonl(straight / "metrics.jsonl")[-1]["step"]
+    assert state["config"] == cfg.to_dict() and set(state["rng"]) >= {"torch", "numpy", "python"}
     shutil.copytree(straight, resumed)
     for epoch in (3, 4):
         (resumed / "checkpoints" / f"ckpt_epoch_{epoch:06d}.pt").unlink()

@@ -34,6 +34,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from dsmpnn.data.normalize import RunningStats, Stats
+from dsmpnn.data.paths import check_output_path
 from dsmpnn.data.sample import MeshSample
 from dsmpnn.errors import DatasetError
 
@@ -246,6 +247,7 @@ def write_dataset(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out}: output path exists and is not a directory; choose another --out")
+    check_output_path(out, "directory", "the output directory")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DatasetError(f"{out}: output directory exists and is not empty; choose another --out or remove it")
     out.parent.mkdir(parents=True, exist_ok=True)

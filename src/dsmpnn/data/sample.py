@@ -8,7 +8,7 @@ import numpy as np
 
 from dsmpnn.errors import DatasetError
 
-__all__ = ["MeshSample"]
+__all__ = ["MeshSample", "duplicate_positions"]
 
 
 @dataclass
@@ -38,6 +38,12 @@ class MeshSample:
         n = self.pos.shape[0]
         if n == 0:
             raise DatasetError(f"{where}: the mesh is empty (field 'pos' has 0 nodes)")
+        count, pair = duplicate_positions(self.pos)
+        if count:
+            i, j = pair
+            raise DatasetError(f"{where}: field 'pos' has {count} duplicate node position(s) (a node at the same place "
+                               f"as an earlier one), the first: nodes {i} and {j} at {self.pos[i].tolist()}; every "
+                               "node needs its own position, merge or remove the duplicates")
         if self.x.ndim != 2 or self.x.shape[0] != n:
             raise DatasetError(f"{where}: field 'x' has shape {self.x.shape}, expected [N, F] with N={n}")
         if self.y is not None:
@@ -63,6 +69,23 @@ class MeshSample:
     @property
     def dim(self) -> int:
         return int(self.pos.shape[1])
+
+
+def duplicate_positions(pos: np.ndarray) -> tuple[int, tuple[int, int] | None]:
+    """(number of nodes whose position equals an earlier node's, the first such pair (i, j) with i < j and j as
+    small as possible, or None). Sorting, O(N log N): ``pos [N, d]``."""
+    if len(pos) < 2:
+        return 0, None
+    order = np.lexsort(pos.T[::-1])  # stable: equal rows keep ascending node order
+    srt = pos[order]
+    same = np.all(srt[1:] == srt[:-1], axis=1)  # [N - 1] row k + 1 equals row k
+    if not same.any():
+        return 0, None
+    first = np.concatenate([[True], ~same])  # [N] sorted row starts a group of equal positions
+    group_head = order[np.flatnonzero(first)][np.cumsum(first) - 1]  # [N] smallest node id of each row's group
+    dup = np.flatnonzero(~first)  # sorted rows that repeat an earlier node
+    k = dup[np.argmin(order[dup])]
+    return int(same.sum()), (int(group_head[k]), int(order[k]))
 
 
 def _float_array(a: object, field: str, where: str) -> np.ndarray:

@@ -5,8 +5,9 @@ from dsmpnn.distributed.check import TOLERANCE, check, max_rel_diff
 from dsmpnn.distributed.exchange import (EXCHANGE_MODES, ExchangeStats, HaloExchange, LayerExchange,
                                          make_exchange)
 from dsmpnn.distributed.launch import SHUTDOWN_TIMEOUT_S, launch_module, run_processes
-from dsmpnn.distributed.process_group import (DEFAULT_TIMEOUT_S, DistContext, current_context, default_backend,
-                                              destroy_process_group, init_from_env, init_process_group)
+from dsmpnn.distributed.process_group import (DEFAULT_TIMEOUT_S, DistContext, barrier, collective, current_context,
+                                              default_backend, destroy_process_group, init_from_env,
+                                              init_process_group)
 from dsmpnn.distributed.reduce import (all_reduce_sum, allreduce_gradients, broadcast_parameters,
                                        distributed_mse)
 from dsmpnn.distributed.runner import (DistributedResult, LocalShard, distributed_forward_backward,
@@ -15,8 +16,9 @@ from dsmpnn.distributed.runner import (DistributedResult, LocalShard, distribute
 
 __all__ = ["DEFAULT_TIMEOUT_S", "EXCHANGE_MODES", "SHUTDOWN_TIMEOUT_S", "TOLERANCE", "DistContext",
            "DistributedResult", "ExchangeStats", "HaloExchange", "LayerExchange", "LocalShard", "all_gather_objects",
-           "all_reduce_sum", "allreduce_gradients", "any_rank", "broadcast_parameters", "check", "current_context",
-           "default_backend", "destroy_process_group", "distributed_forward_backward", "distributed_mse",
+           "all_reduce_sum", "allreduce_gradients", "any_rank", "barrier", "broadcast_parameters", "check",
+           "collective", "current_context", "default_backend", "destroy_process_group", "distributed_forward_backward",
+           "distributed_mse",
            "forward_backward", "forward_owned", "gather_owned", "init_from_env", "init_process_group",
            "launch_module", "make_exchange", "make_shard", "max_rel_diff", "predict", "quiet_unless_main",
            "run_agreed", "run_processes", "train_step"]

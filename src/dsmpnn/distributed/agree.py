@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from dsmpnn.distributed.process_group import collective
 from dsmpnn.errors import DsmpnnError
 
 __all__ = ["run_agreed", "all_gather_objects", "any_rank", "quiet_unless_main"]
@@ -31,7 +32,8 @@ def all_gather_objects(obj: Any, group: dist.ProcessGroup | None = None) -> list
     if _world(group) == 1:
         return [obj]
     out: list[Any] = [None] * _world(group)
-    dist.all_gather_object(out, obj, group=group)
+    with collective("all-gather between ranks (agreeing on files, partitions, errors)", group=group):
+        dist.all_gather_object(out, obj, group=group)
     return out
 
 
@@ -70,5 +72,6 @@ def any_rank(flag: bool, group: dist.ProcessGroup | None = None, device: torch.d
     if _world(group) == 1:
         return bool(flag)
     t = torch.tensor([int(bool(flag))], dtype=torch.int32, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    with collective("all-reduce of the stop flag", group=group):
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     return bool(t.item())

@@ -20,6 +20,7 @@ from itertools import accumulate
 import torch
 import torch.distributed as dist
 
+from dsmpnn.distributed.process_group import collective
 from dsmpnn.errors import DsmpnnError
 from dsmpnn.graph.halo import HaloPlan
 
@@ -92,7 +93,8 @@ class HaloExchange:
             if dist.get_backend(self.group) == "nccl" else torch.device("cpu")
         send = torch.tensor(self.send_counts, dtype=torch.int64, device=backend_device)
         got = torch.empty_like(send)
-        dist.all_to_all_single(got, send, group=self.group)  # got[q] = what q sends me
+        with collective("halo exchange (checking the plans' counts)", group=self.group):
+            dist.all_to_all_single(got, send, group=self.group)  # got[q] = what q sends me
         expected = torch.tensor(self.recv_counts, dtype=torch.int64, device=backend_device)
         if not torch.equal(got, expected):
             bad = torch.nonzero(got != expected).flatten().tolist()
@@ -112,20 +114,26 @@ class HaloExchange:
             torch.cuda.synchronize(send.device)
         recv = send.new_empty((sum(recv_counts), *send.shape[1:]))
         if self.mode == "all_to_all":
-            dist.all_to_all_single(recv, send, output_split_sizes=recv_counts, input_split_sizes=send_counts,
-                                   group=self.group)
+            with collective("halo exchange (all_to_all)", self.peers or None, group=self.group):
+                dist.all_to_all_single(recv, send, output_split_sizes=recv_counts, input_split_sizes=send_counts,
+                                       group=self.group)
         else:
-            ops = []
+            ops, op_peers = [], []
             s_off, r_off = [0, *accumulate(send_counts)], [0, *accumulate(recv_counts)]
             for q in self.peers:
                 peer = q if self.group is None else dist.get_global_rank(self.group, q)
                 if send_counts[q]:
                     ops.append(dist.P2POp(dist.isend, send[s_off[q]:s_off[q + 1]], peer, self.group))
+                    op_peers.append((q, "send to"))
                 if recv_counts[q]:
                     ops.append(dist.P2POp(dist.irecv, recv[r_off[q]:r_off[q + 1]], peer, self.group))
+                    op_peers.append((q, "receive from"))
             if ops:
-                for req in dist.batch_isend_irecv(ops):
-                    req.wait()
+                with collective("halo exchange (p2p: posting sends and receives)", self.peers, group=self.group):
+                    reqs = dist.batch_isend_irecv(ops)
+                for req, (q, what) in zip(reqs, op_peers):
+                    with collective(f"halo exchange (p2p {what} rank {q})", [q], group=self.group):
+                        req.wait()
         if self.synchronize and send.is_cuda:
             torch.cuda.synchronize(send.device)
         self.stats.calls += 1

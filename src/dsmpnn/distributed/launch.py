@@ -90,6 +90,9 @@ def launch_module(module: str, argv: Sequence[str], nprocs: int, max_restarts: i
     try:
         os.environ.setdefault("OMP_NUM_THREADS", str(threads or max(1, (os.cpu_count() or 1) // nprocs)))
         os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_TIMEOUT_S))
+        # a restarted group must not share the agent's TCPStore with the failed one: the workers would read the dead
+        # ranks' gloo addresses left in it and fail to connect (pytorch/pytorch#135712)
+        os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
         elastic_log.setLevel(logging.ERROR)  # the ranks report their own errors; keep the agent's chatter out
         # what `torchrun --standalone --nproc-per-node P -m module ARGV` configures (a private c10d rendezvous on
         # a free local port), without torchrun's argument parser, which would take ARGV's --nproc for its own

@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from dsmpnn.distributed.process_group import collective
+
 __all__ = ["all_reduce_sum", "distributed_mse", "allreduce_gradients", "broadcast_parameters"]
 
 
@@ -25,7 +27,8 @@ def all_reduce_sum(values: torch.Tensor, group: dist.ProcessGroup | None = None)
     """Sum of ``values`` over ranks (a new tensor, no autograd); ``values`` itself without a process group."""
     out = values.detach().clone()
     if _world(group) > 1:
-        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        with collective("all-reduce (sum of losses / flags)", group=group):
+            dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
     return out
 
 
@@ -61,7 +64,8 @@ def allreduce_gradients(params: Iterable[nn.Parameter], group: dist.ProcessGroup
         return
     device = params[0].device
     has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
-    dist.all_reduce(has, op=dist.ReduceOp.MAX, group=group)
+    with collective("gradient all-reduce (which gradients exist)", group=group):
+        dist.all_reduce(has, op=dist.ReduceOp.MAX, group=group)
     present = [p for p, h in zip(params, has.tolist()) if h]
     for p in present:
         if p.grad is None:
@@ -71,7 +75,8 @@ def allreduce_gradients(params: Iterable[nn.Parameter], group: dist.ProcessGroup
         by_dtype.setdefault(p.grad.dtype, []).append(p)
     for group_params in by_dtype.values():
         flat = torch.cat([p.grad.reshape(-1) for p in group_params])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        with collective("gradient all-reduce", group=group):
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
         offset = 0
         for p in group_params:
             n = p.grad.numel()
@@ -83,6 +88,6 @@ def broadcast_parameters(module: nn.Module, src: int = 0, group: dist.ProcessGro
     """Copy rank ``src``'s parameters and buffers to every rank (call once after building the model)."""
     if _world(group) == 1:
         return
-    with torch.no_grad():
+    with torch.no_grad(), collective(f"parameter broadcast from rank {src}", group=group):
         for t in [*module.parameters(), *module.buffers()]:
             dist.broadcast(t.data, src=src, group=group)

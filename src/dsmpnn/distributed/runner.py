@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from dsmpnn.distributed.exchange import LayerExchange, make_exchange
+from dsmpnn.distributed.process_group import collective
 from dsmpnn.distributed.reduce import allreduce_gradients, distributed_mse
 from dsmpnn.errors import DsmpnnError
 from dsmpnn.graph.halo import HaloPlan
@@ -135,7 +136,8 @@ def gather_owned(values: torch.Tensor, plan: HaloPlan, dst: int = 0,
     if world == 1:
         return values.new_empty((plan.num_global_nodes, *values.shape[1:])).index_copy_(0, ids, values)
     counts = [torch.zeros(1, dtype=torch.int64, device=values.device) for _ in range(world)]
-    dist.all_gather(counts, torch.tensor([plan.num_owned], device=values.device), group=group)
+    with collective("all-gather of owned-node counts (gathering a prediction)", group=group):
+        dist.all_gather(counts, torch.tensor([plan.num_owned], device=values.device), group=group)
     most = int(max(c.item() for c in counts))
     pad_v = values.new_zeros((most, *values.shape[1:]))
     pad_v[:plan.num_owned] = values
@@ -145,8 +147,9 @@ def gather_owned(values: torch.Tensor, plan: HaloPlan, dst: int = 0,
     all_v = [torch.empty_like(pad_v) for _ in range(world)] if is_dst else None
     all_i = [torch.empty_like(pad_i) for _ in range(world)] if is_dst else None
     dst_global = dst if group is None else dist.get_global_rank(group, dst)
-    dist.gather(pad_v, all_v, dst=dst_global, group=group)
-    dist.gather(pad_i, all_i, dst=dst_global, group=group)
+    with collective(f"gather of the prediction on rank {dst}", group=group):
+        dist.gather(pad_v, all_v, dst=dst_global, group=group)
+        dist.gather(pad_i, all_i, dst=dst_global, group=group)
     if not is_dst:
         return None
     out = values.new_empty((plan.num_global_nodes, *values.shape[1:]))

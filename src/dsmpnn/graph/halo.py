@@ -32,7 +32,7 @@ from scipy.spatial import cKDTree
 
 from dsmpnn.errors import GraphError
 from dsmpnn.graph.partition import check_edge_index, check_owner, unique_sorted
-from dsmpnn.graph.radius import Graph, build_graph
+from dsmpnn.graph.radius import DEFAULT_MAX_EDGES, Graph, build_graph
 
 __all__ = ["HaloPlan", "build_halo_plans", "build_halo_plan", "build_overlap_plans", "check_plans",
            "SampledDecomposition", "build_sampled_plans"]
@@ -331,16 +331,18 @@ def build_halo_plan(owner: np.ndarray, edge_index, rank: int, halo_hops: int = 1
 
 
 def build_overlap_plans(owner: np.ndarray, edge_index, pos: np.ndarray, overlap: float,
-                        radius: float | None = None, nparts: int | None = None) -> list[HaloPlan]:
+                        radius: float | None = None, nparts: int | None = None, allow_empty: bool = False,
+                        warn: bool = True) -> list[HaloPlan]:
     """Plans with the paper's geometric overlap: halo = nodes within distance ``overlap`` of an owned node.
 
     The local graph holds every edge into an owned node whose source is present; the exchange runs before every
     layer (``halo_hops = 1``). When some edge into an owned node is missing (``overlap < radius`` for a radius
-    graph) a warning says the result differs from one process.
+    graph) a warning says the result differs from one process (unless ``warn=False``: the caller already said so).
+    ``allow_empty``: accept ranks that own no node (sampled graphs).
     """
     if not (overlap >= 0 and np.isfinite(overlap)):
         raise GraphError(f"overlap must be a finite distance >= 0, got {overlap}")
-    owner, nparts = _owner_and_nparts(owner, nparts, False)
+    owner, nparts = _owner_and_nparts(owner, nparts, allow_empty)
     n = len(owner)
     ei = check_edge_index(edge_index, n)
     pos = np.asarray(pos, dtype=np.float64)
@@ -355,7 +357,7 @@ def build_overlap_plans(owner: np.ndarray, edge_index, pos: np.ndarray, overlap:
     present = np.sort(np.concatenate([owner * n + np.arange(n), halo]))  # disjoint sets
     keep = _isin_sorted(owner[dst] * n + src, present)  # edges into owned nodes whose source is present
     missing = int((~keep).sum())
-    if missing or (radius is not None and overlap < radius):
+    if warn and (missing or (radius is not None and overlap < radius)):
         warnings.warn(
             f"geometric overlap {overlap:g} < radius {radius if radius is not None else 'of the graph'}: "
             f"{missing} of {ei.shape[1]} edges into owned nodes have their source outside the overlap and are "
@@ -403,7 +405,8 @@ class SampledDecomposition:
 
 def build_sampled_plans(pos: np.ndarray, sample_ids: np.ndarray, owner: np.ndarray, radius: float,
                         halo_hops: int = 1, nparts: int | None = None, max_neighbors: int | None = None,
-                        dtype: torch.dtype = torch.float32, warn_isolated: bool = True) -> SampledDecomposition:
+                        dtype: torch.dtype = torch.float32, warn_isolated: bool = True,
+                        overlap: float | None = None, max_edges: int = DEFAULT_MAX_EDGES) -> SampledDecomposition:
     """The sampled radius graph and its per-rank plans, equal on every rank and to the single-process graph.
 
     Nyström sampling in DS mode draws ``sample_ids`` with one global seed (``sample_nodes(N, m, rng)`` with the
@@ -419,6 +422,11 @@ def build_sampled_plans(pos: np.ndarray, sample_ids: np.ndarray, owner: np.ndarr
     its own (every path of at most halo_hops edges from an owned node stays within that distance, plus one radius
     for a neighbour cap), which this version does not do. ``warn_isolated=False`` silences the warning about
     sampled nodes without a neighbour (training draws many samples; the single-process path does not warn).
+    ``max_edges``: the refusal limit of :func:`~dsmpnn.graph.radius_graph`.
+
+    ``overlap``: a geometric overlap l (:func:`build_overlap_plans` on the sampled nodes, ``halo_hops`` ignored)
+    instead of the graph halo; exact for l >= radius, and it drops edges without a warning for l < radius (the
+    config warns once).
     """
     pos = np.asarray(pos)
     sample_ids = np.asarray(sample_ids, dtype=np.int64)
@@ -429,7 +437,12 @@ def build_sampled_plans(pos: np.ndarray, sample_ids: np.ndarray, owner: np.ndarr
             sample_ids.size and (sample_ids[0] < 0 or sample_ids[-1] >= len(pos))):
         raise GraphError(f"sample_ids must be distinct ascending mesh ids in [0, {len(pos)})")
     nparts = int(owner.max()) + 1 if nparts is None else nparts
-    graph = build_graph(pos[sample_ids], radius, max_neighbors, dtype=dtype, warn_isolated=warn_isolated)
+    graph = build_graph(pos[sample_ids], radius, max_neighbors, dtype=dtype, warn_isolated=warn_isolated,
+                        max_edges=max_edges)
     owner_s = owner[sample_ids].astype(np.int64)
-    plans = build_halo_plans(owner_s, graph.edge_index.numpy(), halo_hops, nparts, allow_empty=True)
+    if overlap is None:
+        plans = build_halo_plans(owner_s, graph.edge_index.numpy(), halo_hops, nparts, allow_empty=True)
+    else:
+        plans = build_overlap_plans(owner_s, graph.edge_index.numpy(), pos[sample_ids], overlap, radius, nparts,
+                                    allow_empty=True, warn=False)
     return SampledDecomposition(sample_ids, owner_s, graph, plans)

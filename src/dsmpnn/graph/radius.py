@@ -10,12 +10,14 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from scipy.spatial import cKDTree
 
 from dsmpnn.errors import GraphError
 
-__all__ = ["Graph", "radius_graph", "edge_attributes", "build_graph", "estimate_edges", "DEFAULT_MAX_EDGES"]
+__all__ = ["Graph", "radius_graph", "edge_attributes", "build_graph", "estimate_edges", "graph_bytes",
+           "available_memory", "DEFAULT_MAX_EDGES"]
 
 DEFAULT_MAX_EDGES = 400_000_000
 """Refuse to build graphs with more edges than this (about 3 GiB of int64 indices alone)."""
@@ -39,13 +41,62 @@ class Graph:
         return int(self.edge_index.shape[1])
 
 
-def estimate_edges(pos: np.ndarray, radius: float, sample: int = 2048, seed: int = 0) -> int:
-    """Estimate the number of directed edges of the radius graph by counting neighbours of a random subset."""
+def estimate_edges(pos: np.ndarray, radius: float, sample: int = 2048, seed: int = 0,
+                   tree: cKDTree | None = None) -> int:
+    """Estimate the number of directed edges of the radius graph by counting neighbours of a random subset
+    (``tree``: a ``cKDTree`` of ``pos`` already built, to reuse)."""
     n = len(pos)
-    tree = cKDTree(pos)
+    tree = cKDTree(pos) if tree is None else tree
     idx = np.random.default_rng(seed).choice(n, size=min(n, sample), replace=False)
     counts = tree.query_ball_point(pos[idx], radius, return_length=True) - 1
     return int(round(counts.mean() * n))
+
+
+def graph_bytes(num_edges: int, dim: int, num_nodes: int = 0) -> int:
+    """Bytes to build a radius graph of ``num_edges`` edges in ``dim`` dimensions and hold it for the model.
+
+    Held: ``edge_index`` (2 x 8 bytes per edge) and float32 ``edge_attr`` ((d + 1) x 4). Working memory
+    (transient, at the peak of :func:`radius_graph`): the pairs from the k-d tree and their sorted copy,
+    about 40 bytes per edge, plus the tree (about 3 d x 8 bytes per node).
+    """
+    held = num_edges * (2 * 8 + (dim + 1) * 4)
+    return held + num_edges * 40 + num_nodes * 24 * dim
+
+
+def available_memory() -> int | None:
+    """``MemAvailable`` of /proc/meminfo in bytes (None where there is no such file)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_size(pos: np.ndarray, radius: float, tree: cKDTree, max_edges: int, max_bytes: int | None) -> None:
+    """Refuse (GraphError) a graph estimated to exceed ``max_edges`` edges or ``max_bytes`` bytes."""
+    n, dim = pos.shape
+    limit = available_memory() if max_bytes is None else max_bytes
+    worst = n * (n - 1)  # cheap exact bound first, estimate only where it matters
+    if worst <= max_edges and (limit is None or graph_bytes(worst, dim, n) <= limit):
+        return
+    est = estimate_edges(pos, radius, tree=tree)
+    if est > max_edges:
+        raise GraphError(
+            f"graph.radius {radius:g} on {n:,} nodes gives about {est:,} edges ({est / max(n, 1):.0f} per node), "
+            f"over the limit of {max_edges:,}; use a smaller radius, max_neighbors, or raise the limit"
+        )
+    need = graph_bytes(est, dim, n)
+    if limit is not None and need > limit:
+        where = "available memory (MemAvailable)" if max_bytes is None else "the memory limit"
+        raise GraphError(
+            f"graph.radius {radius:g} on {n:,} nodes gives about {est:,} edges ({est / max(n, 1):.0f} per node), "
+            f"estimated to need {need / 2**30:.2f} GiB to build and hold (edge_index + float32 edge_attr + working "
+            f"memory), over {where} of {limit / 2**30:.2f} GiB; use a smaller radius, graph.max_neighbors, "
+            "fewer nodes (graph.sample_nodes), or more ranks"
+        )
 
 
 def radius_graph(
@@ -55,45 +106,43 @@ def radius_graph(
     chunk: int = 65_536,
     max_edges: int = DEFAULT_MAX_EDGES,
     warn_isolated: bool = True,
+    max_bytes: int | None = None,
 ) -> np.ndarray:
-    """All pairs with ``0 < |p_j - p_i| <= radius`` as ``edge_index [2, E]`` (row 0 source j, row 1 target i).
+    """All pairs with ``0 < |p_j - p_i| <= radius`` as ``edge_index [2, E]`` (row 0 source j, row 1 target i),
+    sorted by target, then source.
 
-    With ``max_neighbors = k`` each target keeps its k nearest sources within the radius. Targets are processed
-    in chunks of ``chunk`` nodes so memory stays proportional to the output. Refuses (GraphError) before building
-    a graph estimated to exceed ``max_edges`` edges, and warns with counts when nodes have no neighbour.
+    Without ``max_neighbors`` the pairs come from one ``cKDTree.query_pairs`` (arrays, no Python lists) and are
+    sorted by a sparse-matrix conversion (a counting sort): memory stays proportional to the output, about
+    40 bytes per edge at the peak besides the result (:func:`graph_bytes`). With ``max_neighbors = k`` each
+    target keeps its k nearest sources within the radius; targets are then processed in chunks of ``chunk``.
+
+    Refuses (GraphError) before building a graph estimated to exceed ``max_edges`` edges, or to need more than
+    ``max_bytes`` bytes (None: the available memory, /proc/meminfo ``MemAvailable``, where known), and warns
+    with counts when nodes have no neighbour.
     """
     pos = np.ascontiguousarray(pos, dtype=np.float64)
     if not (radius > 0 and np.isfinite(radius)):
         raise GraphError(f"radius must be a positive number, got {radius}")
     n = len(pos)
-    if n * (n - 1) > max_edges:  # cheap exact bound first, estimate only where it matters
-        est = estimate_edges(pos, radius)
-        if est > max_edges:
-            raise GraphError(
-                f"radius {radius:g} on {n} nodes gives about {est:,} edges ({est / max(n, 1):.0f} per node), over "
-                f"the limit of {max_edges:,}; use a smaller radius, max_neighbors, or raise the limit"
-            )
     tree = cKDTree(pos)
-    parts = []
-    for start in range(0, n, chunk):
-        tgt = np.arange(start, min(n, start + chunk))
-        if max_neighbors is None:
-            lists = tree.query_ball_point(pos[tgt], radius, return_sorted=True)
-            lens = np.fromiter((len(nb) for nb in lists), dtype=np.int64, count=len(lists))
-            src = np.fromiter((j for nb in lists for j in nb), dtype=np.int64, count=int(lens.sum()))
-            dst = np.repeat(tgt, lens)
-        else:
+    _check_size(pos, radius, tree, max_edges, max_bytes)
+    if max_neighbors is None:
+        edge_index = _all_pairs(tree, n, radius)
+    else:
+        parts = []
+        for start in range(0, n, chunk):
+            tgt = np.arange(start, min(n, start + chunk))
             d, j = tree.query(pos[tgt], k=max_neighbors + 1, distance_upper_bound=radius)
             dst = np.repeat(tgt, max_neighbors + 1).reshape(len(tgt), -1)
             keep = np.isfinite(d)
             src, dst = j[keep], dst[keep]
             order = np.lexsort((src, dst))
             src, dst = src[order], dst[order]
-        keep = src != dst
-        parts.append(np.stack([src[keep], dst[keep]]))
-    edge_index = np.concatenate(parts, axis=1) if parts else np.zeros((2, 0), dtype=np.int64)
+            keep = src != dst
+            parts.append(np.stack([src[keep], dst[keep]]))
+        edge_index = np.concatenate(parts, axis=1) if parts else np.zeros((2, 0), dtype=np.int64)
     if warn_isolated and n > 1:
-        isolated = n - len(np.unique(edge_index[1]))
+        isolated = n - int(np.count_nonzero(np.bincount(edge_index[1], minlength=n)))
         if isolated:
             warnings.warn(
                 f"radius {radius:g}: {isolated} of {n} nodes have no neighbour and receive no message; "
@@ -103,20 +152,52 @@ def radius_graph(
     return edge_index
 
 
-def edge_attributes(pos: np.ndarray | torch.Tensor, edge_index: np.ndarray | torch.Tensor, radius: float) -> torch.Tensor:
+def _all_pairs(tree: cKDTree, n: int, radius: float) -> np.ndarray:
+    """Every directed pair within ``radius``, sorted by (target, source): [2, E] int64."""
+    pairs = tree.query_pairs(radius, output_type="ndarray")  # [E / 2, 2] int64, i < j
+    if n < 2 or len(pairs) == 0:
+        return np.zeros((2, 0), dtype=np.int64)
+    it = np.int32 if n < 2**31 else np.int64
+    a, b = pairs[:, 0].astype(it), pairs[:, 1].astype(it)
+    del pairs
+    dst, src = np.concatenate([b, a]), np.concatenate([a, b])  # both directions
+    del a, b
+    # CSR conversion = counting sort by target; sort_indices orders the sources within each target
+    m = sp.csr_matrix((np.ones(len(dst), dtype=np.int8), (dst, src)), shape=(n, n))
+    del dst, src
+    m.sort_indices()
+    edge_index = np.empty((2, m.nnz), dtype=np.int64)
+    edge_index[0] = m.indices
+    edge_index[1] = np.repeat(np.arange(n, dtype=np.int64), np.diff(m.indptr))
+    return edge_index
+
+
+def edge_attributes(pos: np.ndarray | torch.Tensor, edge_index: np.ndarray | torch.Tensor, radius: float,
+                    dtype: torch.dtype | None = None, chunk: int = 1 << 20) -> torch.Tensor:
     r"""Edge features :math:`e_{ij} = [(p_j - p_i) / r, |p_j - p_i| / r]`.
 
-    Shapes: pos [N, d], edge_index [2, E] -> [E, d + 1] (dtype of ``pos`` when a tensor, else float64).
+    Computed in the precision of ``pos`` (float64 for numpy input), ``chunk`` edges at a time, and written into
+    one [E, d + 1] tensor of ``dtype`` (default: that of ``pos`` when a tensor, else float64): no per-edge
+    temporary larger than one chunk.
+
+    Shapes: pos [N, d], edge_index [2, E] -> [E, d + 1].
     """
     pos = torch.as_tensor(pos)
     ei = torch.as_tensor(edge_index)
-    rel = (pos[ei[0]] - pos[ei[1]]) / radius  # [E, d]
-    return torch.cat([rel, rel.norm(dim=1, keepdim=True)], dim=1)
+    dtype = pos.dtype if dtype is None else dtype
+    num_edges = ei.shape[1]
+    out = torch.empty(num_edges, pos.shape[1] + 1, dtype=dtype, device=pos.device)  # [E, d + 1]
+    for s in range(0, num_edges, chunk):
+        e = slice(s, min(num_edges, s + chunk))
+        rel = (pos[ei[0, e]] - pos[ei[1, e]]) / radius  # [e, d] in pos's precision
+        out[e, :-1] = rel
+        out[e, -1] = rel.norm(dim=1)
+    return out
 
 
 def build_graph(pos: np.ndarray, radius: float, max_neighbors: int | None = None,
                 dtype: torch.dtype = torch.float32, **kwargs) -> Graph:
     """Radius graph plus edge attributes for node positions ``pos [N, d]``."""
     ei = radius_graph(pos, radius, max_neighbors, **kwargs)
-    attr = edge_attributes(torch.as_tensor(pos, dtype=torch.float64), ei, radius).to(dtype)
+    attr = edge_attributes(torch.as_tensor(pos, dtype=torch.float64), ei, radius, dtype=dtype)
     return Graph(torch.from_numpy(ei), attr, len(pos))

@@ -28,8 +28,10 @@ except one chunk is ever held, in the forward or the backward pass:
   kernel's own backward on that chunk gives the gradients of its parameters and of the edge attributes.
 
 Memory: besides the inputs, the [N, C] output and the gradients, one chunk of [e, K], [e, C] and [n, K', C]
-temporaries per worker (e <= chunk edges, n <= e sources). Work: 2 N C_in K' C (dense) + 2 E K C (batched)
-multiply-adds forward; backward twice that, plus the recomputation of Q and h.
+temporaries per worker (e <= chunk edges, n <= e sources); with grad enabled also one copy of the kernel's inputs
+(the edge attributes, [E, F]) in sorted order, kept for backward; without grad (inference) not even that.
+Work: 2 N C_in K' C (dense) + 2 E K C (batched) multiply-adds forward; backward twice that, plus the recomputation
+of Q and h.
 
 Threads: on CPU the chunks are split between ``torch.get_num_threads()`` single-threaded workers
 (:mod:`dsmpnn.nn.chunk_pool`). Devices: the code is device-generic; on CUDA the per-degree products of a chunk
@@ -92,16 +94,20 @@ def _message_grads(h: torch.Tensor, q: torch.Tensor, gm: torch.Tensor, groups: S
 
 
 class _GroupedAggregate(torch.autograd.Function):
-    """out = s * sum_e w_e [kernel(a_e), (1)]^T Q_src(e), Q = x W (or Q = x when W is None), in chunks."""
+    """out = s * sum_e w_e [kernel(a_e), (1)]^T Q_src(e), Q = x W (or Q = x when W is None), in chunks.
+    ``grad``: whether grad mode was on at the call (inside ``forward`` it is always off); without it the
+    kernel's inputs are gathered per chunk instead of sorted once for the backward pass."""
 
     @staticmethod
-    def forward(ctx, plan: EdgePlan, kernel: RowwiseKernel | None, x, wb, feats, edge_weight, node_weight,
-                *params):
+    def forward(ctx, plan: EdgePlan, kernel: RowwiseKernel | None, grad: bool, x, wb, feats, edge_weight,
+                node_weight, *params):
         k1, c = (wb.shape[1], wb.shape[2]) if wb is not None else (x.shape[1], x.shape[2])
         k = feats.shape[1] if kernel is None else kernel.out_features
         ws = edge_weight[plan.perm] if edge_weight is not None else None  # [E] in sorted order
-        # the kernel's inputs (edge attributes: few columns) are sorted once, then read in slices
-        fs = torch.index_select(feats, 0, plan.perm) if kernel is not None else None  # [E, F]
+        # With a backward to come, the kernel's inputs (edge attributes: few columns) are sorted once and kept
+        # for it; without (inference), each chunk gathers its own rows, so no [E, F] copy is ever made.
+        keep = kernel is not None and grad and any(ctx.needs_input_grad)
+        fs = torch.index_select(feats, 0, plan.perm) if keep else None  # [E, F] or None
         padded = maybe_compiled("messages", x.device) if _use_padded(x.device) else None
 
         def work(chunks: Sequence[Chunk]) -> torch.Tensor:
@@ -109,10 +115,12 @@ class _GroupedAggregate(torch.autograd.Function):
             q_buf = x.new_empty(plan.max_chunk_nodes, k1 * c)
             h_buf = _feature_buffer(x, plan.max_chunk_edges, k, k1)
             m_buf = x.new_empty(plan.max_chunk_edges, c) if padded is None else None
+            f_buf = feats.new_empty(plan.max_chunk_edges, feats.shape[1]) if kernel is not None and fs is None \
+                else None
             for ch in chunks:
                 e = ch.e1 - ch.e0
                 q = _node_kernels(x, wb, plan.sources[ch.n0:ch.n1], q_buf)  # [n, K', C]
-                h = _edge_features(kernel, feats, fs, plan.perm, ch, h_buf[:e], k, None)  # [e, K']
+                h = _edge_features(kernel, feats, fs, plan.perm, ch, h_buf[:e], k, None, f_buf)  # [e, K']
                 if padded is not None:
                     m = padded(h, q, *plan.padded(ch))  # [e, C]
                 else:
@@ -138,8 +146,8 @@ class _GroupedAggregate(torch.autograd.Function):
     def backward(ctx, g):
         plan, kernel = ctx.plan, ctx.kernel
         x, wb, feats, fs, edge_weight, node_weight, *params = ctx.saved_tensors
-        need_x, need_wb, need_f = ctx.needs_input_grad[2:5]
-        need_p = ctx.needs_input_grad[7:]
+        need_x, need_wb, need_f = ctx.needs_input_grad[3:6]
+        need_p = ctx.needs_input_grad[8:]
         k1, c = (wb.shape[1], wb.shape[2]) if wb is not None else (x.shape[1], x.shape[2])
         k = feats.shape[1] if kernel is None else kernel.out_features
         want_q, want_h = need_x or need_wb, need_f or any(need_p)
@@ -207,7 +215,7 @@ class _GroupedAggregate(torch.autograd.Function):
                     a.add_(b)
         gwb = gwb.view(wb.shape) if gwb is not None else None
         gp = [gr.T if gr is not None and gr.dim() == 2 else gr for gr in gp]
-        return (None, None, gx, gwb, gf, None, None, *gp)
+        return (None, None, None, gx, gwb, gf, None, None, *gp)
 
 
 def _feature_buffer(x: torch.Tensor, rows: int, k: int, k1: int) -> torch.Tensor:
@@ -219,11 +227,17 @@ def _feature_buffer(x: torch.Tensor, rows: int, k: int, k1: int) -> torch.Tensor
 
 
 def _edge_features(kernel: RowwiseKernel | None, feats: torch.Tensor, fs: torch.Tensor | None, perm: torch.Tensor,
-                   ch: Chunk, h_buf: torch.Tensor, k: int, tape: list | None) -> torch.Tensor:
+                   ch: Chunk, h_buf: torch.Tensor, k: int, tape: list | None,
+                   f_buf: torch.Tensor | None = None) -> torch.Tensor:
     """h~ of the chunk's edges in h_buf [e, K'] (first K columns): kernel(fs[chunk]) with fs the kernel's inputs
-    in sorted order, or feats[perm[chunk]] when there is no kernel."""
+    in sorted order (or, when fs is None, kernel(feats[perm[chunk]]) gathered into f_buf), or feats[perm[chunk]]
+    when there is no kernel."""
     if kernel is not None:
-        kernel.forward(fs[ch.e0:ch.e1], tape, out=h_buf[:, :k])
+        if fs is None:
+            a = torch.index_select(feats, 0, perm[ch.e0:ch.e1], out=f_buf[:ch.e1 - ch.e0])  # [e, F]
+        else:
+            a = fs[ch.e0:ch.e1]
+        kernel.forward(a, tape, out=h_buf[:, :k])
     elif h_buf.device.type == "cpu":
         torch.index_select(feats, 0, perm[ch.e0:ch.e1], out=h_buf[:, :k])  # strided out: fine on CPU
     else:
@@ -260,7 +274,7 @@ def ecconv_aggregate(x: torch.Tensor, wb: torch.Tensor, feats: torch.Tensor, pla
                          f"sources and {plan.num_edges} edges")
     params = kernel.parameters() if kernel is not None else ()
     node_weight = node_weight.detach() if node_weight is not None else None
-    return _GroupedAggregate.apply(plan, kernel, x, wb, feats, None, node_weight, *params)
+    return _GroupedAggregate.apply(plan, kernel, torch.is_grad_enabled(), x, wb, feats, None, node_weight, *params)
 
 
 def edge_kernel_aggregate(h: torch.Tensor, q: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
@@ -273,4 +287,4 @@ def edge_kernel_aggregate(h: torch.Tensor, q: torch.Tensor, src: torch.Tensor, d
         raise ValueError(f"h {list(h.shape)} and q {list(q.shape)} do not match: expected [E, K] and [N, K, C]")
     plan = EdgePlan.build(torch.stack([src, dst]), num_nodes, q.shape[0], chunk)
     w = w.detach() if w is not None else None
-    return _GroupedAggregate.apply(plan, None, q, None, h, w, None)
+    return _GroupedAggregate.apply(plan, None, torch.is_grad_enabled(), q, None, h, w, None)

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from dsmpnn.nn.ecconv import ECConv
 from dsmpnn.nn.mlp import MLP, activation
@@ -31,13 +32,20 @@ class MPNN(nn.Module):
 
     ``exchange``, when given, is called as ``h = exchange(h, l)`` before layer l; the distributed runtime uses it
     to refresh halo nodes. Without it the model is the single-process S-MPNN.
+
+    ``checkpoint_layers``: in training (grad enabled), each processor layer (convolution, activation, residual,
+    LayerNorm) runs under ``torch.utils.checkpoint`` (non-reentrant): only its input [N, hidden] is kept and the
+    layer is recomputed in backward, so activation memory is one [N, hidden] tensor per layer plus one layer's
+    working set. Outputs and gradients are the same as without. The exchange stays outside the checkpointed
+    function: it runs once per layer in forward and never in the recomputation.
     """
 
     def __init__(self, in_channels: int, out_channels: int, edge_dim: int, hidden: int = 32, layers: int = 4,
                  kernel_hidden: Sequence[int] = (64,), aggr: str = "mean", act: str = "gelu",
                  encoder_hidden: Sequence[int] = (64,), decoder_hidden: Sequence[int] = (64,),
-                 residual: bool = True, layer_norm: bool = False) -> None:
+                 residual: bool = True, layer_norm: bool = False, checkpoint_layers: bool = False) -> None:
         super().__init__()
+        self.checkpoint_layers = checkpoint_layers
         self.encoder = MLP([in_channels, *encoder_hidden, hidden], act=act, act_last=True)
         self.convs = nn.ModuleList(
             ECConv(hidden, hidden, edge_dim, kernel_hidden, aggr=aggr, act=act) for _ in range(layers))
@@ -49,11 +57,20 @@ class MPNN(nn.Module):
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor,
                 exchange: Exchange | None = None) -> torch.Tensor:
         h = self.encoder(x)  # [N, hidden]
-        for layer, conv in enumerate(self.convs):
+        recompute = self.checkpoint_layers and torch.is_grad_enabled()
+        for layer in range(len(self.convs)):
             if exchange is not None:
-                h = exchange(h, layer)
-            u = self.act(conv(h, edge_index, edge_attr))  # [N, hidden]
-            h = h + u if self.residual else u
-            if self.norms is not None:
-                h = self.norms[layer](h)
+                h = exchange(h, layer)  # outside the checkpointed region: never re-run
+            if recompute:
+                h = checkpoint(self._layer, layer, h, edge_index, edge_attr, use_reentrant=False)
+            else:
+                h = self._layer(layer, h, edge_index, edge_attr)  # [N, hidden]
         return self.decoder(h)  # [N, out_channels]
+
+    def _layer(self, layer: int, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
+        """Processor layer ``layer``: h -> LN(h + act(conv(h))) (residual and LayerNorm optional)."""
+        u = self.act(self.convs[layer](h, edge_index, edge_attr))  # [N, hidden]
+        h = h + u if self.residual else u
+        if self.norms is not None:
+            h = self.norms[layer](h)
+        return h

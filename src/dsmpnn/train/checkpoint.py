@@ -1,8 +1,17 @@
 """Atomic, checksummed checkpoints: write to a temporary file, fsync, rename; keep the last K.
 
 A checkpoint file holds ``{"sha256": hex, "payload": bytes}`` where ``payload`` is the ``torch.save`` of the
-state (model, optimizer, scheduler, RNG states, epoch, step, config, dataset manifest, package version). A
-corrupt or truncated latest checkpoint is detected by its checksum and the previous one is used, with a warning.
+state. The trainer stores ``model``, ``optimizer``, ``scheduler`` (state dicts), ``rng`` (:func:`rng_state`: the
+torch, numpy and Python generators), ``epoch`` (epochs done), ``batch`` and ``partial`` (position and loss sums
+inside an interrupted epoch), ``step`` (optimizer steps taken) and ``config``; :func:`save_checkpoint` adds
+``version`` (``dsmpnn.__version__``). A corrupt or truncated latest checkpoint is detected by its checksum and the
+previous one is used, with a warning; a checkpoint of another major version, or one whose state does not fit the
+model (:func:`load_state`), is refused with a :class:`~dsmpnn.errors.CheckpointError`.
+
+RNG states and ranks: the Nyström samples and their order come from ``numpy.random.default_rng((seed, epoch))``,
+not from a global generator, so a resumed run draws exactly what an uninterrupted one would without them. The
+global generators are saved and restored anyway (for models or options that draw from them). In a run on P ranks
+every rank seeds them identically and makes the same draws, so rank 0's states, which it saves, are every rank's.
 """
 
 from __future__ import annotations
@@ -10,19 +19,33 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import random
 import re
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+import dsmpnn
 from dsmpnn.errors import CheckpointError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "atomic_write_bytes"]
+__all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "atomic_write_bytes", "load_state", "rng_state",
+           "set_rng_state"]
 
 _NAME = re.compile(r"^ckpt_epoch_(\d{6})\.pt$")
+_TEMP = re.compile(r"^\.ckpt_epoch_(\d{6})\.pt\.")  # a temporary file left by a process killed while writing
+
+
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -32,6 +55,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _FILE_MODE)  # what open() would give, not mkstemp's 0600
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -50,9 +74,10 @@ def list_checkpoints(directory: Path) -> list[Path]:
 
 
 def save_checkpoint(directory: Path, epoch: int, state: dict[str, Any], keep: int = 3) -> Path:
-    """Save ``state`` as ``directory/ckpt_epoch_{epoch:06d}.pt`` atomically and delete all but the last ``keep``."""
+    """Save ``state`` (plus ``version``, the package version) as ``directory/ckpt_epoch_{epoch:06d}.pt`` atomically
+    and delete all but the last ``keep``, and temporary files that a killed writer left behind."""
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save({**state, "version": dsmpnn.__version__}, buf)
     payload = buf.getvalue()
     out = io.BytesIO()
     torch.save({"sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}, out)
@@ -60,6 +85,9 @@ def save_checkpoint(directory: Path, epoch: int, state: dict[str, Any], keep: in
     atomic_write_bytes(path, out.getvalue())
     for old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
+    for tmp in Path(directory).iterdir():
+        if _TEMP.match(tmp.name):
+            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -89,5 +117,58 @@ def load_checkpoint(directory: Path) -> tuple[dict[str, Any], Path]:
             errors.append(str(e))
             warnings.warn(f"{e}; falling back to an older checkpoint", stacklevel=2)
             continue
+        _check_version(state, path)
         return state, path
     raise CheckpointError(f"{directory}: every checkpoint is unreadable: " + "; ".join(errors))
+
+
+def _major(version: str) -> str:
+    return str(version).split(".")[0]
+
+
+def _check_version(state: Any, path: Path) -> None:
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, expected a dict of training state")
+    version = state.get("version")  # absent in checkpoints of early 0.1 development versions
+    if version is not None and _major(version) != _major(dsmpnn.__version__):
+        raise CheckpointError(f"{path}: written by dsmpnn {version}, this is dsmpnn {dsmpnn.__version__}; a "
+                              f"checkpoint is read by the same major version only (use dsmpnn {_major(version)}.x "
+                              "for this run, or train again)")
+
+
+def load_state(target: Any, state: dict[str, Any], key: str, path: Path, against: str) -> None:
+    """``target.load_state_dict(state[key])`` (a model, optimizer or scheduler); a :class:`CheckpointError` naming
+    the checkpoint ``path``, the part and ``against`` (where the target's shape comes from, e.g. a config file) when
+    the checkpoint lacks it or it does not fit."""
+    if key not in state:
+        raise CheckpointError(f"{path}: the checkpoint has no '{key}' state (it has {sorted(state)})")
+    try:
+        target.load_state_dict(state[key])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()] or [type(e).__name__]
+        raise CheckpointError(f"{path}: the checkpoint's {key} does not fit the {key} of {against} (was it written by "
+                              f"another configuration or dsmpnn version?): {' '.join(lines[:2])[:400]}") from None
+
+
+def rng_state() -> dict[str, Any]:
+    """The global torch (CPU and CUDA), numpy and Python random generators' states, as checkpoint-safe values."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any] | None) -> None:
+    """Restore what :func:`rng_state` returned (nothing when ``state`` is None, e.g. an older checkpoint)."""
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))

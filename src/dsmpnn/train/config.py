@@ -6,7 +6,7 @@ A config has five sections; every key has a default, so a YAML file lists only w
     graph:  {radius: 0.06, sample_nodes: 1024, samples_per_mesh: 4, max_neighbors: null}
     train:  {epochs: 100, batch_graphs: 4, lr: 1e-3, scheduler: cosine, seed: 0, ...}
     eval:   {mode: full, samples: 8, plot_samples: 3}
-    distributed: {partition: metis, halo_hops: 1, timeout_s: 300}   # used when run on P > 1 ranks
+    distributed: {partition: metis, halo_hops: 1, timeout_s: 300, overlap: null}   # used on P > 1 ranks
 
 Command-line overrides use dotted keys: ``train.epochs=5 model.hidden=16 graph.max_neighbors=null``.
 """
@@ -14,8 +14,10 @@ Command-line overrides use dotted keys: ``train.epochs=5 model.hidden=16 graph.m
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ import yaml
 
 from dsmpnn.errors import ConfigError
 from dsmpnn.graph.partition import DEFAULT_PARTITION_METHOD, PARTITION_METHODS
+from dsmpnn.graph.radius import DEFAULT_MAX_EDGES
 
 __all__ = ["ModelConfig", "GraphConfig", "TrainConfig", "EvalConfig", "DistributedConfig", "Config", "load_config",
            "apply_overrides"]
@@ -31,7 +34,13 @@ __all__ = ["ModelConfig", "GraphConfig", "TrainConfig", "EvalConfig", "Distribut
 
 @dataclass
 class ModelConfig:
-    """The MPNN: encoder MLP -> ``layers`` edge-conditioned convolutions -> decoder MLP."""
+    """The MPNN: encoder MLP -> ``layers`` edge-conditioned convolutions -> decoder MLP.
+
+    ``kind: gcn`` swaps the convolutions for GCNConv (:class:`dsmpnn.nn.GCN`, single process only) of width
+    ``gcn_hidden``; null picks the width whose parameter count is closest to the MPNN of the same config.
+    ``checkpoint_layers``: recompute each processor layer in backward instead of storing its activations
+    (``torch.utils.checkpoint``; same results, less memory on big graphs, about one more forward per step).
+    """
 
     kind: str = "mpnn"
     hidden: int = 32
@@ -44,13 +53,17 @@ class ModelConfig:
     residual: bool = True
     layer_norm: bool = False
     use_pos: bool = True
+    gcn_hidden: int | None = None
+    checkpoint_layers: bool = False
 
     def __post_init__(self) -> None:
-        _choice("model.kind", self.kind, ("mpnn",))
+        _choice("model.kind", self.kind, ("mpnn", "gcn"))
         _choice("model.aggr", self.aggr, ("mean", "sum"))
         _choice("model.act", self.act, ("relu", "gelu", "silu", "tanh", "elu"))
         _positive("model.hidden", self.hidden)
         _positive("model.layers", self.layers)
+        if self.gcn_hidden is not None:
+            _positive("model.gcn_hidden", self.gcn_hidden)
         for name in ("kernel_hidden", "encoder_hidden", "decoder_hidden"):
             for v in getattr(self, name):
                 _positive(f"model.{name}", v)
@@ -60,16 +73,22 @@ class ModelConfig:
 
 @dataclass
 class GraphConfig:
-    """Radius graph and Nyström sampling (radius in the mesh's length unit)."""
+    """Radius graph and Nyström sampling (radius in the mesh's length unit).
+
+    ``max_edges``: a graph estimated to have more edges is refused before it is built (a radius too large for the
+    mesh would otherwise exhaust memory).
+    """
 
     radius: float = 0.1
     max_neighbors: int | None = None
     sample_nodes: int = 1024
     samples_per_mesh: int = 2
+    max_edges: int = DEFAULT_MAX_EDGES
 
     def __post_init__(self) -> None:
-        if not self.radius > 0:
-            raise ConfigError(f"graph.radius must be > 0, got {self.radius}")
+        if not (self.radius > 0 and math.isfinite(self.radius)):
+            raise ConfigError(f"graph.radius must be > 0 and finite, got {self.radius}")
+        _positive("graph.max_edges", self.max_edges)
         _positive("graph.sample_nodes", self.sample_nodes)
         _positive("graph.samples_per_mesh", self.samples_per_mesh)
         if self.max_neighbors is not None:
@@ -128,18 +147,29 @@ class DistributedConfig:
 
     ``partition``: how each mesh is split (slab / rcb / metis, see :mod:`dsmpnn.graph.partition`);
     ``halo_hops``: halo width in graph hops, the halo exchange runs before every ``halo_hops``-th layer;
-    ``timeout_s``: seconds a collective waits for the other ranks before the run fails.
+    ``timeout_s``: seconds a collective waits for the other ranks before the run fails;
+    ``overlap``: null = the exact graph halo (``halo_hops``); a distance l (mesh length unit) = the paper's
+    geometric overlap, halo = nodes within l of a subdomain, exchange before every layer. l >= graph.radius is
+    exact; l < radius drops edges, so the run differs from one process (a warning says so).
     """
 
     partition: str = DEFAULT_PARTITION_METHOD
     halo_hops: int = 1
     timeout_s: float = 300.0
+    overlap: float | None = None
 
     def __post_init__(self) -> None:
         _choice("distributed.partition", self.partition, PARTITION_METHODS)
         _positive("distributed.halo_hops", self.halo_hops)
         if not self.timeout_s > 0:
             raise ConfigError(f"distributed.timeout_s must be > 0 seconds, got {self.timeout_s}")
+        if self.overlap is not None:
+            if not (self.overlap >= 0 and math.isfinite(self.overlap)):
+                raise ConfigError(f"distributed.overlap must be a finite distance >= 0 or null, got {self.overlap}")
+            if self.halo_hops != 1:
+                raise ConfigError(f"distributed.overlap ({self.overlap:g}) and distributed.halo_hops "
+                                  f"({self.halo_hops}) exclude each other: the geometric overlap exchanges before "
+                                  "every layer; set halo_hops to 1 or overlap to null")
 
 
 @dataclass
@@ -149,6 +179,13 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+    def __post_init__(self) -> None:
+        ov, r = self.distributed.overlap, self.graph.radius
+        if ov is not None and ov < r:
+            warnings.warn(f"distributed.overlap {ov:g} < graph.radius {r:g}: on P > 1 ranks the edges whose source "
+                          "lies outside the overlap are dropped, so DS-MPNN differs from one process "
+                          "(overlap >= radius is exact)", stacklevel=2)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -71,7 +71,7 @@ def inspect_partition(data_dir: str | Path, nproc: int, method: str, cfg: Config
     r = cfg.graph.radius if radius is None else radius
     if not r > 0:
         raise GraphError(f"--radius must be > 0, got {r}")
-    ei = radius_graph(sample.pos, r, cfg.graph.max_neighbors, warn_isolated=False)
+    ei = radius_graph(sample.pos, r, cfg.graph.max_neighbors, warn_isolated=False, max_edges=cfg.graph.max_edges)
     owner = partition(sample.pos, nproc, method, ei)
     plans = build_halo_plans(owner, ei, halo_hops, nproc)
     report = partition_report(owner, ei, nproc, halo_hops, method)

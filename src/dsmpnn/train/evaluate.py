@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,13 +14,15 @@ import meshio
 import numpy as np
 
 from dsmpnn.data.dataset import Dataset, read_sample_file
+from dsmpnn.data.paths import check_output_path
 from dsmpnn.data.sample import MeshSample
 from dsmpnn.distributed import DistContext, current_context, run_agreed
 from dsmpnn.errors import CheckpointError, ConfigError, DatasetError
 from dsmpnn.train.checkpoint import atomic_write_bytes
 from dsmpnn.train.config import Config
+from dsmpnn.train.features import GraphStats, check_graph_size, check_split_graphs
 from dsmpnn.train.metrics import compute_metrics
-from dsmpnn.train.plots import plot_fields
+from dsmpnn.train.plots import ZOOMS, plot_fields
 from dsmpnn.train.rundir import load_run
 from dsmpnn.train.strategy import make_strategy
 from dsmpnn.train.trainer import resolve_device
@@ -71,12 +74,17 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split:
                 f"{[f.name for f in man.target_fields]} (dim {man.dim}) differ from the run's "
                 f"{[f.name for f in trained.input_fields]} -> {[f.name for f in trained.target_fields]} "
                 f"(dim {trained.dim})")
+        full = _full_graphs(cfg, ctx)
+        check_split_graphs(data, data.split(split), cfg.graph, "evaluation on the full mesh" if full else
+                           "evaluation on sampled graphs", None if full else cfg.graph.sample_nodes)
         return data
 
     data = strategy.agreed(open_dataset)
     man = data.manifest
     meshes = strategy.load(data, split, keep_full=True)
+    strategy.graph_stats = GraphStats()
     preds = [strategy.predict(run.model, m) for m in meshes]  # None on ranks other than 0
+    _warn_isolated(strategy, cfg, f"the {len(meshes)} meshes of split '{split}'")
     if not strategy.is_main:
         strategy.barrier()
         return None
@@ -91,11 +99,25 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split:
     atomic_write_bytes(root / "metrics.json", json.dumps(metrics, indent=1).encode())
     if plots and man.dim in (2, 3):
         for k in range(min(cfg.eval.plot_samples, len(samples))):
-            plot_fields(samples[k], preds[k], names, root / "plots" / f"{split}_{k:02d}_{samples[k].name}.png")
+            plot_fields(samples[k], preds[k], names, root / "plots" / f"{split}_{k:02d}_{samples[k].name}.png",
+                        zoom=next((z for key, z in ZOOMS.items() if man.name.startswith(key)), None))
     rmse = ", ".join(f"{n} {v:.4g}" for n, v in metrics["rmse"].items())
     echo(f"{split}: {len(samples)} meshes, relative L2 {metrics['rel_l2']:.4f}, RMSE {rmse}")
     strategy.barrier()
     return metrics
+
+
+def _full_graphs(cfg: Config, ctx: DistContext) -> bool:
+    """Whether inference builds the radius graph of whole meshes (eval.mode full, or a METIS partition)."""
+    return cfg.eval.mode == "full" or (ctx.world_size > 1 and cfg.distributed.partition == "metis")
+
+
+def _warn_isolated(strategy, cfg: Config, graphs: str) -> None:
+    """One warning (rank 0) when nodes of the graphs just predicted on had no neighbour; stop counting."""
+    stats, strategy.graph_stats = strategy.graph_stats, None
+    message = stats.warning(cfg.graph.radius, graphs) if stats is not None else None
+    if message and strategy.is_main:
+        warnings.warn(message, stacklevel=3)
 
 
 def read_mesh_input(path: Path, input_names: list[str], target_names: list[str]) -> MeshSample:
@@ -136,7 +158,8 @@ def predict_file(run_dir: str | Path, input_path: str | Path, out_path: str | Pa
     if out_path.suffix not in (".npz", ".vtu"):
         raise DatasetError(f"{out_path}: output must end in .npz or .vtu")
     ctx = current_context() if ctx is None else ctx
-    run, _, strategy = _open_run(run_dir, ctx, partition, halo_hops)
+    run_agreed(lambda: check_output_path(out_path, "file", "--out"))
+    run, cfg, strategy = _open_run(run_dir, ctx, partition, halo_hops)
     man = run.fmap.manifest
     inputs, targets = [f.name for f in man.input_fields], [f.name for f in man.target_fields]
 
@@ -145,10 +168,16 @@ def predict_file(run_dir: str | Path, input_path: str | Path, out_path: str | Pa
         if sample.dim != man.dim or sample.x.shape[1] != len(inputs):
             raise DatasetError(f"{input_path}: mesh has dim {sample.dim} and {sample.x.shape[1]} input fields, the "
                                f"model expects dim {man.dim} and {inputs}")
+        full = _full_graphs(cfg, ctx)
+        check_graph_size(sample, cfg.graph.radius, cfg.graph.max_neighbors, cfg.graph.max_edges,
+                         "prediction on the full mesh" if full else "prediction on sampled graphs",
+                         None if full else cfg.graph.sample_nodes)
         return sample
 
     sample = strategy.agreed(read)
+    strategy.graph_stats = GraphStats()
     pred = strategy.predict(run.model, strategy.hold(sample))
+    _warn_isolated(strategy, cfg, f"mesh '{sample.name}'")
     if not strategy.is_main:
         strategy.barrier()
         return None

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from dsmpnn.data.dataset import Manifest
+from dsmpnn.data.dataset import Dataset, Manifest
 from dsmpnn.data.sample import MeshSample
-from dsmpnn.graph import Graph, build_graph
+from dsmpnn.errors import GraphError
+from dsmpnn.graph import Graph, build_graph, estimate_edges
+from dsmpnn.graph.radius import DEFAULT_MAX_EDGES
+from dsmpnn.train.config import GraphConfig
 
-__all__ = ["FeatureMap", "GraphBatch", "make_batch"]
+__all__ = ["FeatureMap", "GraphBatch", "GraphStats", "check_graph_size", "check_split_graphs", "make_batch"]
 
 
 @dataclass(frozen=True)
@@ -67,18 +71,88 @@ class GraphBatch:
 
 
 def make_batch(items: list[tuple[MeshSample, np.ndarray | None]], fmap: FeatureMap, radius: float,
-               max_neighbors: int | None, dtype: torch.dtype, with_targets: bool = True) -> GraphBatch:
-    """Build the radius graph of each (sample, node subset) pair (subset None = every node) and join them."""
+               max_neighbors: int | None, dtype: torch.dtype, with_targets: bool = True,
+               max_edges: int = DEFAULT_MAX_EDGES, stats: GraphStats | None = None) -> GraphBatch:
+    """Build the radius graph of each (sample, node subset) pair (subset None = every node) and join them.
+
+    ``stats`` counts the nodes without a neighbour (see :class:`GraphStats`); ``max_edges``: the refusal limit of
+    :func:`dsmpnn.graph.radius_graph`."""
     xs, ys, eis, eas, offset = [], [], [], [], 0
     for sample, idx in items:
         pos = sample.pos if idx is None else sample.pos[idx]
-        g: Graph = build_graph(pos, radius, max_neighbors, dtype=dtype, warn_isolated=False)
+        g: Graph = build_graph(pos, radius, max_neighbors, dtype=dtype, warn_isolated=False, max_edges=max_edges)
+        if stats is not None:
+            stats.add(g.edge_index, g.num_nodes)
         x = fmap.inputs(sample, dtype)
         xs.append(x if idx is None else x[idx])
         if with_targets:
             y = fmap.targets(sample, dtype)
             ys.append(y if idx is None else y[idx])
-        eis.append(g.edge_index + offset)
+        eis.append(g.edge_index + offset if offset else g.edge_index)
         eas.append(g.edge_attr)
         offset += g.num_nodes
-    return GraphBatch(torch.cat(xs), torch.cat(ys) if with_targets else None, torch.cat(eis, 1), torch.cat(eas))
+    return GraphBatch(_join(xs), _join(ys) if with_targets else None, _join(eis, 1), _join(eas))
+
+
+def _join(parts: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    """``torch.cat(parts, dim)``, without the copy when there is one part (a whole mesh: its [2, E] and [E, D]
+    edge tensors are not duplicated)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+
+
+@dataclass
+class GraphStats:
+    """Nodes without a neighbour within the radius (they receive no message) over the graphs a command builds, so
+    that a radius too small for the mesh is reported once with counts, not once per graph or step."""
+
+    graphs: int = 0
+    nodes: int = 0
+    isolated: int = 0
+
+    def add(self, edge_index: torch.Tensor, num_nodes: int) -> None:
+        """Count one graph: ``edge_index [2, E]`` (row 1 the targets) on ``num_nodes`` nodes."""
+        hit = torch.zeros(num_nodes, dtype=torch.bool)
+        hit[torch.as_tensor(edge_index)[1].cpu()] = True
+        self.graphs += 1
+        self.nodes += num_nodes
+        self.isolated += num_nodes - int(hit.sum())
+
+    def warning(self, radius: float, graphs: str, advice: str = "a larger graph.radius") -> str | None:
+        """The message for ``graphs`` (e.g. "the 12 sampled graphs of epoch 1"), or None when every node has a
+        neighbour."""
+        if not self.isolated:
+            return None
+        return (f"graph.radius {radius:g}: {self.isolated:,} of {self.nodes:,} nodes "
+                f"({100 * self.isolated / max(self.nodes, 1):.1f} %) of {graphs} have no neighbour within the radius "
+                f"and receive no message; consider {advice}")
+
+
+def check_graph_size(sample: MeshSample, radius: float, max_neighbors: int | None, max_edges: int,
+                     purpose: str, nodes: int | None = None) -> None:
+    """Refuse, before anything is built, a radius graph on ``sample``'s nodes (or on a random subset of ``nodes``
+    of them, the size of a Nyström sample) estimated to have more than ``max_edges`` edges (config keys
+    ``graph.radius``, ``graph.max_neighbors``, ``graph.max_edges``). ``purpose`` says what the graph is for."""
+    n = sample.num_nodes if nodes is None else min(nodes, sample.num_nodes)
+    bound = n * (n - 1) if max_neighbors is None else n * min(max_neighbors, n - 1)
+    if bound <= max_edges:
+        return
+    pos = sample.pos
+    if n < sample.num_nodes:
+        pos = pos[np.sort(np.random.default_rng(0).choice(sample.num_nodes, n, replace=False))]
+    est = min(estimate_edges(pos, radius), bound)
+    if est > max_edges:
+        where = f"{n:,} sampled nodes of mesh '{sample.name}'" if n < sample.num_nodes else \
+            f"the {n:,} nodes of mesh '{sample.name}'"
+        raise GraphError(f"graph.radius {radius:g} gives about {est:,} edges ({est / n:.0f} per node) on {where} "
+                         f"({purpose}), more than graph.max_edges = {max_edges:,}; refused before building it. Use a "
+                         "smaller graph.radius or set graph.max_neighbors, or raise graph.max_edges if the memory "
+                         "is there")
+
+
+def check_split_graphs(data: Dataset, files: Sequence[str], gc: GraphConfig, purpose: str,
+                       nodes: int | None = None) -> None:
+    """:func:`check_graph_size` on the largest mesh among ``files`` of ``data`` (node counts read from the file
+    headers; that one mesh is loaded); nothing when ``files`` is empty."""
+    if files:
+        sample = data.load(max(files, key=data.num_nodes))
+        check_graph_size(sample, gc.radius, gc.max_neighbors, gc.max_edges, purpose, nodes)

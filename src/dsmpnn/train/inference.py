@@ -9,19 +9,20 @@ from torch import nn
 from dsmpnn.data.sample import MeshSample
 from dsmpnn.graph import covering_samples
 from dsmpnn.train.config import Config
-from dsmpnn.train.features import FeatureMap, make_batch
+from dsmpnn.train.features import FeatureMap, GraphStats, make_batch
 
 __all__ = ["predict_sample"]
 
 
 @torch.no_grad()
 def predict_sample(model: nn.Module, fmap: FeatureMap, sample: MeshSample, cfg: Config,
-                   device: torch.device | str = "cpu", seed: int = 0) -> np.ndarray:
+                   device: torch.device | str = "cpu", seed: int = 0, stats: GraphStats | None = None) -> np.ndarray:
     """Predicted targets [N, T] in physical units.
 
     ``cfg.eval.mode == "full"``: one forward pass on the radius graph of all N nodes.
     ``"sampled"``: ``cfg.eval.samples`` subsets of ``cfg.graph.sample_nodes`` nodes that together cover every
     node equally often; each node's prediction is the mean over the subsets that contain it.
+    ``stats`` counts the nodes without a neighbour in the graphs built.
     """
     model.eval()
     dtype = next(model.parameters()).dtype
@@ -34,7 +35,7 @@ def predict_sample(model: nn.Module, fmap: FeatureMap, sample: MeshSample, cfg: 
     count = torch.zeros(sample.num_nodes, 1, dtype=torch.float64)
     for idx in subsets:
         b = make_batch([(sample, idx)], fmap, cfg.graph.radius, cfg.graph.max_neighbors, dtype,
-                       with_targets=False).to(device)
+                       with_targets=False, max_edges=cfg.graph.max_edges, stats=stats).to(device)
         out = model(b.x, b.edge_index, b.edge_attr).double().cpu()  # [n, T] normalised
         rows = slice(None) if idx is None else torch.from_numpy(idx)
         total[rows] += out

@@ -7,22 +7,26 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dsmpnn.train.checkpoint import atomic_write_bytes
+
 __all__ = ["MetricsLogger", "read_jsonl"]
 
 
 class MetricsLogger:
     """Appends records to ``run_dir/metrics.jsonl`` (flushed and fsynced per line) and to TensorBoard ``run_dir/tb``.
 
-    On resume, records with ``epoch`` greater than ``resume_epoch`` are dropped first, so no line is duplicated.
+    On resume, records with ``epoch`` greater than ``resume_epoch`` are dropped first (and a last line cut short by
+    a killed process), so no line is duplicated; the file is replaced atomically, so a kill during the rewrite loses
+    nothing.
     """
 
     def __init__(self, run_dir: Path, resume_epoch: int | None = None, tensorboard: bool = True) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         if resume_epoch is None:
-            self.path.write_text("")
+            atomic_write_bytes(self.path, b"")
         elif self.path.exists():
-            keep = [r for r in read_jsonl(self.path) if r.get("epoch", 0) <= resume_epoch]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+            keep = [r for r in read_jsonl(self.path, complete_only=True) if r.get("epoch", 0) <= resume_epoch]
+            atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in keep).encode())
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -44,6 +48,20 @@ class MetricsLogger:
             self.tb.close()
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    lines = Path(path).read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+def read_jsonl(path: Path, complete_only: bool = False) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file. ``complete_only``: skip a last line without its newline (the write of a
+    process killed mid-line) and lines that do not parse, instead of raising."""
+    text = Path(path).read_text()
+    lines = text.splitlines()
+    if complete_only and text and not text.endswith("\n"):
+        lines = lines[:-1]
+    out = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if not complete_only:
+                raise
+    return out

@@ -21,7 +21,7 @@ from torch import nn
 import dsmpnn
 from dsmpnn.data.dataset import Manifest
 from dsmpnn.errors import CheckpointError
-from dsmpnn.train.checkpoint import atomic_write_bytes, load_checkpoint
+from dsmpnn.train.checkpoint import atomic_write_bytes, load_checkpoint, load_state
 from dsmpnn.train.config import Config
 from dsmpnn.train.factory import build_model
 from dsmpnn.train.features import FeatureMap
@@ -53,9 +53,21 @@ class RunDir:
         for name in ("config.yaml", "dataset.json"):
             if not (self.root / name).is_file():
                 raise CheckpointError(f"{self.root}: not a dsmpnn run directory (no {name}); pass the --out of `dsmpnn train`")
-        cfg = Config.from_dict(yaml.safe_load((self.root / "config.yaml").read_text()), str(self.root / "config.yaml"))
-        meta = json.loads((self.root / "dataset.json").read_text())
-        return cfg, Path(meta["path"]), Manifest.from_json(meta["manifest"], self.root / "dataset.json")
+        cfg_path, meta_path = self.root / "config.yaml", self.root / "dataset.json"
+        try:
+            raw = yaml.safe_load(cfg_path.read_text())
+        except yaml.YAMLError as e:
+            raise CheckpointError(f"{cfg_path}: not valid YAML ({' '.join(str(e).split())})") from None
+        cfg = Config.from_dict(raw, str(cfg_path))
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{meta_path}: not valid JSON ({e}); `dsmpnn train` writes it, restore it from "
+                                  "a copy or train again") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("path"), str) or "manifest" not in meta:
+            raise CheckpointError(f"{meta_path}: expected an object with 'path' (the dataset directory) and "
+                                  "'manifest'")
+        return cfg, Path(meta["path"]), Manifest.from_json(meta["manifest"], meta_path)
 
 
 @dataclass
@@ -74,11 +86,5 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> LoadedR
     fmap = FeatureMap(manifest, cfg.model.use_pos)
     state, path = load_checkpoint(rd.checkpoints)
     model = build_model(cfg.model, fmap).to(getattr(torch, cfg.train.dtype))
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as e:
-        raise CheckpointError(
-            f"{path}: the checkpoint does not fit the model of {rd.root / 'config.yaml'} "
-            f"(was it written by another configuration or dsmpnn version?): {str(e).splitlines()[0]}"
-        ) from None
+    load_state(model, state, "model", path, str(rd.root / "config.yaml"))
     return LoadedRun(cfg, data_dir, fmap, model.to(device), int(state["epoch"]))

@@ -31,8 +31,9 @@ from dsmpnn.distributed import (DistContext, LocalShard, all_gather_objects, for
                                 make_exchange, run_agreed)
 from dsmpnn.errors import GraphError
 from dsmpnn.graph import build_sampled_plans, covering_samples, partition, radius_graph
+from dsmpnn.graph.radius import DEFAULT_MAX_EDGES
 from dsmpnn.train.config import Config
-from dsmpnn.train.features import FeatureMap
+from dsmpnn.train.features import FeatureMap, GraphStats
 
 __all__ = ["MeshShard", "partition_mesh", "check_nproc", "shard_meshes", "decompose", "predict_sharded"]
 
@@ -77,9 +78,9 @@ class MeshShard:
 
 
 def partition_mesh(pos: np.ndarray, nparts: int, method: str, radius: float, max_neighbors: int | None = None,
-                   seed: int = 0) -> np.ndarray:
+                   seed: int = 0, max_edges: int = DEFAULT_MAX_EDGES) -> np.ndarray:
     """``owner [N]`` of a whole mesh; METIS partitions its radius graph (``radius``, ``max_neighbors``)."""
-    edge_index = radius_graph(pos, radius, max_neighbors, warn_isolated=False) if (
+    edge_index = radius_graph(pos, radius, max_neighbors, warn_isolated=False, max_edges=max_edges) if (
         method == "metis" and nparts > 1) else None
     return partition(pos, nparts, method, edge_index, seed)
 
@@ -116,8 +117,8 @@ def shard_meshes(load: Callable[[int], MeshSample], count: int, ctx: DistContext
                 if k % P == rank:
                     s = load(k)
                     check_nproc(P, [(s.name, s.num_nodes)])
-                    owners[k] = partition_mesh(s.pos, P, dc.partition, gc.radius, gc.max_neighbors).astype(
-                        _owner_dtype(P))
+                    owners[k] = partition_mesh(s.pos, P, dc.partition, gc.radius, gc.max_neighbors,
+                                               max_edges=gc.max_edges).astype(_owner_dtype(P))
             return owners
 
         owners: dict[int, np.ndarray] = {}
@@ -129,12 +130,16 @@ def shard_meshes(load: Callable[[int], MeshSample], count: int, ctx: DistContext
 
 
 def decompose(mesh: MeshShard, ids: np.ndarray, nparts: int, cfg: Config, dtype: torch.dtype,
-              with_targets: bool = True) -> LocalShard:
+              with_targets: bool = True, stats: GraphStats | None = None) -> LocalShard:
     """This rank's :class:`LocalShard` of the radius graph on the mesh nodes ``ids`` (ascending; all nodes for
-    full-graph inference). Every rank builds the same graph and plans; the owned rows come from ``mesh``."""
+    full-graph inference). Every rank builds the same graph and plans; the owned rows come from ``mesh``.
+    ``stats`` counts the nodes of the (whole) graph without a neighbour."""
     gc = cfg.graph
     dec = build_sampled_plans(mesh.pos, ids, mesh.owner, gc.radius, cfg.distributed.halo_hops, nparts,
-                              gc.max_neighbors, dtype, warn_isolated=False)
+                              gc.max_neighbors, dtype, warn_isolated=False, overlap=cfg.distributed.overlap,
+                              max_edges=gc.max_edges)
+    if stats is not None:
+        stats.add(dec.graph.edge_index, dec.graph.num_nodes)
     plan = dec.plans[mesh.rank]
     rows = mesh.rows(dec.sample_ids[plan.owned])
     attr = plan.local_graph(dec.graph).edge_attr.to(mesh.x.device)  # [E_loc, d + 1]
@@ -144,7 +149,7 @@ def decompose(mesh: MeshShard, ids: np.ndarray, nparts: int, cfg: Config, dtype:
 
 @torch.no_grad()
 def predict_sharded(model: nn.Module, fmap: FeatureMap, mesh: MeshShard, cfg: Config, ctx: DistContext,
-                    seed: int = 0) -> np.ndarray | None:
+                    seed: int = 0, stats: GraphStats | None = None) -> np.ndarray | None:
     """Predicted targets [N, T] in physical units on rank 0 (None on the others): the distributed counterpart of
     :func:`dsmpnn.train.inference.predict_sample`, equal to it up to round-off (full graph, or the mean over the same
     covering node subsets)."""
@@ -158,7 +163,7 @@ def predict_sharded(model: nn.Module, fmap: FeatureMap, mesh: MeshShard, cfg: Co
     total = torch.zeros(n, fmap.out_channels, dtype=torch.float64) if ctx.is_main else None
     count = torch.zeros(n, 1, dtype=torch.float64) if ctx.is_main else None
     for ids in subsets:
-        shard = decompose(mesh, ids, ctx.world_size, cfg, dtype, with_targets=False)
+        shard = decompose(mesh, ids, ctx.world_size, cfg, dtype, with_targets=False, stats=stats)
         out = forward_owned(model, shard, make_exchange(shard.plan))  # [n_own, T] normalised
         full = gather_owned(out, shard.plan)  # [len(ids), T] in subset order on rank 0
         if ctx.is_main:

@@ -28,14 +28,15 @@ from torch import nn
 from dsmpnn.data.dataset import Dataset
 from dsmpnn.data.sample import MeshSample
 from dsmpnn.distributed import (DistContext, all_gather_objects, all_reduce_sum, allreduce_gradients, any_rank,
-                                broadcast_parameters, forward_owned, make_exchange, quiet_unless_main, run_agreed)
-from dsmpnn.errors import DatasetError, DsmpnnError
+                                barrier, broadcast_parameters, forward_owned, make_exchange, quiet_unless_main,
+                                run_agreed)
+from dsmpnn.errors import ConfigError, DatasetError, DsmpnnError
 from dsmpnn.train.config import Config
-from dsmpnn.train.features import FeatureMap, make_batch
+from dsmpnn.train.features import FeatureMap, GraphStats, make_batch
 from dsmpnn.train.inference import predict_sample
 from dsmpnn.train.sharding import MeshShard, decompose, predict_sharded, shard_meshes
 
-__all__ = ["SingleProcess", "DomainDecomposed", "make_strategy", "Item"]
+__all__ = ["SingleProcess", "DomainDecomposed", "make_strategy", "check_decomposable", "Item"]
 
 T = TypeVar("T")
 Item = tuple[object, np.ndarray]
@@ -56,6 +57,7 @@ class SingleProcess:
                  ctx: DistContext | None = None) -> None:
         self.cfg, self.fmap, self.dtype, self.device = cfg, fmap, dtype, torch.device(device)
         self.ctx = ctx or DistContext()
+        self.graph_stats: GraphStats | None = None  # set to count nodes without a neighbour in the graphs built
 
     @property
     def is_main(self) -> bool:
@@ -88,7 +90,7 @@ class SingleProcess:
 
         Returns (batch MSE, nodes in the batch, whether to stop after this step)."""
         batch = make_batch(list(items), self.fmap, self.cfg.graph.radius, self.cfg.graph.max_neighbors,
-                           self.dtype).to(self.device)
+                           self.dtype, max_edges=self.cfg.graph.max_edges, stats=self.graph_stats).to(self.device)
         pred = model(batch.x, batch.edge_index, batch.edge_attr)  # [n, T] normalised
         loss = torch.nn.functional.mse_loss(pred, batch.y)
         loss.backward()
@@ -98,7 +100,7 @@ class SingleProcess:
         return requested
 
     def predict(self, model: nn.Module, mesh: MeshSample) -> np.ndarray:
-        return predict_sample(model, self.fmap, mesh, self.cfg, self.device)
+        return predict_sample(model, self.fmap, mesh, self.cfg, self.device, stats=self.graph_stats)
 
     def barrier(self) -> None:
         pass
@@ -112,6 +114,7 @@ class DomainDecomposed:
             raise DsmpnnError("DomainDecomposed needs an initialised process group of at least 2 ranks")
         self.cfg, self.fmap, self.dtype, self.ctx = cfg, fmap, dtype, ctx
         self.device = ctx.device
+        self.graph_stats: GraphStats | None = None  # set to count nodes without a neighbour in the graphs built
 
     @property
     def is_main(self) -> bool:
@@ -154,7 +157,7 @@ class DomainDecomposed:
         denom = n * self.fmap.out_channels  # entries of the whole batch, all ranks
         sse = torch.zeros((), dtype=torch.float64, device=self.device)
         for mesh, ids in items:
-            shard = decompose(mesh, ids, self.ctx.world_size, self.cfg, self.dtype)
+            shard = decompose(mesh, ids, self.ctx.world_size, self.cfg, self.dtype, stats=self.graph_stats)
             pred = forward_owned(model, shard, make_exchange(shard.plan))  # [n_own, T] normalised
             err = (pred - shard.y).pow(2).sum()  # owned nodes of this rank only
             (err / denom).backward()
@@ -171,15 +174,25 @@ class DomainDecomposed:
 
     def predict(self, model: nn.Module, mesh: MeshShard) -> np.ndarray | None:
         """[N, T] physical prediction on rank 0, None elsewhere (a collective)."""
-        return predict_sharded(model, self.fmap, mesh, self.cfg, self.ctx)
+        return predict_sharded(model, self.fmap, mesh, self.cfg, self.ctx, stats=self.graph_stats)
 
     def barrier(self) -> None:
-        dist.barrier()
+        barrier()
+
+
+def check_decomposable(cfg: Config, nproc: int) -> None:
+    """Refuse a model that P > 1 ranks cannot run exactly: the GCN's symmetric normalisation needs the degrees
+    of halo nodes, which a one-hop halo does not hold (:mod:`dsmpnn.nn.gcn`)."""
+    if nproc > 1 and cfg.model.kind == "gcn":
+        raise ConfigError(f"model.kind 'gcn' runs in one process only, got {nproc} ranks: GCNConv's normalisation "
+                          "needs the degrees of halo nodes, so a domain-decomposed GCN would differ from one "
+                          "process; drop --nproc (or use model.kind=mpnn)")
 
 
 def make_strategy(ctx: DistContext, cfg: Config, fmap: FeatureMap, dtype: torch.dtype,
                   device: torch.device | str) -> SingleProcess | DomainDecomposed:
     """:class:`DomainDecomposed` on a process group of two or more ranks, else :class:`SingleProcess`."""
     if ctx.world_size > 1:
+        check_decomposable(cfg, ctx.world_size)
         return DomainDecomposed(cfg, fmap, dtype, ctx)
     return SingleProcess(cfg, fmap, dtype, device, ctx)

@@ -21,6 +21,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,13 +30,15 @@ import torch
 from tqdm.auto import tqdm
 
 from dsmpnn.data.dataset import Dataset
+from dsmpnn.data.paths import check_output_path
 from dsmpnn.distributed import DistContext, current_context, run_agreed
 from dsmpnn.errors import CheckpointError, Interrupted
 from dsmpnn.graph import sample_nodes
-from dsmpnn.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from dsmpnn.train.checkpoint import (list_checkpoints, load_checkpoint, load_state, rng_state, save_checkpoint,
+                                     set_rng_state)
 from dsmpnn.train.config import Config
 from dsmpnn.train.factory import build_model
-from dsmpnn.train.features import FeatureMap
+from dsmpnn.train.features import FeatureMap, GraphStats, check_split_graphs
 from dsmpnn.train.logger import MetricsLogger, read_jsonl
 from dsmpnn.train.metrics import compute_metrics
 from dsmpnn.train.plots import plot_loss_curve
@@ -110,12 +113,23 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
     rd = RunDir(Path(run_dir))
 
     def open_dataset() -> Dataset:
+        check_output_path(rd.root, "directory", "the run directory (--out)")
         data = Dataset(data_dir)
         if list_checkpoints(rd.checkpoints) and not resume:
             raise CheckpointError(f"{rd.root}: already holds a trained run; pass --resume to continue it or choose "
                                   "another --out")
         if resume and not list_checkpoints(rd.checkpoints):
             raise CheckpointError(f"{rd.root}: --resume given but there is no checkpoint to resume from")
+        # refuse a graph too large for memory now, before anything is written (the largest mesh of each use;
+        # METIS partitions the whole mesh's graph, which holds every sampled one)
+        metis = ctx.world_size > 1 and cfg.distributed.partition == "metis"
+        check_split_graphs(data, data.split("train"), cfg.graph,
+                           "partitioning it with METIS" if metis else "training on Nyström samples",
+                           None if metis else gc.sample_nodes)
+        full_val = cfg.eval.mode == "full" or metis
+        check_split_graphs(data, data.manifest.splits.get("val", ())[:VAL_SAMPLES], cfg.graph,
+                           "validation on the full mesh" if full_val else "validation on sampled graphs",
+                           None if full_val else gc.sample_nodes)
         return data
 
     data = run_agreed(open_dataset)  # the same error on every rank (plain call without a process group)
@@ -136,9 +150,14 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
     start, resume_batch, partial = 0, 0, (0.0, 0)
     if resume:
         state, path = strategy.agreed(lambda: load_checkpoint(rd.checkpoints))  # every rank reads it
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+
+        def restore() -> None:
+            against = "the configuration of this --resume (config file and overrides)"
+            for key, target in (("model", model), ("optimizer", opt), ("scheduler", sched)):
+                load_state(target, state, key, path, against)
+
+        strategy.agreed(restore)
+        set_rng_state(state.get("rng"))  # rank 0's generators, which are every rank's (see checkpoint.py)
         start, resume_batch = int(state["epoch"]), int(state.get("batch", 0))
         partial = tuple(state.get("partial", (0.0, 0)))
         strategy.same_everywhere((path.name, start, resume_batch), "the checkpoint to resume from")
@@ -159,11 +178,13 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
             return None
         return save_checkpoint(rd.checkpoints, epoch, {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "epoch": epoch, "batch": batch, "partial": list(part), "config": cfg.to_dict()}, keep=tc.keep_checkpoints)
+            "rng": rng_state(), "epoch": epoch, "batch": batch, "partial": list(part), "step": sched.last_epoch,
+            "config": cfg.to_dict()}, keep=tc.keep_checkpoints)
 
     record: dict = {}
     bar = tqdm(range(start + 1, tc.epochs + 1), desc="train", unit="epoch", disable=not (progress and main),
                initial=start, total=tc.epochs)
+    strategy.graph_stats = GraphStats()  # nodes without a neighbour in the first epoch's graphs, reported once
     try:
         with StopRequest() as stop:
             for epoch in bar:
@@ -192,6 +213,13 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
                             f"interrupted during epoch {epoch}; saved {path}; continue with --resume"))
                 record = {"epoch": epoch, "step": epoch * steps_per_epoch, "train_loss": loss_sum / nodes,
                           "lr": opt.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0}
+                if strategy.graph_stats is not None:
+                    isolated = strategy.graph_stats.warning(
+                        gc.radius, f"the {strategy.graph_stats.graphs} sampled graphs of epoch {epoch}",
+                        "a larger graph.radius or graph.sample_nodes")
+                    if isolated and main:
+                        warnings.warn(isolated, stacklevel=2)
+                    strategy.graph_stats = None
                 if val_set and (epoch % tc.eval_every == 0 or epoch == tc.epochs):
                     preds = [strategy.predict(model, s) for s in val_set]  # None on ranks other than 0
                     if main:

@@ -1,0 +1,257 @@
+r"""How time and memory grow with the mesh: radius graph, forward and backward of an MPNN on N random points.
+
+For each N: N uniform random points in the unit square (``dim=2``) or cube (``dim=3``), the radius that gives about
+``neighbors`` neighbours per node away from the boundary (:func:`scale_radius`), the radius graph with its edge
+attributes (:func:`dsmpnn.graph.build_graph`, float32), and an MPNN of ``layers`` ECConv layers of ``channels``
+channels (inputs: the positions; one output) -- the defaults of ``dsmpnn train``. Measured:
+
+- ``graph_s``: building the radius graph and its edge attributes;
+- ``forward_s``: the training forward (grad enabled), the first call, edge plan included;
+- ``backward_s``: ``loss.backward()`` of the mean squared output;
+- ``peak_mib``: the process's peak resident memory (VmHWM) above its resident memory before the points were made,
+  over graph + forward + backward; ``graph_peak_mib`` the same after the graph alone.
+
+One forward + backward on a 2,000-node graph runs first (not counted): one-time costs stay out of the timings.
+
+Each N runs in a fresh Python process (``python -m dsmpnn.bench.scale --point ...``), so a peak of one N cannot
+hide that of the next and every N starts from the same baseline. The slopes of log(time) and log(memory) against
+log(N) (least squares, :func:`fit_slopes`) say how they grow: 1 is linear.
+
+Usage: ``dsmpnn bench scale --nodes 1e4,1e5,1e6 --out scale.json --plot scale.png`` or :func:`bench_scale`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["scale_radius", "run_point", "bench_scale", "fit_slopes", "format_scale_table", "plot_scale",
+           "write_json"]
+
+MIB = 2**20
+
+
+def scale_radius(nodes: int, dim: int, neighbors: float) -> float:
+    """Radius with ``neighbors`` expected neighbours per interior node for ``nodes`` uniform points in the unit
+    square (pi r^2 N = k) or cube (4/3 pi r^3 N = k)."""
+    if dim == 2:
+        return math.sqrt(neighbors / (math.pi * nodes))
+    if dim == 3:
+        return (3 * neighbors / (4 * math.pi * nodes)) ** (1 / 3)
+    raise ValueError(f"dim must be 2 or 3, got {dim}")
+
+
+def _rss(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+
+
+def _reset_peak() -> int:
+    """Give freed memory back, reset VmHWM to the current RSS and return that RSS (bytes)."""
+    from dsmpnn.bench.measure import _glibc  # noqa: PLC0415
+
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _rss("VmRSS:")
+
+
+def run_point(nodes: int, dim: int = 2, neighbors: float = 25, channels: int = 32, layers: int = 4,
+              seed: int = 0, threads: int | None = None) -> dict:
+    """One N, measured in this process (Linux: peak memory from /proc/self/status). Returns a JSON-able dict."""
+    import torch  # noqa: PLC0415
+
+    from dsmpnn.graph import build_graph  # noqa: PLC0415
+    from dsmpnn.nn import MPNN  # noqa: PLC0415
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    radius = scale_radius(nodes, dim, neighbors)
+    model = MPNN(dim, 1, dim + 1, hidden=channels, layers=layers)
+    _warm_up(model, dim, neighbors, seed)
+    base = _reset_peak()
+    pos = np.random.default_rng(seed).random((nodes, dim))
+    t0 = time.perf_counter()
+    graph = build_graph(pos, radius, warn_isolated=False)
+    t1 = time.perf_counter()
+    graph_peak = _rss("VmHWM:") - base
+    x = torch.from_numpy(pos).float()  # [N, d]
+    t2 = time.perf_counter()
+    out = model(x, graph.edge_index, graph.edge_attr)  # [N, 1]
+    loss = out.square().mean()
+    t3 = time.perf_counter()
+    loss.backward()
+    t4 = time.perf_counter()
+    peak = _rss("VmHWM:") - base
+    return {"nodes": nodes, "dim": dim, "radius": radius, "edges": graph.num_edges,
+            "mean_degree": graph.num_edges / nodes, "channels": channels, "layers": layers,
+            "threads": torch.get_num_threads(), "graph_s": t1 - t0, "forward_s": t3 - t2, "backward_s": t4 - t3,
+            "graph_peak_mib": graph_peak / MIB, "peak_mib": peak / MIB, "baseline_mib": base / MIB}
+
+
+def _warm_up(model, dim: int, neighbors: float, seed: int, nodes: int = 2000) -> None:
+    """One forward + backward on a small graph, so that one-time costs (thread pools, lazy initialisation, about
+    2 s on the test machine) are not counted in the first N's times; the gradients are dropped."""
+    import torch  # noqa: PLC0415
+
+    from dsmpnn.graph import build_graph  # noqa: PLC0415
+
+    pos = np.random.default_rng(seed + 1).random((nodes, dim))
+    g = build_graph(pos, scale_radius(nodes, dim, neighbors), warn_isolated=False)
+    model(torch.from_numpy(pos).float(), g.edge_index, g.edge_attr).square().mean().backward()
+    model.zero_grad(set_to_none=True)
+
+
+def _run_isolated(nodes: int, dim: int, neighbors: float, channels: int, layers: int, seed: int,
+                  threads: int | None, timeout_s: float | None) -> dict:
+    """:func:`run_point` in a fresh interpreter; its last stdout line is the JSON result."""
+    args = [sys.executable, "-m", "dsmpnn.bench.scale", "--point", str(nodes), "--dim", str(dim), "--neighbors",
+            str(neighbors), "--channels", str(channels), "--layers", str(layers), "--seed", str(seed)]
+    if threads is not None:
+        args += ["--threads", str(threads)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        raise RuntimeError(f"scale point N={nodes} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_scale(nodes: Sequence[int], dim: int = 2, neighbors: float = 25, channels: int = 32, layers: int = 4,
+                seed: int = 0, threads: int | None = None, isolate: bool = True,
+                echo: Callable[[str], None] | None = print, timeout_s: float | None = None) -> dict:
+    """Measure every N of ``nodes`` (each in a fresh process unless ``isolate`` is False); returns
+    ``{"points": [...], "slopes": {...}, "machine": {...}, "settings": {...}}``."""
+    from dsmpnn.bench.conv import machine_info  # noqa: PLC0415
+
+    points = []
+    for n in nodes:
+        if isolate:
+            point = _run_isolated(int(n), dim, neighbors, channels, layers, seed, threads, timeout_s)
+        else:
+            point = run_point(int(n), dim, neighbors, channels, layers, seed, threads)
+        points.append(point)
+        if echo is not None:
+            echo(f"N={point['nodes']:,}: {point['edges']:,} edges, graph {point['graph_s']:.2f} s, forward "
+                 f"{point['forward_s']:.2f} s, backward {point['backward_s']:.2f} s, peak {point['peak_mib']:.0f} MiB")
+    machine = machine_info("cpu")
+    if threads is not None:
+        machine["torch_threads"] = threads
+    try:
+        machine["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        pass
+    return {"points": points, "slopes": fit_slopes(points), "machine": machine,
+            "settings": {"dim": dim, "neighbors": neighbors, "channels": channels, "layers": layers, "seed": seed,
+                         "isolated": isolate}}
+
+
+def fit_slopes(points: Sequence[dict]) -> dict[str, float]:
+    """Least-squares slope of log(quantity) against log(N) for each timing and memory column (needs two N)."""
+    out: dict[str, float] = {}
+    if len({p["nodes"] for p in points}) < 2:
+        return out
+    logn = np.log([p["nodes"] for p in points])
+    for key in ("graph_s", "forward_s", "backward_s", "peak_mib", "edges"):
+        vals = np.array([p[key] for p in points], dtype=float)
+        if np.all(vals > 0):
+            out[key] = float(np.polyfit(logn, np.log(vals), 1)[0])
+    return out
+
+
+def format_scale_table(result: dict) -> str:
+    """A Markdown table of the points plus a line with the fitted slopes."""
+    s, m = result["settings"], result["machine"]
+    lines = [f"{s['dim']}D, ~{s['neighbors']:g} neighbours/node, MPNN {s['layers']} layers x {s['channels']} channels, "
+             f"float32; {m['cpu']}, {m['torch_threads']} threads, torch {m['torch']}",
+             "| N | edges | graph [s] | forward [s] | backward [s] | peak memory [MiB] |",
+             "|---|---|---|---|---|---|"]
+    for p in result["points"]:
+        lines.append(f"| {p['nodes']:,} | {p['edges']:,} | {p['graph_s']:.2f} | {p['forward_s']:.2f} | "
+                     f"{p['backward_s']:.2f} | {p['peak_mib']:.0f} |")
+    if result["slopes"]:
+        names = {"graph_s": "graph", "forward_s": "forward", "backward_s": "backward", "peak_mib": "memory",
+                 "edges": "edges"}
+        lines.append("slopes of log(.) vs log(N) (1 = linear): " + ", ".join(
+            f"{names[k]} {v:.2f}" for k, v in result["slopes"].items()))
+    return "\n".join(lines)
+
+
+def plot_scale(result: dict, path: str | Path) -> Path:
+    """Log-log plot of the times and the peak memory against N, with the fitted slopes; PNG written atomically."""
+    import io  # noqa: PLC0415
+
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    pts = result["points"]
+    n = [p["nodes"] for p in pts]
+    slopes = result["slopes"]
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("graph_s", "graph"), ("forward_s", "forward"), ("backward_s", "backward")):
+        extra = f" (slope {slopes[key]:.2f})" if key in slopes else ""
+        ax_t.loglog(n, [p[key] for p in pts], "o-", label=label + extra)
+    ax_t.set(xlabel="nodes N", ylabel="time [s]", title="time")
+    ax_t.legend()
+    extra = f" (slope {slopes['peak_mib']:.2f})" if "peak_mib" in slopes else ""
+    ax_m.loglog(n, [p["peak_mib"] for p in pts], "o-", color="C3", label="peak RSS above baseline" + extra)
+    ax_m.set(xlabel="nodes N", ylabel="memory [MiB]", title="peak memory")
+    ax_m.legend()
+    for ax in (ax_t, ax_m):
+        ax.grid(True, which="both", alpha=0.3)
+    s = result["settings"]
+    fig.suptitle(f"MPNN {s['layers']}x{s['channels']}, {s['dim']}D, ~{s['neighbors']:g} neighbours/node")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return _atomic_write(Path(path), buf.getvalue())
+
+
+def write_json(result: dict, path: str | Path) -> Path:
+    """``result`` as indented JSON, written atomically (temporary file, fsync, rename)."""
+    return _atomic_write(Path(path), (json.dumps(result, indent=2) + "\n").encode())
+
+
+def _atomic_write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _main(argv: list[str] | None = None) -> None:
+    """The per-N worker: ``python -m dsmpnn.bench.scale --point N ...`` prints one JSON line."""
+    p = argparse.ArgumentParser(description="one point of dsmpnn bench scale (prints JSON)")
+    p.add_argument("--point", type=int, required=True)
+    p.add_argument("--dim", type=int, default=2)
+    p.add_argument("--neighbors", type=float, default=25)
+    p.add_argument("--channels", type=int, default=32)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    a = p.parse_args(argv)
+    print(json.dumps(run_point(a.point, a.dim, a.neighbors, a.channels, a.layers, a.seed, a.threads)))
+
+
+if __name__ == "__main__":
+    _main()

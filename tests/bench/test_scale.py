@@ -1,0 +1,56 @@
+"""`dsmpnn bench scale` and `dsmpnn bench conv` end to end at tiny N; the slope fit and the radius by hand."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dsmpnn.bench import fit_slopes, scale_radius
+from dsmpnn.cli import main
+
+
+def test_scale_radius_gives_the_neighbour_count():
+    assert scale_radius(10**6, 2, 25) == pytest.approx(np.sqrt(25 / (np.pi * 1e6)))
+    assert 4 / 3 * np.pi * scale_radius(1000, 3, 25) ** 3 * 1000 == pytest.approx(25)
+    with pytest.raises(ValueError, match="dim"):
+        scale_radius(10, 4, 25)
+
+
+def test_fit_slopes_of_power_laws():
+    pts = [{"nodes": n, "graph_s": 1e-6 * n, "forward_s": 1e-9 * n**2, "backward_s": 2.0, "peak_mib": 3 * n,
+            "edges": 25 * n} for n in (100, 1000, 10_000)]
+    s = fit_slopes(pts)
+    assert s["graph_s"] == pytest.approx(1) and s["forward_s"] == pytest.approx(2)
+    assert s["backward_s"] == pytest.approx(0, abs=1e-9) and s["edges"] == pytest.approx(1)
+    assert fit_slopes(pts[:1]) == {}
+
+
+def test_bench_scale_command_tiny(tmp_path, capsys):
+    out, plot = tmp_path / "scale.json", tmp_path / "scale.png"
+    code = main(["bench", "scale", "--nodes", "300,1e3", "--dim", "3", "--channels", "4", "--layers", "2",
+                 "--threads", "1", "--out", str(out), "--plot", str(plot)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "| 1,000 |" in text and "slopes of log(.) vs log(N)" in text
+    result = json.loads(out.read_text())
+    assert [p["nodes"] for p in result["points"]] == [300, 1000]
+    for p in result["points"]:
+        assert p["edges"] > 0 and p["forward_s"] > 0 and p["backward_s"] > 0 and p["peak_mib"] >= 0
+        assert p["layers"] == 2 and p["channels"] == 4 and p["dim"] == 3
+    assert set(result["slopes"]) >= {"graph_s", "forward_s", "backward_s", "edges"}
+    assert plot.stat().st_size > 1000 and plot.read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temporary behind
+
+
+def test_bench_conv_command_tiny(tmp_path, capsys):
+    out = tmp_path / "conv.json"
+    assert main(["bench", "conv", "--nodes", "300", "--radius", "0.1", "--channels", "4", "--hidden", "8",
+                 "--repeats", "1", "--dense-size", "64", "--edge-chunk", "64", "--out", str(out)]) == 0
+    assert "ECConv" in capsys.readouterr().out
+    assert json.loads(out.read_text())["graph"]["edges"] > 0
+
+
+def test_bench_scale_refuses_bad_node_lists(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "scale", "--nodes", "1e4,abc"])
+    assert "comma-separated node counts" in capsys.readouterr().err

@@ -1,0 +1,15 @@
+import pytest
+
+from dsmpnn.errors import ConfigError
+from dsmpnn.train.config import load_config
+
+
+def test_overlap_option():
+    assert load_config(None, []).distributed.overlap is None
+    assert load_config(None, ["graph.radius=0.1", "distributed.overlap=0.2"]).distributed.overlap == 0.2
+    with pytest.warns(UserWarning, match="differs from one process"):
+        load_config(None, ["graph.radius=0.1", "distributed.overlap=0.05"])
+    with pytest.raises(ConfigError, match="exclude each other"):
+        load_config(None, ["distributed.overlap=0.2", "distributed.halo_hops=2"])
+    with pytest.raises(ConfigError, match="distributed.overlap"):
+        load_config(None, ["distributed.overlap=-1"])
