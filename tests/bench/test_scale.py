@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from dsmpnn.bench import fit_slopes, scale_radius
+from dsmpnn.bench import bench_scale, fit_slopes, format_scale_table, scale_radius
 from dsmpnn.cli import main
 
 
@@ -26,20 +26,28 @@ def test_fit_slopes_of_power_laws():
 
 
 def test_bench_scale_command_tiny(tmp_path, capsys):
+    """The command end to end: one N, measured in a fresh process, table, JSON and plot written atomically."""
     out, plot = tmp_path / "scale.json", tmp_path / "scale.png"
-    code = main(["bench", "scale", "--nodes", "300,1e3", "--dim", "3", "--channels", "4", "--layers", "2",
+    code = main(["bench", "scale", "--nodes", "300", "--dim", "3", "--channels", "4", "--layers", "2",
                  "--threads", "1", "--out", str(out), "--plot", str(plot)])
     assert code == 0
-    text = capsys.readouterr().out
-    assert "| 1,000 |" in text and "slopes of log(.) vs log(N)" in text
+    assert "| 300 |" in capsys.readouterr().out
     result = json.loads(out.read_text())
-    assert [p["nodes"] for p in result["points"]] == [300, 1000]
-    for p in result["points"]:
-        assert p["edges"] > 0 and p["forward_s"] > 0 and p["backward_s"] > 0 and p["peak_mib"] >= 0
-        assert p["layers"] == 2 and p["channels"] == 4 and p["dim"] == 3
-    assert set(result["slopes"]) >= {"graph_s", "forward_s", "backward_s", "edges"}
+    (p,) = result["points"]
+    assert p["nodes"] == 300 and p["edges"] > 0 and p["forward_s"] > 0 and p["backward_s"] > 0
+    assert p["peak_mib"] >= 0 and p["layers"] == 2 and p["channels"] == 4 and p["dim"] == 3
+    assert result["settings"]["isolated"] and result["slopes"] == {}
     assert plot.stat().st_size > 1000 and plot.read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temporary behind
+
+
+def test_bench_scale_in_process_table_and_slopes():
+    result = bench_scale([200, 400], dim=2, channels=4, layers=1, threads=1, isolate=False, echo=None)
+    assert [p["nodes"] for p in result["points"]] == [200, 400]
+    assert set(result["slopes"]) >= {"graph_s", "forward_s", "backward_s", "edges"}
+    assert 0.5 < result["slopes"]["edges"] < 1.5
+    text = format_scale_table(result)
+    assert "| 400 |" in text and "slopes of log(.) vs log(N)" in text
 
 
 def test_bench_conv_command_tiny(tmp_path, capsys):

@@ -11,7 +11,8 @@ channels (inputs: the positions; one output) -- the defaults of ``dsmpnn train``
 - ``peak_mib``: the process's peak resident memory (VmHWM) above its resident memory before the points were made,
   over graph + forward + backward; ``graph_peak_mib`` the same after the graph alone.
 
-One forward + backward on a 2,000-node graph runs first (not counted): one-time costs stay out of the timings.
+One forward + backward on a graph of min(N, 2,000) nodes runs first (not counted): one-time costs stay out of
+the timings.
 
 Each N runs in a fresh Python process (``python -m dsmpnn.bench.scale --point ...``), so a peak of one N cannot
 hide that of the next and every N starts from the same baseline. The slopes of log(time) and log(memory) against
@@ -80,7 +81,7 @@ def run_point(nodes: int, dim: int = 2, neighbors: float = 25, channels: int = 3
     torch.manual_seed(seed)
     radius = scale_radius(nodes, dim, neighbors)
     model = MPNN(dim, 1, dim + 1, hidden=channels, layers=layers)
-    _warm_up(model, dim, neighbors, seed)
+    _warm_up(model, dim, neighbors, seed, min(nodes, 2000))
     base = _reset_peak()
     pos = np.random.default_rng(seed).random((nodes, dim))
     t0 = time.perf_counter()
