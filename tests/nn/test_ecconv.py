@@ -5,12 +5,21 @@ import torch
 from torch import nn
 from torch_geometric.nn import NNConv
 
-from dsmpnn.nn import ECConv, aggregate, chunk_pool, edge_kernel_aggregate
+from dsmpnn.nn import ECConv, aggregate, chunk_pool, edge_kernel_aggregate, native
 from dsmpnn.nn.aggregate import ecconv_aggregate
 from dsmpnn.nn.edge_plan import EdgePlan
 from dsmpnn.nn.rowwise import RowwiseKernel
 
 pytestmark = pytest.mark.numerics
+
+
+@pytest.fixture(autouse=True, params=["fused", "bmm"])
+def cpu_path(request, monkeypatch):
+    """Every test runs on both CPU paths: the fused C++ kernels (:mod:`dsmpnn.nn.native`) and PyTorch's bmm."""
+    if request.param == "fused" and native.kernels() is None:
+        pytest.skip("the fused CPU kernels could not be built here (no C++ compiler?)")
+    monkeypatch.setattr(native, "ENABLED", request.param == "fused")
+    return request.param
 
 
 def random_graph(n: int, e: int, d: int, cin: int, gen: torch.Generator, dtype=torch.float64):

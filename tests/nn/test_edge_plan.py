@@ -3,16 +3,18 @@
 import pytest
 import torch
 
-from dsmpnn.nn.edge_plan import EdgePlan, cached_edge_plan
+from dsmpnn.nn.edge_plan import ORDERS, EdgePlan, cached_edge_plan
 
 
+@pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("chunk", [1, 5, 16, 1000])
-def test_plan_invariants(chunk):
+def test_plan_invariants(chunk, order):
     gen = torch.Generator().manual_seed(0)
     n, e = 30, 150
     ei = torch.randint(0, n, (2, e), generator=gen)
     ei[0, :12] = 3  # one source of high out-degree
-    plan = EdgePlan.build(ei, n, chunk=chunk)
+    plan = EdgePlan.build(ei, n, chunk=chunk, order=order)
+    assert plan.order == order
     src, dst = ei
     assert torch.equal(torch.sort(plan.perm).values, torch.arange(e))  # a permutation
     assert torch.equal(plan.dst_sorted, dst[plan.perm])
@@ -34,6 +36,32 @@ def test_plan_invariants(chunk):
                 rows = plan.perm[c.e0 + g.s + k * g.d:c.e0 + g.s + (k + 1) * g.d]
                 assert torch.all(src[rows] == node) and out_deg[node] == g.d
                 assert torch.all(rows[1:] > rows[:-1])
+
+
+def test_locality_order_keeps_neighbours_close():
+    """On a grid graph with shuffled node ids, the locality (RCM) order puts every source within a few rows of
+    the grid of its neighbours; the degree order (ids shuffled) does not."""
+    side = 30
+    ii, jj = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    node = ii * side + jj
+    pairs = [(node[:, :-1], node[:, 1:]), (node[:-1, :], node[1:, :])]
+    a = torch.cat([p[0].flatten() for p in pairs])
+    b = torch.cat([p[1].flatten() for p in pairs])
+    shuffle = torch.randperm(side * side, generator=torch.Generator().manual_seed(2))
+    ei = shuffle[torch.stack([torch.cat([a, b]), torch.cat([b, a])])]
+    spans = {}
+    for order in ORDERS:
+        plan = EdgePlan.build(ei, side * side, order=order)
+        slot = torch.empty(side * side, dtype=torch.long)
+        slot[plan.sources] = torch.arange(side * side)
+        src = ei[0, plan.perm]
+        spans[order] = int((slot[src] - slot[plan.dst_sorted]).abs().max())  # bandwidth of the order
+    assert spans["locality"] <= 2 * side < spans["degree"]
+
+
+def test_plan_rejects_bad_order():
+    with pytest.raises(ValueError, match="order must be one of"):
+        EdgePlan.build(torch.tensor([[0, 1], [1, 0]]), 2, order="hilbert")
 
 
 def test_plan_rejects_bad_edges():

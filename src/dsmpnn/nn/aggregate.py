@@ -8,10 +8,13 @@ r"""The edge-conditioned aggregation at the heart of :class:`dsmpnn.nn.ECConv`.
 with :math:`K' = K + 1` when Q carries a last "bias" row (multiplied by a constant 1) and :math:`K' = K`
 otherwise; :math:`w_e` are per-edge weights and :math:`s_i` per-target weights (``1/deg(i)`` for a mean).
 
-How it is evaluated (:class:`dsmpnn.nn.edge_plan.EdgePlan`): the edges are sorted by (out-degree of the source,
-source) and cut into chunks of at most ``chunk`` edges. Per chunk, the messages of all sources of out-degree d
-are one batched product :math:`M_j = H_j Q_j` ([n_d, d, K] x [n_d, K, C]), each :math:`Q_j` is read once, and
-the [e, C] messages are added into their targets. The backward pass is the same loop:
+How it is evaluated (:class:`dsmpnn.nn.edge_plan.EdgePlan`): the edges are grouped by source and cut into
+chunks of at most ``chunk`` edges; each :math:`Q_j` is read once, for all edges of source j. Per chunk, on CPU
+by default, one call of the fused C++ kernels (:mod:`dsmpnn.nn.native`) forms :math:`M_j = H_j Q_j` tile by tile
+in registers and adds each row into its target (sources in locality order, so the targets are in cache).
+Without them (no compiler, ``native.ENABLED = False``) the sources are sorted by out-degree, the messages of all
+sources of out-degree d are one batched product ([n_d, d, K] x [n_d, K, C]) and the [e, C] messages are added
+into their targets by ``index_add_``. The backward pass is the same loop:
 
 .. math::
     g^M_e = w_e s_i g_i ,\qquad
@@ -33,9 +36,13 @@ temporaries per worker (e <= chunk edges, n <= e sources); with grad enabled als
 Work: 2 N C_in K' C (dense) + 2 E K C (batched) multiply-adds forward; backward twice that, plus the recomputation
 of Q and h.
 
+With the fused kernels, backward needs Q only for :math:`\partial L / \partial h`, and recomputes it already
+transposed (``x W^T`` with the weights permuted to [C_in, C K]), the layout in which that product vectorises.
+
 Threads: on CPU the chunks are split between ``torch.get_num_threads()`` single-threaded workers
-(:mod:`dsmpnn.nn.chunk_pool`). Devices: the code is device-generic; on CUDA the per-degree products of a chunk
-become one padded ``bmm``, compiled when possible (:mod:`dsmpnn.nn.padded`, UNTESTED ON GPU).
+(:mod:`dsmpnn.nn.chunk_pool`; the fused kernels release the GIL). Devices: the code is device-generic; on CUDA
+the per-degree products of a chunk become one padded ``bmm``, compiled when possible (:mod:`dsmpnn.nn.padded`,
+UNTESTED ON GPU).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from collections.abc import Sequence
 import torch
 from torch.autograd.function import once_differentiable
 
+from dsmpnn.nn import native
 from dsmpnn.nn.chunk_pool import run_chunks
 from dsmpnn.nn.edge_plan import DEFAULT_EDGE_CHUNK, Chunk, EdgePlan, Group
 from dsmpnn.nn.padded import maybe_compiled
@@ -56,9 +64,13 @@ PADDED: bool | None = None
 """Per-chunk products as one degree-padded ``bmm`` (:mod:`dsmpnn.nn.padded`) instead of one ``bmm`` per
 out-degree; None: on CUDA only (where it is also compiled when possible; UNTESTED ON GPU)."""
 
-
 def _use_padded(device: torch.device) -> bool:
     return PADDED if PADDED is not None else device.type == "cuda"
+
+
+def _native_kernels(x: torch.Tensor) -> native.NativeKernels | None:
+    """The fused CPU kernels (:mod:`dsmpnn.nn.native`) when this call should use them, else None."""
+    return None if _use_padded(x.device) else native.kernels_for(x.device, x.dtype)
 
 def edge_weights(dst: torch.Tensor, num_nodes: int, aggr: str, dtype: torch.dtype) -> torch.Tensor:
     """Per-edge aggregation weights ``w [E]``: ``1 / deg(dst)`` for "mean", ones for "sum"."""
@@ -109,18 +121,23 @@ class _GroupedAggregate(torch.autograd.Function):
         keep = kernel is not None and grad and any(ctx.needs_input_grad)
         fs = torch.index_select(feats, 0, plan.perm) if keep else None  # [E, F] or None
         padded = maybe_compiled("messages", x.device) if _use_padded(x.device) else None
+        fused = _native_kernels(x)
 
         def work(chunks: Sequence[Chunk]) -> torch.Tensor:
             out = x.new_zeros(plan.num_nodes, c)  # [N, C] partial sum of this worker
             q_buf = x.new_empty(plan.max_chunk_nodes, k1 * c)
             h_buf = _feature_buffer(x, plan.max_chunk_edges, k, k1)
-            m_buf = x.new_empty(plan.max_chunk_edges, c) if padded is None else None
+            m_buf = x.new_empty(plan.max_chunk_edges, c) if padded is None and fused is None else None
             f_buf = feats.new_empty(plan.max_chunk_edges, feats.shape[1]) if kernel is not None and fs is None \
                 else None
             for ch in chunks:
                 e = ch.e1 - ch.e0
                 q = _node_kernels(x, wb, plan.sources[ch.n0:ch.n1], q_buf)  # [n, K', C]
                 h = _edge_features(kernel, feats, fs, plan.perm, ch, h_buf[:e], k, None, f_buf)  # [e, K']
+                if fused is not None:  # messages, weights and scatter in one pass
+                    fused.forward(plan.source_degree[ch.n0:ch.n1], h, q, plan.dst_sorted[ch.e0:ch.e1],
+                                  ws[ch.e0:ch.e1] if ws is not None else None, out)
+                    continue
                 if padded is not None:
                     m = padded(h, q, *plan.padded(ch))  # [e, C]
                 else:
@@ -154,11 +171,14 @@ class _GroupedAggregate(torch.autograd.Function):
         # rows of gx and gf belong to one chunk each: workers write them in place, disjointly
         gx = torch.zeros_like(x) if need_x else None
         gf = torch.zeros_like(feats) if need_f else None
-        if node_weight is not None:
-            g = g * node_weight[:, None]
+        g = g * node_weight[:, None] if node_weight is not None else g.contiguous()
         ws = edge_weight[plan.perm] if edge_weight is not None else None
         wb2 = wb.reshape(wb.shape[0], k1 * c) if wb is not None else None  # [C_in, K' C]
         padded = maybe_compiled("grads", x.device) if _use_padded(x.device) else None
+        fused = _native_kernels(x)
+        # the fused kernels take Q transposed, without the bias row: [C_in, C K] weights give it directly
+        wbt = wb[:, :k].transpose(1, 2).reshape(wb.shape[0], c * k) if fused is not None and wb is not None \
+            and want_h else None
 
         def work(chunks: Sequence[Chunk]) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
             # partial sums of this worker: dL/dW, and the kernel's parameter gradients (Linear weights
@@ -168,7 +188,7 @@ class _GroupedAggregate(torch.autograd.Function):
                   for p, n in zip(params, need_p)]
             if not chunks:
                 return gwb, gp
-            q_buf = x.new_empty(plan.max_chunk_nodes, k1 * c)
+            q_buf = x.new_empty(plan.max_chunk_nodes, k1 * c) if fused is None or want_h else None
             h_buf = _feature_buffer(x, plan.max_chunk_edges, k, k1)
             gm_buf = x.new_empty(plan.max_chunk_edges, c)
             gq_buf = x.new_empty(plan.max_chunk_nodes, k1 * c) if want_q and padded is None else None
@@ -176,18 +196,25 @@ class _GroupedAggregate(torch.autograd.Function):
             for ch in chunks:
                 n, e = ch.n1 - ch.n0, ch.e1 - ch.e0
                 nodes, rows = plan.sources[ch.n0:ch.n1], plan.perm[ch.e0:ch.e1]
-                q = _node_kernels(x, wb, nodes, q_buf)  # [n, K', C], recomputed
-                gm = torch.index_select(g, 0, plan.dst_sorted[ch.e0:ch.e1], out=gm_buf[:e])  # [e, C]
-                if ws is not None:
-                    gm.mul_(ws[ch.e0:ch.e1, None])
                 tape: list | None = [] if want_h else None
                 h = _edge_features(kernel, feats, fs, plan.perm, ch, h_buf[:e], k, tape)  # [e, K'], recomputed
-                if padded is not None:
-                    gq, gh = padded(h, q, gm, *plan.padded(ch), k, want_q, want_h)
-                else:
+                if fused is not None:  # gather, weights and both adjoints in one pass; Q only for dL/dh
+                    qt = _node_kernels_t(x, wbt, nodes, k, q_buf) if want_h else None  # [n, C, K], recomputed
                     gq = gq_buf[:n].view(n, k1, c) if want_q else None  # [n, K', C]
                     gh = gh_buf[:e] if want_h else None  # [e, K]
-                    _message_grads(h, q, gm, ch.groups, gq, gh)
+                    fused.backward(plan.source_degree[ch.n0:ch.n1], h, qt, g, plan.dst_sorted[ch.e0:ch.e1],
+                                   ws[ch.e0:ch.e1] if ws is not None else None, gm_buf[:e], gq, gh)
+                else:
+                    q = _node_kernels(x, wb, nodes, q_buf)  # [n, K', C], recomputed
+                    gm = torch.index_select(g, 0, plan.dst_sorted[ch.e0:ch.e1], out=gm_buf[:e])  # [e, C]
+                    if ws is not None:
+                        gm.mul_(ws[ch.e0:ch.e1, None])
+                    if padded is not None:
+                        gq, gh = padded(h, q, gm, *plan.padded(ch), k, want_q, want_h)
+                    else:
+                        gq = gq_buf[:n].view(n, k1, c) if want_q else None  # [n, K', C]
+                        gh = gh_buf[:e] if want_h else None  # [e, K]
+                        _message_grads(h, q, gm, ch.groups, gq, gh)
                 if want_q and wb is None:  # Q given: its gradient is the result
                     gx.index_copy_(0, nodes, gq)
                 elif want_q:
@@ -252,6 +279,19 @@ def _node_kernels(x: torch.Tensor, wb: torch.Tensor | None, nodes: torch.Tensor,
         return torch.index_select(x.reshape(x.shape[0], -1), 0, nodes, out=buf[:n]).view(n, *x.shape[1:])
     q = torch.mm(torch.index_select(x, 0, nodes), wb.reshape(wb.shape[0], -1), out=buf[:n])  # [n, K' C]
     return q.view(n, wb.shape[1], wb.shape[2])
+
+
+def _node_kernels_t(x: torch.Tensor, wbt: torch.Tensor | None, nodes: torch.Tensor, k: int,
+                    buf: torch.Tensor) -> torch.Tensor:
+    """Q_j^T without the bias row for the chunk's sources: x[nodes] @ W^T -> [n, C, K], with wbt [C_in, C K] the
+    weights in that order (or, when W is None, x[nodes] [n, K, C] transposed)."""
+    n = nodes.shape[0]
+    if wbt is None:
+        c = x.shape[2]
+        q = torch.index_select(x, 0, nodes)[:, :k]  # [n, K, C]
+        return buf.view(-1)[:n * c * k].view(n, c, k).copy_(q.transpose(1, 2))
+    q = torch.mm(torch.index_select(x, 0, nodes), wbt, out=buf.view(-1)[:n * wbt.shape[1]].view(n, -1))  # [n, C K]
+    return q.view(n, -1, k)
 
 
 def ecconv_aggregate(x: torch.Tensor, wb: torch.Tensor, feats: torch.Tensor, plan: EdgePlan,

@@ -5,8 +5,14 @@ batch of small dense products, one per source node j: :math:`M_j = H_j Q_j`, wit
 \mathbb{R}^{d_j \times K}` the kernel features of the :math:`d_j` edges leaving j. Sorting the edges by
 (out-degree of the source, source) puts the edges of all sources of the same out-degree d next to each other,
 so the products of those sources are one ``bmm`` of shape [n_d, d, K] x [n_d, K, C] on views, without padding
-or copies. The sorted sequence is then cut into chunks of at most ``chunk`` edges and ``chunk // 8`` sources (a
-source's edges are never split), which bounds the temporary memory of one chunk.
+or copies (``order="degree"``). The fused CPU kernels (:mod:`dsmpnn.nn.native`) take any out-degree per source;
+for them the sources are put in reverse Cuthill-McKee order instead (``order="locality"``, SciPy), so that
+consecutive sources are graph neighbours: the rows of the output they add into, and of the gradient they read,
+are still in cache (on the issue-5 reference case, whose node ids are random, this doubled the kernels' speed).
+The sorted sequence is then cut into chunks of at most ``chunk`` edges and ``chunk // 8`` sources (a
+source's edges are never split), which bounds the temporary memory of one chunk; within a chunk, runs of
+sources of equal out-degree form the groups of the ``bmm`` path. Both paths compute the same sums with either
+order, only in a different order of addition.
 
 A plan depends only on ``edge_index`` and the node counts, so the L layers of a model that share one graph can
 share one plan: :func:`cached_edge_plan` keeps the last few plans, keyed by the identity and version counter of the
@@ -20,16 +26,28 @@ import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import numpy as np
+import scipy.sparse
 import torch
+from scipy.sparse.csgraph import reverse_cuthill_mckee
 
+from dsmpnn.nn import native
 from dsmpnn.nn.chunk_pool import run_single_threaded
 
-__all__ = ["EdgePlan", "Group", "Chunk", "cached_edge_plan", "DEFAULT_EDGE_CHUNK"]
+__all__ = ["EdgePlan", "Group", "Chunk", "cached_edge_plan", "default_order", "DEFAULT_EDGE_CHUNK", "ORDERS"]
 
-DEFAULT_EDGE_CHUNK = 16_384
+DEFAULT_EDGE_CHUNK = 8_192
 """Edges per chunk (at most ``chunk // 8`` sources): bounds the temporaries of one chunk at about
 chunk x (K + 2 C) + min(chunk / d, chunk / 8) x (K + 1) x C floats (d: out-degree of its sources). On the issue-5
-reference case (2-core CPU) 16 384 was as fast as 32 768 with half the memory, and 8 192 about 15 % slower."""
+reference case (2-core CPU) the fused kernels were fastest at 4 096-8 192 (their node kernels then stay in the
+L2 cache); the ``bmm`` path is about 15 % faster at 16 384."""
+
+ORDERS = ("degree", "locality")
+
+
+def default_order(device: torch.device) -> str:
+    """"locality" where the fused CPU kernels will run, "degree" (the ``bmm`` and padded paths) elsewhere."""
+    return "locality" if native.kernels_for(device) is not None else "degree"
 
 NODES_PER_CHUNK_DIVISOR = 8
 
@@ -78,6 +96,7 @@ class EdgePlan:
     num_src: int
     num_nodes: int
     chunk: int
+    order: str = "degree"
     _padded: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -106,14 +125,18 @@ class EdgePlan:
 
     @classmethod
     def build(cls, edge_index: torch.Tensor, num_nodes: int, num_src: int | None = None,
-              chunk: int = DEFAULT_EDGE_CHUNK) -> "EdgePlan":
+              chunk: int = DEFAULT_EDGE_CHUNK, order: str | None = None) -> "EdgePlan":
         """Plan for ``edge_index [2, E]`` (row 0 source in ``[0, num_src)``, row 1 target in ``[0, num_nodes)``;
-        ``num_src`` defaults to ``num_nodes``). On CPU it is built on one thread: its many small sorts and
-        gathers were measured 10 times slower with two threads on cores shared with other processes."""
-        return run_single_threaded(lambda: cls._build(edge_index, num_nodes, num_src, chunk), edge_index.device)
+        ``num_src`` defaults to ``num_nodes``), its sources in ``order`` ("degree" or "locality"; None:
+        :func:`default_order`). On CPU it is built on one thread: its many small sorts and gathers were measured
+        10 times slower with two threads on cores shared with other processes."""
+        order = default_order(edge_index.device) if order is None else order
+        return run_single_threaded(lambda: cls._build(edge_index, num_nodes, num_src, chunk, order),
+                                   edge_index.device)
 
     @classmethod
-    def _build(cls, edge_index: torch.Tensor, num_nodes: int, num_src: int | None, chunk: int) -> "EdgePlan":
+    def _build(cls, edge_index: torch.Tensor, num_nodes: int, num_src: int | None, chunk: int,
+               order: str) -> "EdgePlan":
         num_src = num_nodes if num_src is None else num_src
         if edge_index.dim() != 2 or edge_index.shape[0] != 2:
             raise ValueError(f"edge_index has shape {list(edge_index.shape)}, expected [2, E]")
@@ -121,6 +144,8 @@ class EdgePlan:
             raise ValueError(f"edge_index has dtype {edge_index.dtype}, expected int64 or int32")
         if chunk < 1:
             raise ValueError(f"chunk must be at least 1 edge, got {chunk}")
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
         src, dst = edge_index[0].long(), edge_index[1].long()
         num_edges = int(src.shape[0])
         out_degree = torch.bincount(src, minlength=num_src)  # [num_src] (raises on negative ids)
@@ -128,14 +153,34 @@ class EdgePlan:
         if out_degree.shape[0] != num_src or in_degree.shape[0] != num_nodes:
             raise ValueError(f"edge_index refers to node {max(out_degree.shape[0], in_degree.shape[0]) - 1}, "
                              f"expected sources < {num_src} and targets < {num_nodes}")
-        # Sort key (out-degree, source): both < 2^31 for any graph that fits in memory, so one int64 key.
-        perm = torch.argsort(out_degree[src] * num_src + src, stable=True)  # [E]
-        slot_key = out_degree * num_src + torch.arange(num_src, device=src.device)
-        sources = torch.argsort(slot_key)[num_src - int((out_degree > 0).sum()):]  # [S], degree > 0 only
+        if order == "degree":
+            # Sort key (out-degree, source): both < 2^31 for any graph that fits in memory, so one int64 key.
+            perm = torch.argsort(out_degree[src] * num_src + src, stable=True)  # [E]
+            slot_key = out_degree * num_src + torch.arange(num_src, device=src.device)
+            sources = torch.argsort(slot_key)[num_src - int((out_degree > 0).sum()):]  # [S], degree > 0 only
+        else:
+            rank = _locality_rank(src, dst, num_src, num_nodes)  # [num_src]
+            perm = torch.argsort(rank[src], stable=True)  # [E]
+            sources = torch.argsort(rank)[:int((out_degree > 0).sum())]  # [S]: sources with edges rank first
         source_degree = out_degree[sources]  # [S]
         degrees, counts = torch.unique_consecutive(source_degree, return_counts=True)
         chunks = _cut(degrees.tolist(), counts.tolist(), chunk, max(1, chunk // NODES_PER_CHUNK_DIVISOR))
-        return cls(perm, sources, source_degree, dst[perm], in_degree, chunks, num_src, num_nodes, chunk)
+        return cls(perm, sources, source_degree, dst[perm], in_degree, chunks, num_src, num_nodes, chunk, order)
+
+
+def _locality_rank(src: torch.Tensor, dst: torch.Tensor, num_src: int, num_nodes: int) -> torch.Tensor:
+    """Position of each source in the reverse Cuthill-McKee order of the graph (made symmetric), sources without
+    edges last: [num_src] int64 on the edges' device."""
+    n = max(num_src, num_nodes)
+    s, d = src.cpu().numpy(), dst.cpu().numpy()
+    adj = scipy.sparse.csr_matrix((np.ones(s.shape[0], dtype=np.int8), (s, d)), shape=(n, n))
+    rcm = reverse_cuthill_mckee(adj, symmetric_mode=True)  # [n] node ids
+    rcm = rcm[rcm < num_src]
+    has_edges = np.bincount(s, minlength=num_src)[rcm] > 0
+    ordered = np.concatenate([rcm[has_edges], rcm[~has_edges]])
+    rank = np.empty(num_src, dtype=np.int64)
+    rank[ordered] = np.arange(num_src)
+    return torch.from_numpy(rank).to(src.device)
 
 
 def _cut(degrees: list[int], counts: list[int], chunk: int, max_nodes: int) -> tuple[Chunk, ...]:
@@ -181,14 +226,15 @@ def cached_edge_plan(edge_index: torch.Tensor, num_nodes: int, num_src: int | No
         version = edge_index._version
     except RuntimeError:  # inference tensors have no version counter: plan them every time
         return EdgePlan.build(edge_index, num_nodes, num_src, chunk)
-    sig = (version, tuple(edge_index.shape), edge_index.device, num_nodes, num_src, chunk)
+    order = default_order(edge_index.device)  # part of the key: the kernels may be switched on or off
+    sig = (version, tuple(edge_index.shape), edge_index.device, num_nodes, num_src, chunk, order)
     with _LOCK:
         _drop_freed()
         hit = _CACHE.get(key)
         if hit is not None and hit[0]() is edge_index and hit[1] == sig:
             _CACHE.move_to_end(key)
             return hit[2]
-    plan = EdgePlan.build(edge_index, num_nodes, num_src, chunk)
+    plan = EdgePlan.build(edge_index, num_nodes, num_src, chunk, order)
     try:
         ref = weakref.ref(edge_index, lambda _, key=key: _FREED.append(key))
     except TypeError:  # an object that takes no weak reference is planned every time
