@@ -435,24 +435,30 @@ def _predict(args: argparse.Namespace) -> int:
 # --- partition / check ----------------------------------------------------------------------------------------
 
 
-def _add_partition(sub: argparse._SubParsersAction) -> None:
+def _add_mesh_decomposition_args(p: argparse.ArgumentParser, nproc_default: int | None) -> None:
+    """The arguments `partition` and `check` share: which mesh, how many ranks, which partitioner and halo."""
     from dsmpnn.graph.partition import DEFAULT_PARTITION_METHOD, PARTITION_METHODS
 
+    p.add_argument("--data", required=True, help="dataset directory (with manifest.json)")
+    p.add_argument("--nproc", type=_positive_int, required=nproc_default is None, default=nproc_default,
+                   metavar="P", help="number of subdomains (ranks)")
+    p.add_argument("--partition", "--method", dest="partition", choices=PARTITION_METHODS,
+                   default=DEFAULT_PARTITION_METHOD, help="partitioner")
+    p.add_argument("--halo-hops", type=_positive_int, default=1, metavar="K", help="halo width in graph hops")
+    p.add_argument("--split", default="train", help="dataset split to take the mesh from")
+    p.add_argument("--sample", type=_nonnegative_int, default=0, metavar="K", help="which mesh of the split")
+
+
+def _add_partition(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("partition", help="split a mesh over P ranks; report and draw subdomains and halos",
                        formatter_class=_formatter(),
                        description="Partition one mesh of a dataset into P subdomains on its radius graph, print "
                                    "per-rank owned/halo/cut-edge counts and the imbalance, and draw the subdomains "
                                    "and halos (2D: PNG; any mesh: VTU with 'owner' and 'halo_count' point fields).")
-    p.add_argument("--data", required=True, help="dataset directory (with manifest.json)")
-    p.add_argument("--nproc", type=_positive_int, required=True, metavar="P", help="number of subdomains (ranks)")
-    p.add_argument("--method", "--partition", dest="method", choices=PARTITION_METHODS,
-                   default=DEFAULT_PARTITION_METHOD, help="partitioner")
-    p.add_argument("--halo-hops", type=_positive_int, default=1, metavar="K", help="halo width in graph hops")
+    _add_mesh_decomposition_args(p, nproc_default=None)
     p.add_argument("--radius", type=float, default=None, metavar="R",
                    help="radius of the graph (mesh length unit); None: graph.radius of --config or the default")
     p.add_argument("--config", help="YAML config whose graph.radius and graph.max_neighbors are used")
-    p.add_argument("--split", default="train", help="dataset split to take the mesh from")
-    p.add_argument("--sample", type=_nonnegative_int, default=0, metavar="K", help="which mesh of the split")
     p.add_argument("--plot", default=None, metavar="FILE",
                    help="write the picture: FILE.png (2D meshes) or FILE.vtu (any mesh); None: no picture")
     p.set_defaults(handler=_partition)
@@ -463,7 +469,7 @@ def _partition(args: argparse.Namespace) -> int:
     from dsmpnn.train.decomposition import inspect_partition, write_partition_figure
 
     cfg = load_config(args.config)
-    view = inspect_partition(args.data, args.nproc, args.method, cfg, args.halo_hops, args.radius, args.split,
+    view = inspect_partition(args.data, args.nproc, args.partition, cfg, args.halo_hops, args.radius, args.split,
                              args.sample)
     print(view.describe())
     if args.plot:
@@ -472,23 +478,15 @@ def _partition(args: argparse.Namespace) -> int:
 
 
 def _add_check(sub: argparse._SubParsersAction) -> None:
-    from dsmpnn.graph.partition import DEFAULT_PARTITION_METHOD, PARTITION_METHODS
-
     p = sub.add_parser("check", help="check that P ranks give the single-process outputs and gradients",
                        formatter_class=_formatter(),
                        description="One forward + backward of the config's model on a training mesh, as one process "
                                    "and as P local gloo ranks; prints the largest relative difference of the outputs "
                                    "and of every parameter gradient. Exit status 0 within tolerance (1e-10 float64, "
                                    "1e-5 float32), 1 otherwise.")
-    p.add_argument("--data", required=True, help="dataset directory (with manifest.json)")
-    p.add_argument("--nproc", type=_positive_int, default=2, metavar="P", help="number of ranks")
-    p.add_argument("--partition", "--method", dest="partition", choices=PARTITION_METHODS,
-                   default=DEFAULT_PARTITION_METHOD, help="partitioner")
-    p.add_argument("--halo-hops", type=_positive_int, default=1, metavar="K", help="halo width in graph hops")
+    _add_mesh_decomposition_args(p, nproc_default=2)
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="precision of both runs")
     p.add_argument("--config", help="YAML config: the model, graph.radius and graph.max_neighbors")
-    p.add_argument("--split", default="train", help="dataset split to take the mesh from")
-    p.add_argument("--sample", type=_nonnegative_int, default=0, metavar="K", help="which mesh of the split")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. model.layers=2")
     p.set_defaults(handler=_check)
 

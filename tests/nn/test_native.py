@@ -137,3 +137,13 @@ def test_switches(monkeypatch):
     assert native.kernels_for(torch.device("cpu"), torch.float16) is None
     assert native.kernels_for(torch.device("meta")) is None
     assert os.environ.get("DSMPNN_NATIVE") is None
+
+
+@needs_kernels
+def test_unwritable_cache_falls_back_to_the_temporary_directory(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")  # a cache path below a file cannot be created, not even by root
+    monkeypatch.setattr(native.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    path = native.build(blocker / "cache")
+    assert path.parent.parent == tmp_path / "tmp" and path.exists()

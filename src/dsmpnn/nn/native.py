@@ -15,7 +15,8 @@ measured on): on the issue-5 reference case it is about 2x the throughput of PyT
 
 Build: the C++ file ships with the package and is compiled, the first time it is needed, by the system's C++
 compiler (``$CXX``, else ``c++``/``g++``/``clang++``) with ``-O3 -march=native`` into a cache directory
-(``$DSMPNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/dsmpnn``, else ``~/.cache/dsmpnn``), keyed by a hash of the
+(``$DSMPNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/dsmpnn``, else ``~/.cache/dsmpnn``; the temporary directory
+when that is not writable), keyed by a hash of the
 source, the compiler, the flags and the CPU; the library is written to a temporary name and renamed into place,
 so concurrent processes never load a half-written file. It takes about a second and has no dependency beyond
 the compiler (no PyTorch headers). When there is no compiler, the build fails, or ``DSMPNN_NATIVE=0`` is set,
@@ -138,6 +139,12 @@ def build(cache_dir: Path | None = None) -> Path:
     source = SOURCE.read_bytes()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout
     cache_dir = cache_dir or _cache_dir()
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=cache_dir)  # noqa: SIM115 - only checks that we may write here
+        probe.close()
+    except OSError:  # a read-only home: build in the temporary directory instead
+        cache_dir = Path(tempfile.gettempdir()) / f"dsmpnn-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
     errors = []
     for flags in _FLAG_SETS:
         key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(flags + _COMMON).encode(),
