@@ -27,9 +27,10 @@ def test_plan_invariants(chunk, order):
     for c in plan.chunks:
         assert c.e1 - c.e0 <= chunk or c.n1 - c.n0 == 1  # only a lone source may exceed the chunk
         assert c.n1 - c.n0 <= max(1, chunk // 8) or c.n1 - c.n0 == 1
-        assert c.groups[0].a == 0 and c.groups[0].s == 0
-        assert c.groups[-1].b == c.n1 - c.n0 and c.groups[-1].t == c.e1 - c.e0
-        for g in c.groups:
+        groups = plan.groups(c)
+        assert groups[0].a == 0 and groups[0].s == 0
+        assert groups[-1].b == c.n1 - c.n0 and groups[-1].t == c.e1 - c.e0
+        for g in groups:
             assert g.t - g.s == (g.b - g.a) * g.d
             for k in range(g.b - g.a):  # node a + k owns edges s + k d ... s + (k + 1) d - 1, in input order
                 node = plan.sources[c.n0 + g.a + k]

@@ -142,7 +142,7 @@ class _GroupedAggregate(torch.autograd.Function):
                     m = padded(h, q, *plan.padded(ch))  # [e, C]
                 else:
                     m = m_buf[:e]  # [e, C]
-                    _messages(h, q, ch.groups, m)
+                    _messages(h, q, plan.groups(ch), m)
                 if ws is not None:
                     m.mul_(ws[ch.e0:ch.e1, None])
                 out.index_add_(0, plan.dst_sorted[ch.e0:ch.e1], m)
@@ -214,7 +214,7 @@ class _GroupedAggregate(torch.autograd.Function):
                     else:
                         gq = gq_buf[:n].view(n, k1, c) if want_q else None  # [n, K', C]
                         gh = gh_buf[:e] if want_h else None  # [e, K]
-                        _message_grads(h, q, gm, ch.groups, gq, gh)
+                        _message_grads(h, q, gm, plan.groups(ch), gq, gh)
                 if want_q and wb is None:  # Q given: its gradient is the result
                     gx.index_copy_(0, nodes, gq)
                 elif want_q:

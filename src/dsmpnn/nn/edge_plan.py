@@ -66,13 +66,13 @@ class Group:
 
 @dataclass(frozen=True)
 class Chunk:
-    """Source slots ``[n0, n1)`` and sorted edges ``[e0, e1)`` of one chunk, split into equal-degree groups."""
+    """Source slots ``[n0, n1)`` and sorted edges ``[e0, e1)`` of one chunk (its equal-degree groups, which only
+    the ``bmm`` path needs: :meth:`EdgePlan.groups`)."""
 
     n0: int
     n1: int
     e0: int
     e1: int
-    groups: tuple[Group, ...]
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,7 @@ class EdgePlan:
     chunk: int
     order: str = "degree"
     _padded: dict = field(default_factory=dict, compare=False, repr=False)
+    _groups: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def num_edges(self) -> int:
@@ -118,6 +119,17 @@ class EdgePlan:
 
             self._padded[ch.n0] = padded_index(self.source_degree[ch.n0:ch.n1], ch.e1 - ch.e0)
         return self._padded[ch.n0]
+
+    def groups(self, ch: Chunk) -> tuple[Group, ...]:
+        """The runs of equal out-degree in chunk ``ch`` (chunk-local slots and edges), made once per chunk."""
+        if ch.n0 not in self._groups:
+            degrees, counts = torch.unique_consecutive(self.source_degree[ch.n0:ch.n1], return_counts=True)
+            groups, a, e = [], 0, 0
+            for d, k in zip(degrees.tolist(), counts.tolist()):
+                groups.append(Group(d, a, a + k, e, e + k * d))
+                a, e = a + k, e + k * d
+            self._groups[ch.n0] = tuple(groups)
+        return self._groups[ch.n0]
 
     def mean_weights(self, dtype: torch.dtype) -> torch.Tensor:
         """``1 / max(deg_in(i), 1)`` per target node: [num_nodes]."""
@@ -153,56 +165,60 @@ class EdgePlan:
         if out_degree.shape[0] != num_src or in_degree.shape[0] != num_nodes:
             raise ValueError(f"edge_index refers to node {max(out_degree.shape[0], in_degree.shape[0]) - 1}, "
                              f"expected sources < {num_src} and targets < {num_nodes}")
-        if order == "degree":
+        if order == "degree" and src.device.type != "cpu":
             # Sort key (out-degree, source): both < 2^31 for any graph that fits in memory, so one int64 key.
             perm = torch.argsort(out_degree[src] * num_src + src, stable=True)  # [E]
             slot_key = out_degree * num_src + torch.arange(num_src, device=src.device)
             sources = torch.argsort(slot_key)[num_src - int((out_degree > 0).sum()):]  # [S], degree > 0 only
         else:
-            rank = _locality_rank(src, dst, num_src, num_nodes)  # [num_src]
-            perm = torch.argsort(rank[src], stable=True)  # [E]
-            sources = torch.argsort(rank)[:int((out_degree > 0).sum())]  # [S]: sources with edges rank first
+            perm, sources = _sort_by_source(src, dst, out_degree, num_nodes, order)
         source_degree = out_degree[sources]  # [S]
-        degrees, counts = torch.unique_consecutive(source_degree, return_counts=True)
-        chunks = _cut(degrees.tolist(), counts.tolist(), chunk, max(1, chunk // NODES_PER_CHUNK_DIVISOR))
+        chunks = _cut(source_degree, chunk, max(1, chunk // NODES_PER_CHUNK_DIVISOR))
         return cls(perm, sources, source_degree, dst[perm], in_degree, chunks, num_src, num_nodes, chunk, order)
 
 
-def _locality_rank(src: torch.Tensor, dst: torch.Tensor, num_src: int, num_nodes: int) -> torch.Tensor:
-    """Position of each source in the reverse Cuthill-McKee order of the graph (made symmetric), sources without
-    edges last: [num_src] int64 on the edges' device."""
-    n = max(num_src, num_nodes)
-    s, d = src.cpu().numpy(), dst.cpu().numpy()
-    adj = scipy.sparse.csr_matrix((np.ones(s.shape[0], dtype=np.int8), (s, d)), shape=(n, n))
-    rcm = reverse_cuthill_mckee(adj, symmetric_mode=True)  # [n] node ids
-    rcm = rcm[rcm < num_src]
-    has_edges = np.bincount(s, minlength=num_src)[rcm] > 0
-    ordered = np.concatenate([rcm[has_edges], rcm[~has_edges]])
-    rank = np.empty(num_src, dtype=np.int64)
-    rank[ordered] = np.arange(num_src)
-    return torch.from_numpy(rank).to(src.device)
+def _sort_by_source(src: torch.Tensor, dst: torch.Tensor, out_degree: torch.Tensor, num_nodes: int,
+                    order: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``perm [E]`` and ``sources [S]`` (the sources with edges, in ``order``): the edges of each source in input
+    order, the sources one after the other. One stable sort of the edges by source (CSR), then the sources are
+    ordered -- by (out-degree, id), or by reverse Cuthill-McKee on that CSR graph -- and their runs of edges
+    gathered in that order, without a second sort of the edges."""
+    device, num_src = src.device, out_degree.shape[0]
+    num_edges = int(src.shape[0])
+    deg = out_degree.cpu().numpy()
+    by_src = torch.argsort(src.cpu(), stable=True).numpy()  # [E] edge ids grouped by source, ascending
+    indptr = np.zeros(num_src + 1, dtype=np.int64)
+    np.cumsum(deg, out=indptr[1:])  # [num_src + 1] start of each source's run in by_src
+    if order == "degree":
+        key = deg * num_src + np.arange(num_src)
+        sources = np.argsort(key)[num_src - int(np.count_nonzero(deg)):]
+    else:  # reverse Cuthill-McKee on the graph source -> target (as if symmetric: only the order is at stake)
+        n = max(num_src, num_nodes)
+        ptr = np.concatenate([indptr, np.full(n - num_src, num_edges, dtype=np.int64)])
+        targets = dst.cpu().numpy()[by_src]
+        adj = scipy.sparse.csr_matrix((np.ones(num_edges, dtype=np.int8), targets, ptr), shape=(n, n))
+        rcm = reverse_cuthill_mckee(adj, symmetric_mode=True)  # [n] node ids
+        rcm = rcm[rcm < num_src]
+        sources = rcm[deg[rcm] > 0].astype(np.int64)
+    lens = deg[sources]
+    offsets = np.repeat(indptr[sources] - (np.cumsum(lens) - lens), lens)  # run start minus its place in perm
+    offsets += np.arange(num_edges)
+    perm = by_src[offsets]
+    return torch.from_numpy(perm).to(device), torch.from_numpy(sources).to(device)
 
 
-def _cut(degrees: list[int], counts: list[int], chunk: int, max_nodes: int) -> tuple[Chunk, ...]:
-    """Cut runs of ``counts[g]`` sources of out-degree ``degrees[g]`` into chunks of at most ``chunk`` edges
-    and ``max_nodes`` sources."""
+def _cut(source_degree: torch.Tensor, chunk: int, max_nodes: int) -> tuple[Chunk, ...]:
+    """Cut the sources, in order, into chunks of at most ``chunk`` edges and ``max_nodes`` sources, greedily
+    (a source with more than ``chunk`` edges gets a chunk of its own): one binary search per chunk."""
+    cum = np.concatenate([[0], np.cumsum(source_degree.cpu().numpy())])  # [S + 1] edges before each slot
+    num = cum.shape[0] - 1
     chunks: list[Chunk] = []
-    groups: list[Group] = []
-    n0 = e0 = 0  # global start of the open chunk
-    n = e = 0  # global end of the open chunk
-    for d, count in zip(degrees, counts):
-        left = count
-        while left:
-            room = min((chunk - (e - e0)) // d, max_nodes - (n - n0))
-            if room <= 0 and e > e0:  # close the chunk; a source with more than `chunk` edges gets its own
-                chunks.append(Chunk(n0, n, e0, e, tuple(groups)))
-                groups, n0, e0 = [], n, e
-                continue
-            take = min(max(room, 1), left)
-            groups.append(Group(d, n - n0, n - n0 + take, e - e0, e - e0 + take * d))
-            n, e, left = n + take, e + take * d, left - take
-    if groups:
-        chunks.append(Chunk(n0, n, e0, e, tuple(groups)))
+    n0 = 0
+    while n0 < num:
+        n1 = int(np.searchsorted(cum, cum[n0] + chunk, side="right")) - 1  # last end within `chunk` edges
+        n1 = max(min(n1, n0 + max_nodes), n0 + 1)
+        chunks.append(Chunk(n0, n1, int(cum[n0]), int(cum[n1])))
+        n0 = n1
     return tuple(chunks)
 
 
