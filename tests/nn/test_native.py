@@ -147,3 +147,16 @@ def test_unwritable_cache_falls_back_to_the_temporary_directory(tmp_path, monkey
     (tmp_path / "tmp").mkdir()
     path = native.build(blocker / "cache")
     assert path.parent.parent == tmp_path / "tmp" and path.exists()
+
+
+@needs_kernels
+def test_damaged_cached_library_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("DSMPNN_CACHE_DIR", str(tmp_path))
+    path = native.build()
+    path.write_bytes(b"not a shared library")
+    native.kernels.cache_clear()
+    try:
+        kern = native.kernels()
+        assert kern is not None and kern.path == path and path.read_bytes() != b"not a shared library"
+    finally:
+        native.kernels.cache_clear()

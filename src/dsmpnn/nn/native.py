@@ -199,7 +199,12 @@ def kernels() -> NativeKernels | None:
     if os.environ.get("DSMPNN_NATIVE", "1") == "0":
         return None
     try:
-        return _load(build())
+        path = build()
+        try:
+            return _load(path)
+        except OSError:  # a damaged library in the cache (a full disk, say): build it again, once
+            path.unlink(missing_ok=True)
+            return _load(build())
     except (RuntimeError, OSError) as exc:
         _log.warning("dsmpnn: fused CPU kernels unavailable, using the PyTorch path: %s", exc)
         return None
