@@ -3,6 +3,8 @@
 import torch
 
 from dsmpnn.bench import bench_conv, ecconv_flops, format_table, peak_memory
+from dsmpnn.bench.conv import ecconv_path
+from dsmpnn.nn import aggregate, native
 
 
 def test_bench_conv_small():
@@ -14,6 +16,19 @@ def test_bench_conv_small():
         assert result[name]["peak_bytes"] >= 0
     assert set(result["ratios"]) >= {"speedup_total", "memory_ratio"}
     assert "ECConv" in format_table(result)
+    assert result["config"]["ecconv_path"] == ecconv_path(torch.device("cpu"), torch.float32)
+    assert f"path={result['config']['ecconv_path']}" in format_table(result)
+
+
+def test_ecconv_path_follows_the_switch(monkeypatch):
+    monkeypatch.setattr(native, "ENABLED", False)
+    assert ecconv_path(torch.device("cpu"), torch.float32) == "bmm"
+    monkeypatch.setattr(aggregate, "PADDED", True)
+    assert ecconv_path(torch.device("cpu"), torch.float32) == "padded"
+    if native.kernels() is not None:
+        monkeypatch.setattr(native, "ENABLED", None)
+        monkeypatch.setattr(aggregate, "PADDED", None)
+        assert ecconv_path(torch.device("cpu"), torch.float32) == "fused"
 
 
 def test_ecconv_flops_by_hand():

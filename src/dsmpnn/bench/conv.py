@@ -36,10 +36,18 @@ from torch import nn
 
 from dsmpnn.bench.measure import peak_memory, synchronize, time_calls
 from dsmpnn.graph import build_graph
+from dsmpnn.nn import aggregate, native
 from dsmpnn.nn.ecconv import ECConv
 from dsmpnn.nn.edge_plan import DEFAULT_EDGE_CHUNK, EdgePlan, cached_edge_plan
 
-__all__ = ["bench_conv", "ecconv_flops", "format_table", "machine_info"]
+__all__ = ["bench_conv", "ecconv_flops", "ecconv_path", "format_table", "machine_info"]
+
+
+def ecconv_path(device: torch.device, dtype: torch.dtype) -> str:
+    """Which per-chunk products ECConv runs with here: "fused" (C++ kernels), "bmm" (CPU fallback) or "padded"."""
+    if aggregate._use_padded(device):
+        return "padded"
+    return "fused" if native.kernels_for(device, dtype) is not None else "bmm"
 
 
 def ecconv_flops(num_nodes: int, num_edges: int, num_sources: int, in_channels: int, out_channels: int,
@@ -220,7 +228,8 @@ def _bench(nodes, radius, channels, hidden, repeats, device, seed, aggr, dtype, 
     result = {
         "config": {"nodes": nodes, "radius": radius, "channels": channels, "hidden": hidden, "aggr": aggr,
                    "dtype": str(dtype).replace("torch.", ""), "edge_chunk": edge_chunk, "repeats": repeats,
-                   "ecconv_calls": ecconv_calls, "seed": seed},
+                   "ecconv_calls": ecconv_calls, "seed": seed, "ecconv_path": ecconv_path(torch.device(device),
+                                                                                         dtype)},
         "machine": machine_info(device),
         "graph": {"edges": graph.num_edges, "mean_degree": graph.num_edges / nodes,
                   "max_in_degree": int(plan.in_degree.max()) if graph.num_edges else 0,
@@ -270,7 +279,8 @@ def format_table(result: dict) -> str:
     mb = 1024.0**2
     lines = [
         f"N={cfg['nodes']:,} r={cfg['radius']} E={gr['edges']:,} (mean degree {gr['mean_degree']:.1f}) "
-        f"C={cfg['channels']} H={cfg['hidden']} aggr={cfg['aggr']} {cfg['dtype']} chunk={cfg['edge_chunk']:,}",
+        f"C={cfg['channels']} H={cfg['hidden']} aggr={cfg['aggr']} {cfg['dtype']} chunk={cfg['edge_chunk']:,} "
+        f"path={cfg.get('ecconv_path', '?')}",
         f"{result['machine']['cpu']}, {result['machine']['torch_threads']} threads, torch "
         f"{result['machine']['torch']}, load {result['machine']['load_average_start']} -> "
         f"{result['machine']['load_average_end']}",

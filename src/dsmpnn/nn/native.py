@@ -28,12 +28,12 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
-import logging
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +49,6 @@ SOURCE = Path(__file__).with_name("ecconv_kernels.cpp")
 ABI = 1
 _FLAG_SETS = (["-O3", "-march=native"], ["-O3"])  # the second when the compiler does not know -march=native
 _COMMON = ["-std=c++17", "-shared", "-fPIC", "-fno-math-errno"]
-_log = logging.getLogger(__name__)
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
@@ -161,11 +160,13 @@ def build(cache_dir: Path | None = None) -> Path:
             if run.returncode == 0:
                 os.replace(tmp, path)
                 return path
-            errors.append(f"{cxx} {' '.join(flags)}: {run.stderr.strip()[-500:]}")
+            lines = run.stderr.strip().splitlines() or ["no output"]
+            first_error = next((ln for ln in lines if "error" in ln), lines[-1])
+            errors.append(f"{cxx} {' '.join(flags)}: {first_error.strip()}")
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    raise RuntimeError("compiling " + str(SOURCE) + " failed:\n" + "\n".join(errors))
+    raise RuntimeError(f"compiling {SOURCE} failed ({'; '.join(errors)})")
 
 
 def _load(path: Path) -> NativeKernels:
@@ -195,7 +196,8 @@ def kernels_for(device: torch.device, dtype: torch.dtype | None = None) -> Nativ
 
 @functools.cache
 def kernels() -> NativeKernels | None:
-    """The compiled kernels, or None (``DSMPNN_NATIVE=0``, no compiler, or a failed build: logged once)."""
+    """The compiled kernels, or None (``DSMPNN_NATIVE=0``, or no compiler or a failed build: then a UserWarning,
+    once per process, which the CLI prints as ``dsmpnn COMMAND: warning: ...``)."""
     if os.environ.get("DSMPNN_NATIVE", "1") == "0":
         return None
     try:
@@ -206,5 +208,6 @@ def kernels() -> NativeKernels | None:
             path.unlink(missing_ok=True)
             return _load(build())
     except (RuntimeError, OSError) as exc:
-        _log.warning("dsmpnn: fused CPU kernels unavailable, using the PyTorch path: %s", exc)
+        warnings.warn(f"fused CPU kernels unavailable, using the PyTorch path (same results, slower): {exc}",
+                      UserWarning, stacklevel=2)
         return None
