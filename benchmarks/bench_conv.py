@@ -29,12 +29,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's setting)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-nnconv", action="store_true", help="skip PyG NNConv (no ratios)")
+    p.add_argument("--with-bmm", action="store_true", help="also time ECConv with the fused kernels off")
     p.add_argument("--out", type=Path, default=Path("benchmarks/bench_conv.json"), help="JSON output file")
     a = p.parse_args(argv)
     kwargs = {} if a.edge_chunk is None else {"edge_chunk": a.edge_chunk}
     result = bench_conv(a.nodes, a.radius, a.channels, a.hidden, a.repeats, a.device, aggr=a.aggr,
                         dtype=getattr(torch, a.dtype), dense_size=a.dense_size, nnconv=not a.no_nnconv,
-                        threads=a.threads, **kwargs)
+                        threads=a.threads, with_bmm=a.with_bmm, **kwargs)
     print(format_table(result))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2) + "\n")

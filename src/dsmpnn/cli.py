@@ -528,6 +528,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--threads", type=_positive_int, default=None, help="torch threads; None: torch's setting")
     c.add_argument("--device", default="cpu", help="torch device")
     c.add_argument("--no-nnconv", action="store_true", help="skip PyG NNConv (no ratios)")
+    c.add_argument("--with-bmm", action="store_true",
+                   help="also time ECConv with the fused CPU kernels off (its PyTorch bmm path), in the same rounds")
     c.add_argument("--out", default=None, metavar="FILE.json", help="write the full result as JSON; None: do not")
     c.set_defaults(handler=_bench_conv)
     s = bench_sub.add_parser("scale", help="graph build, forward, backward time and peak memory against N",
@@ -569,7 +571,7 @@ def _bench_conv(args: argparse.Namespace) -> int:
     kwargs = {} if args.edge_chunk is None else {"edge_chunk": args.edge_chunk}
     result = bench_conv(args.nodes, args.radius, args.channels, args.hidden, args.repeats, args.device,
                         aggr=args.aggr, dtype=getattr(torch, args.dtype), dense_size=args.dense_size,
-                        nnconv=not args.no_nnconv, threads=args.threads, **kwargs)
+                        nnconv=not args.no_nnconv, threads=args.threads, with_bmm=args.with_bmm, **kwargs)
     print(format_table(result))
     if args.out:
         print(f"wrote {write_json(result, args.out)}")

@@ -20,6 +20,15 @@ def test_bench_conv_small():
     assert f"path={result['config']['ecconv_path']}" in format_table(result)
 
 
+def test_bench_conv_compares_the_cpu_paths_in_the_same_run():
+    result = bench_conv(nodes=300, radius=0.1, channels=4, hidden=8, repeats=1, dense_size=64, edge_chunk=64,
+                        nnconv=False, with_bmm=True)
+    assert result["ecconv_bmm"]["total_s"] > 0 and result["fused_speedup"]["total"] > 0
+    assert result["fused_vs_bmm_max_abs_diff"] < 1e-4
+    assert "bmm path" in format_table(result)
+    assert native.ENABLED is None  # the switch is restored
+
+
 def test_ecconv_path_follows_the_switch(monkeypatch):
     monkeypatch.setattr(native, "ENABLED", False)
     assert ecconv_path(torch.device("cpu"), torch.float32) == "bmm"

@@ -74,6 +74,41 @@ def test_kernels_equal_loop(dtype, k, c, weighted):
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n,cin", [(5, 3), (53, 32), (24, 17)])
+def test_node_adjoints_in_blocks(dtype, n, cin):
+    """dX[nodes] += dQ W^T and dW += X^T dQ, done per block of 24 sources inside the backward call: several
+    blocks and a remainder, existing contents of dX (other rows) and dW kept."""
+    gen = torch.Generator().manual_seed(n + cin)
+    k, c, num_nodes = 6, 5, 70
+    k1 = k + 1
+    deg = torch.randint(1, 6, (n,), generator=gen)
+    e = int(deg.sum())
+    h = torch.randn(e, k1, generator=gen, dtype=dtype)
+    q = torch.randn(n, k1, c, generator=gen, dtype=dtype)
+    dst = torch.randint(0, num_nodes, (e,), generator=gen)
+    nodes = torch.randperm(num_nodes, generator=gen)[:n]
+    xs = torch.randn(n, cin, generator=gen, dtype=dtype)
+    w = torch.randn(cin, k1 * c, generator=gen, dtype=dtype)
+    _, g, gq_ref, _ = reference(deg, h, q, dst, None, num_nodes, k)
+    gx0 = torch.randn(num_nodes, cin, generator=gen, dtype=dtype)
+    gw0 = torch.randn(cin, k1 * c, generator=gen, dtype=dtype)
+    gx, gw = gx0.clone(), gw0.clone()
+    gq = torch.empty(n, k1, c, dtype=dtype)
+    native.kernels().backward(deg, h, None, g, dst, None, torch.empty(e, c, dtype=dtype), gq, None, nodes, xs,
+                              w.T.contiguous(), gx, gw)
+    expected_gx = gx0.clone()
+    expected_gx[nodes] += gq_ref.reshape(n, -1) @ w.T
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-4}
+    torch.testing.assert_close(gq, gq_ref, **tol)
+    torch.testing.assert_close(gx, expected_gx, **tol)
+    torch.testing.assert_close(gw, gw0 + xs.T @ gq_ref.reshape(n, -1), **tol)
+    with pytest.raises(ValueError, match="dX needs gq, nodes, wt and gx"):
+        native.kernels().backward(deg, h, None, g, dst, None, torch.empty(e, c, dtype=dtype), gq, None, nodes,
+                                  None, w.T.contiguous(), None, None)
+
+
+@needs_kernels
 def test_kernels_refuse_what_they_cannot_read():
     kern = native.kernels()
     deg, dst = torch.tensor([2]), torch.tensor([0, 1])

@@ -28,7 +28,8 @@ import datetime
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -102,12 +103,27 @@ def _nnconv(cin: int, cout: int, edge_dim: int, hidden: int, aggr: str) -> nn.Mo
     return NNConv(cin, cout, kernel, aggr=aggr)
 
 
+@contextmanager
+def _native_switch(enabled: bool | None) -> Iterator[None]:
+    """``native.ENABLED = enabled`` for the duration (None: leave it as it is)."""
+    if enabled is None:
+        yield
+        return
+    old, native.ENABLED = native.ENABLED, enabled
+    try:
+        yield
+    finally:
+        native.ENABLED = old
+
+
 class _Runner:
-    """Timed training steps and inference calls of one convolution, collected across interleaved rounds."""
+    """Timed training steps and inference calls of one convolution, collected across interleaved rounds.
+    ``native``: :data:`dsmpnn.nn.native.ENABLED` during its calls (None: unchanged)."""
 
     def __init__(self, conv: nn.Module, x: torch.Tensor, ei: torch.Tensor, ea: torch.Tensor, g: torch.Tensor,
-                 device: str) -> None:
+                 device: str, native: bool | None = None) -> None:
         self.conv, self.x, self.ei, self.ea, self.g, self.device = conv, x, ei, ea, g, device
+        self.native = native
         self.fwd: list[float] = []
         self.bwd: list[float] = []
         self.inference: list[float] = []
@@ -120,19 +136,20 @@ class _Runner:
     def step(self) -> None:
         """One timed forward + backward (gradients of x and of every parameter)."""
         self.zero_grads()
-        synchronize(self.device)
-        t0 = time.perf_counter()
-        out = self.conv(self.x, self.ei, self.ea)
-        synchronize(self.device)
-        t1 = time.perf_counter()
-        out.backward(self.g)
-        synchronize(self.device)
+        with _native_switch(self.native):
+            synchronize(self.device)
+            t0 = time.perf_counter()
+            out = self.conv(self.x, self.ei, self.ea)
+            synchronize(self.device)
+            t1 = time.perf_counter()
+            out.backward(self.g)
+            synchronize(self.device)
         self.fwd.append(t1 - t0)
         self.bwd.append(time.perf_counter() - t1)
 
-    def infer(self) -> None:
-        with torch.no_grad():
-            self.conv(self.x, self.ei, self.ea)
+    def infer(self) -> torch.Tensor:
+        with torch.no_grad(), _native_switch(self.native):
+            return self.conv(self.x, self.ei, self.ea)
 
     def timed_infer(self) -> None:
         self.inference.append(time_calls(self.infer, 1, self.device).min)
@@ -155,7 +172,7 @@ class _Runner:
 def bench_conv(nodes: int = 20_000, radius: float = 0.02, channels: int = 32, hidden: int = 64, repeats: int = 3,
                device: str = "cpu", *, seed: int = 0, aggr: str = "mean", dtype: torch.dtype = torch.float32,
                edge_chunk: int = DEFAULT_EDGE_CHUNK, dense_size: int = 4096, nnconv: bool = True,
-               threads: int | None = None, ecconv_calls: int = 3) -> dict:
+               threads: int | None = None, ecconv_calls: int = 3, with_bmm: bool = False) -> dict:
     """Benchmark ECConv against PyG NNConv on the issue-5 reference case; returns a JSON-serialisable dict.
 
     Args:
@@ -171,19 +188,21 @@ def bench_conv(nodes: int = 20_000, radius: float = 0.02, channels: int = 32, hi
         dense_size: S of the reference S x S x S matmul.
         nnconv: also run PyG's NNConv (needs torch_geometric) and report the ratios.
         threads: ``torch.set_num_threads`` for the run (restored afterwards); None keeps the current setting.
+        with_bmm: also time ECConv on its pure-PyTorch ``bmm`` path (fused kernels off, degree-ordered plan,
+            same chunk size) in the same rounds: ``result["ecconv_bmm"]`` and ``result["fused_speedup"]``.
     """
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
         return _bench(nodes, radius, channels, hidden, repeats, device, seed, aggr, dtype, edge_chunk, dense_size,
-                      nnconv, ecconv_calls)
+                      nnconv, ecconv_calls, with_bmm)
     finally:
         torch.set_num_threads(old_threads)
 
 
 def _bench(nodes, radius, channels, hidden, repeats, device, seed, aggr, dtype, edge_chunk, dense_size, nnconv,
-           ecconv_calls):
+           ecconv_calls, with_bmm):
     load_start = _load()
     pos = np.random.default_rng(seed).random((nodes, 2))
     graph = build_graph(pos, radius, dtype=dtype, warn_isolated=False)
@@ -203,9 +222,11 @@ def _bench(nodes, radius, channels, hidden, repeats, device, seed, aggr, dtype, 
     essential = flops["forward"] + flops["backward"]
 
     runners = {"ecconv": _Runner(conv, x, ei, ea, g, device)}
+    if with_bmm:  # its own edge_index tensor: the plan cache keeps one plan (order) per tensor
+        runners["ecconv_bmm"] = _Runner(conv, x, ei.clone(), ea, g, device, native=False)
     if nnconv:
         runners["nnconv"] = _Runner(ref, x, ei, ea, g, device)
-    calls = {"ecconv": ecconv_calls, "nnconv": 1}
+    calls = {"ecconv": ecconv_calls, "ecconv_bmm": ecconv_calls, "nnconv": 1}
     a = torch.randn(dense_size, dense_size, device=device, dtype=dtype)
     b = torch.randn(dense_size, dense_size, device=device, dtype=dtype)
     a @ b
@@ -247,6 +268,12 @@ def _bench(nodes, radius, channels, hidden, repeats, device, seed, aggr, dtype, 
     ec["time_over_dense_equivalent_median"] = ec["total_median_s"] / (
         essential / (result["dense"]["gflops_median"] * 1e9))
     ec["fraction_of_dense"] = ec["gflops"] / dense
+    if with_bmm:
+        bm = result["ecconv_bmm"] = runners["ecconv_bmm"].result()
+        result["fused_speedup"] = {key: bm[f"{key}_s"] / ec[f"{key}_s"] for key in
+                                   ("forward", "backward", "total", "total_median", "inference")}
+        diff_paths = runners["ecconv"].infer() - runners["ecconv_bmm"].infer()
+        result["fused_vs_bmm_max_abs_diff"] = diff_paths.abs().max().item()
     if nnconv:
         with torch.no_grad():
             diff = (conv(x, ei, ea) - ref(x, ei, ea)).abs().max().item()
@@ -312,6 +339,13 @@ def format_table(result: dict) -> str:
         f"{ec['time_over_dense_equivalent_median']:.2f}x)",
         f"plan (sort + chunks, once per edge_index): {gr['plan_s']:.3f} s, {gr['chunks']} chunks",
     ]
+    if "ecconv_bmm" in result:
+        bm, sp = result["ecconv_bmm"], result["fused_speedup"]
+        lines.append(f"ECConv on the PyTorch bmm path (fused kernels off), same rounds: fwd {bm['forward_s']:.3f} s, "
+                     f"bwd {bm['backward_s']:.3f} s, fwd+bwd {bm['total_s']:.3f} s (median {bm['total_median_s']:.3f}),"
+                     f" peak {bm['peak_bytes'] / mb:.1f} MiB -> {result['config']['ecconv_path']} path "
+                     f"{sp['total']:.2f}x faster (medians {sp['total_median']:.2f}x; forward {sp['forward']:.2f}x, "
+                     f"backward {sp['backward']:.2f}x); max |difference| {result['fused_vs_bmm_max_abs_diff']:.1e}")
     if "targets" in result:
         lines.append("targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}"
                                              for k, v in result["targets"].items()))

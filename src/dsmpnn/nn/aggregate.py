@@ -179,6 +179,7 @@ class _GroupedAggregate(torch.autograd.Function):
         # the fused kernels take Q transposed, without the bias row: [C_in, C K] weights give it directly
         wbt = wb[:, :k].transpose(1, 2).reshape(wb.shape[0], c * k) if fused is not None and wb is not None \
             and want_h else None
+        wt = wb2.T.contiguous() if fused is not None and wb is not None and need_x else None  # [K' C, C_in]
 
         def work(chunks: Sequence[Chunk]) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
             # partial sums of this worker: dL/dW, and the kernel's parameter gradients (Linear weights
@@ -198,12 +199,19 @@ class _GroupedAggregate(torch.autograd.Function):
                 nodes, rows = plan.sources[ch.n0:ch.n1], plan.perm[ch.e0:ch.e1]
                 tape: list | None = [] if want_h else None
                 h = _edge_features(kernel, feats, fs, plan.perm, ch, h_buf[:e], k, tape)  # [e, K'], recomputed
-                if fused is not None:  # gather, weights and both adjoints in one pass; Q only for dL/dh
-                    qt = _node_kernels_t(x, wbt, nodes, k, q_buf) if want_h else None  # [n, C, K], recomputed
+                if fused is not None:
+                    # one pass: gather and weights, both adjoints of the messages, and (Q = x W) those of Q, block
+                    # by block while dQ is in cache; Q itself only for dL/dh
+                    xs = torch.index_select(x, 0, nodes) if wb is not None and (want_h or need_wb) else None
+                    qt = _node_kernels_t(x, wbt, nodes, k, q_buf, xs) if want_h else None  # [n, C, K], recomputed
                     gq = gq_buf[:n].view(n, k1, c) if want_q else None  # [n, K', C]
                     gh = gh_buf[:e] if want_h else None  # [e, K]
+                    node_grads = want_q and wb is not None
                     fused.backward(plan.source_degree[ch.n0:ch.n1], h, qt, g, plan.dst_sorted[ch.e0:ch.e1],
-                                   ws[ch.e0:ch.e1] if ws is not None else None, gm_buf[:e], gq, gh)
+                                   ws[ch.e0:ch.e1] if ws is not None else None, gm_buf[:e], gq, gh,
+                                   nodes if node_grads else None, xs if node_grads and need_wb else None,
+                                   wt if node_grads and need_x else None, gx if node_grads and need_x else None,
+                                   gwb if node_grads and need_wb else None)
                 else:
                     q = _node_kernels(x, wb, nodes, q_buf)  # [n, K', C], recomputed
                     gm = torch.index_select(g, 0, plan.dst_sorted[ch.e0:ch.e1], out=gm_buf[:e])  # [e, C]
@@ -217,7 +225,7 @@ class _GroupedAggregate(torch.autograd.Function):
                         _message_grads(h, q, gm, plan.groups(ch), gq, gh)
                 if want_q and wb is None:  # Q given: its gradient is the result
                     gx.index_copy_(0, nodes, gq)
-                elif want_q:
+                elif want_q and fused is None:
                     gq2 = gq.reshape(n, k1 * c)  # [n, K' C]
                     if need_x:
                         gx.index_copy_(0, nodes, gq2 @ wb2.T)  # [n, C_in]
@@ -282,15 +290,16 @@ def _node_kernels(x: torch.Tensor, wb: torch.Tensor | None, nodes: torch.Tensor,
 
 
 def _node_kernels_t(x: torch.Tensor, wbt: torch.Tensor | None, nodes: torch.Tensor, k: int,
-                    buf: torch.Tensor) -> torch.Tensor:
+                    buf: torch.Tensor, xs: torch.Tensor | None = None) -> torch.Tensor:
     """Q_j^T without the bias row for the chunk's sources: x[nodes] @ W^T -> [n, C, K], with wbt [C_in, C K] the
-    weights in that order (or, when W is None, x[nodes] [n, K, C] transposed)."""
+    weights in that order (or, when W is None, x[nodes] [n, K, C] transposed); ``xs``: x[nodes] if at hand."""
     n = nodes.shape[0]
     if wbt is None:
         c = x.shape[2]
         q = torch.index_select(x, 0, nodes)[:, :k]  # [n, K, C]
         return buf.view(-1)[:n * c * k].view(n, c, k).copy_(q.transpose(1, 2))
-    q = torch.mm(torch.index_select(x, 0, nodes), wbt, out=buf.view(-1)[:n * wbt.shape[1]].view(n, -1))  # [n, C K]
+    xs = torch.index_select(x, 0, nodes) if xs is None else xs
+    q = torch.mm(xs, wbt, out=buf.view(-1)[:n * wbt.shape[1]].view(n, -1))  # [n, C K]
     return q.view(n, -1, k)
 
 

@@ -8,8 +8,10 @@
 //   backward:  G_j = w_e * g[dst_e]                              [d_j, C]                  (gather fused)
 //              dQ_j = H_j^T G_j                                  [K', C]
 //              dH_j = G_j Q^T_j                                  [d_j, K]
+//   and, with Q = x W, per block of sources while their dQ is still in cache:
+//              dX[j] += dQ_j W^T,  dW += X_blk^T dQ_blk          [C_in], [C_in, K' C]
 //
-// All three products are out[M, L] = A[M, R] B[R, L] with a strided A, and run through one register-blocked
+// All these products are out[M, L] = A[M, R] B[R, L] with a strided A, and run through one register-blocked
 // micro-kernel: MR = 2 rows of `out` by NV vectors of `Vec<T>::W` columns, accumulated over R with B's row loaded
 // once per step for both rows (the layout of a BLAS micro-kernel, written with GCC/Clang vector extensions so
 // that the compiler emits AVX2/AVX-512 or SSE as the machine allows). Every function is single-threaded: the
@@ -47,13 +49,14 @@ inline void store(T* p, const V& v) {
     std::memcpy(p, &v, sizeof v);
 }
 
-// Where a row of the product goes: out[m] = acc (idx == nullptr), or out[idx[m]] += scale[m] * acc.
+// Where a row of the product goes: out[idx[m]] += scale[m] * acc (idx set), out[m] += acc (add), else out[m] = acc.
 template <typename T>
 struct Epilogue {
     T* out;
     int64_t ldo;
     const int64_t* idx;
-    const T* scale;  // nullptr: 1 (only read when idx is set)
+    const T* scale;    // nullptr: 1 (only read when idx is set)
+    bool add = false;  // without idx: accumulate instead of store
 };
 
 // Rows [m0, m0 + MR) and columns [l0, l0 + NV W) of out = A B, A[m, r] = a[m sam + r sar], B[r, l] = b[r ldb + l].
@@ -84,6 +87,9 @@ inline void tile(const T* a, int64_t sam, int64_t sar, const T* b, int64_t ldb, 
             T* o = ep.out + ep.idx[m] * ep.ldo + l0;
             const T s = ep.scale ? ep.scale[m] : T(1);
             for (int v = 0; v < NV; ++v) store(o + v * W, load<V>(o + v * W) + s * acc[i][v]);
+        } else if (ep.add) {
+            T* o = ep.out + m * ep.ldo + l0;
+            for (int v = 0; v < NV; ++v) store(o + v * W, load<V>(o + v * W) + acc[i][v]);
         } else {
             T* o = ep.out + m * ep.ldo + l0;
             for (int v = 0; v < NV; ++v) store(o + v * W, acc[i][v]);
@@ -101,6 +107,8 @@ void tail_columns(const T* a, int64_t sam, int64_t sar, const T* b, int64_t ldb,
             for (int64_t r = 0; r < R; ++r) acc += a[m * sam + r * sar] * b[r * ldb + l];
             if (ep.idx)
                 ep.out[ep.idx[m] * ep.ldo + l] += (ep.scale ? ep.scale[m] : T(1)) * acc;
+            else if (ep.add)
+                ep.out[m * ep.ldo + l] += acc;
             else
                 ep.out[m * ep.ldo + l] = acc;
         }
@@ -146,23 +154,49 @@ void forward(int64_t n, const int64_t* deg, int64_t k1, int64_t c, const T* h, c
     }
 }
 
+// The optional last stage of backward, for Q = x W (W [C_in, K' C], wt = W^T [K' C, C_in]): per block of sources,
+// while their dQ is still in cache, dX[node_j] += dQ_j W^T and dW += X_blk^T dQ_blk (xs: the sources' x rows).
+template <typename T>
+struct NodeAdjoint {
+    int64_t cin;
+    const T* xs;           // [n, C_in] or nullptr (no dW)
+    const T* wt;           // [K' C, C_in] or nullptr (no dX)
+    T* gx;                 // [N, C_in], rows nodes[j] added to
+    const int64_t* nodes;  // [n]
+    T* gw;                 // [C_in, K' C] added to, or nullptr
+};
+
+constexpr int64_t kBlock = 24;  // sources per block: their dQ (24 K' C floats, 200 KB at K' = 65, C = 32) stays in L2
+
 template <typename T>
 void backward(int64_t n, const int64_t* deg, int64_t k1, int64_t k, int64_t c, const T* h, const T* qt, const T* g,
-              const int64_t* dst, const T* w, T* gm, T* gq, T* gh) {
-    for (int64_t j = 0; j < n; ++j) {
-        const int64_t d = deg[j];
-        for (int64_t r = 0; r < d; ++r) {  // G_j = w * g[dst]
-            const T s = w ? w[r] : T(1);
-            const T* gr = g + dst[r] * c;
-            T* o = gm + r * c;
-            for (int64_t l = 0; l < c; ++l) o[l] = s * gr[l];
+              const int64_t* dst, const T* w, T* gm, T* gq, T* gh, const NodeAdjoint<T>& na) {
+    const int64_t kc = k1 * c;
+    for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
+        const int64_t j1 = j0 + kBlock < n ? j0 + kBlock : n;
+        for (int64_t j = j0; j < j1; ++j) {
+            const int64_t d = deg[j];
+            for (int64_t r = 0; r < d; ++r) {  // G_j = w * g[dst]
+                const T s = w ? w[r] : T(1);
+                const T* gr = g + dst[r] * c;
+                T* o = gm + r * c;
+                for (int64_t l = 0; l < c; ++l) o[l] = s * gr[l];
+            }
+            if (gq) gemm<T>(h, 1, k1, gm, c, k1, d, c, Epilogue<T>{gq + j * kc, c, nullptr, nullptr});
+            if (gh) gemm<T>(gm, c, 1, qt + j * c * k, k, d, c, k, Epilogue<T>{gh, k, nullptr, nullptr});
+            h += d * k1;
+            dst += d;
+            if (w) w += d;
+            if (gh) gh += d * k;
         }
-        if (gq) gemm<T>(h, 1, k1, gm, c, k1, d, c, Epilogue<T>{gq + j * k1 * c, c, nullptr, nullptr});
-        if (gh) gemm<T>(gm, c, 1, qt + j * c * k, k, d, c, k, Epilogue<T>{gh, k, nullptr, nullptr});
-        h += d * k1;
-        dst += d;
-        if (w) w += d;
-        if (gh) gh += d * k;
+        if (!gq) continue;
+        const int64_t nb = j1 - j0;
+        const T* gq_blk = gq + j0 * kc;
+        if (na.wt)  // dX rows of the block's sources: [nb, K' C] x [K' C, C_in]
+            gemm<T>(gq_blk, kc, 1, na.wt, na.cin, nb, kc, na.cin, Epilogue<T>{na.gx, na.cin, na.nodes + j0, nullptr});
+        if (na.gw)  // dW += X_blk^T dQ_blk: [C_in, nb] x [nb, K' C]
+            gemm<T>(na.xs + j0 * na.cin, 1, na.cin, gq_blk, kc, na.cin, nb, kc,
+                    Epilogue<T>{na.gw, kc, nullptr, nullptr, true});
     }
 }
 
@@ -170,7 +204,7 @@ void backward(int64_t n, const int64_t* deg, int64_t k1, int64_t k, int64_t c, c
 
 extern "C" {
 
-int dsmpnn_native_abi() { return 1; }
+int dsmpnn_native_abi() { return 2; }
 
 void dsmpnn_forward_f32(int64_t n, const int64_t* deg, int64_t k1, int64_t c, const float* h, const float* q,
                         const int64_t* dst, const float* w, float* out) {
@@ -184,14 +218,17 @@ void dsmpnn_forward_f64(int64_t n, const int64_t* deg, int64_t k1, int64_t c, co
 
 void dsmpnn_backward_f32(int64_t n, const int64_t* deg, int64_t k1, int64_t k, int64_t c, const float* h,
                          const float* qt, const float* g, const int64_t* dst, const float* w, float* gm, float* gq,
-                         float* gh) {
-    backward<float>(n, deg, k1, k, c, h, qt, g, dst, w, gm, gq, gh);
+                         float* gh, int64_t cin, const float* xs, const float* wt, float* gx, const int64_t* nodes,
+                         float* gw) {
+    backward<float>(n, deg, k1, k, c, h, qt, g, dst, w, gm, gq, gh, NodeAdjoint<float>{cin, xs, wt, gx, nodes, gw});
 }
 
 void dsmpnn_backward_f64(int64_t n, const int64_t* deg, int64_t k1, int64_t k, int64_t c, const double* h,
                          const double* qt, const double* g, const int64_t* dst, const double* w, double* gm,
-                         double* gq, double* gh) {
-    backward<double>(n, deg, k1, k, c, h, qt, g, dst, w, gm, gq, gh);
+                         double* gq, double* gh, int64_t cin, const double* xs, const double* wt, double* gx,
+                         const int64_t* nodes, double* gw) {
+    backward<double>(n, deg, k1, k, c, h, qt, g, dst, w, gm, gq, gh,
+                     NodeAdjoint<double>{cin, xs, wt, gx, nodes, gw});
 }
 
 }  // extern "C"

@@ -46,7 +46,7 @@ ENABLED: bool | None = None
 path), True always (:func:`kernels_for` raises when they are unavailable)."""
 
 SOURCE = Path(__file__).with_name("ecconv_kernels.cpp")
-ABI = 1
+ABI = 2
 _FLAG_SETS = (["-O3", "-march=native"], ["-O3"])  # the second when the compiler does not know -march=native
 _COMMON = ["-std=c++17", "-shared", "-fPIC", "-fno-math-errno"]
 
@@ -72,19 +72,31 @@ class NativeKernels:
 
     def backward(self, deg: torch.Tensor, h: torch.Tensor, qt: torch.Tensor | None, g: torch.Tensor,
                  dst: torch.Tensor, w: torch.Tensor | None, gm: torch.Tensor, gq: torch.Tensor | None,
-                 gh: torch.Tensor | None) -> None:
+                 gh: torch.Tensor | None, nodes: torch.Tensor | None = None, xs: torch.Tensor | None = None,
+                 wt: torch.Tensor | None = None, gx: torch.Tensor | None = None,
+                 gw: torch.Tensor | None = None) -> None:
         r"""``G_j = w g[dst]`` (into the scratch gm [e, C]), ``gq_j = H_j^T G_j`` and ``gh_j = G_j Q_j^T``:
         deg [n], h [e, K'], qt [n, C, K] (Q transposed, bias row left out; needed for gh), g [N, C],
-        dst [e], w [e] or None -> gq [n, K', C], gh [e, K] (each None to skip)."""
+        dst [e], w [e] or None -> gq [n, K', C], gh [e, K] (each None to skip).
+
+        With Q = x W, also the adjoints of that product, block by block while gq is in cache:
+        ``gx[nodes_j] += gq_j W^T`` (wt = W^T [K' C, C_in], gx [N, C_in]) and ``gw += xs^T gq`` (xs [n, C_in] the
+        sources' rows of x, gw [C_in, K' C]); each pair None to skip."""
         c = g.shape[1]
         k = gh.shape[1] if gh is not None else 0
-        _check(h, g, gm, w, gq, gh, qt)
+        _check(h, g, gm, w, gq, gh, qt, xs, wt, gx, gw)
         _check_index(deg, dst)
         if gh is not None and (qt is None or qt.shape[1:] != (c, k)):
             raise ValueError(f"gh needs qt [n, {c}, {k}], got {None if qt is None else list(qt.shape)}")
+        cin = 0
+        if wt is not None or gw is not None:
+            if gq is None or nodes is None or (wt is None) != (gx is None) or (gw is None) != (xs is None):
+                raise ValueError("dX needs gq, nodes, wt and gx; dW needs gq, xs and gw")
+            _check_index(nodes)
+            cin = gx.shape[1] if gx is not None else gw.shape[0]
         fn = self.lib.dsmpnn_backward_f32 if h.dtype == torch.float32 else self.lib.dsmpnn_backward_f64
         fn(deg.shape[0], _ptr(deg), h.shape[1], k, c, _ptr(h), _ptr(qt), _ptr(g), _ptr(dst), _ptr(w), _ptr(gm),
-           _ptr(gq), _ptr(gh))
+           _ptr(gq), _ptr(gh), cin, _ptr(xs), _ptr(wt), _ptr(gx), _ptr(nodes), _ptr(gw))
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -178,7 +190,7 @@ def _load(path: Path) -> NativeKernels:
         getattr(lib, name).argtypes = [_I, _P, _I, _I, _P, _P, _P, _P, _P]
         getattr(lib, name).restype = None
     for name in ("dsmpnn_backward_f32", "dsmpnn_backward_f64"):
-        getattr(lib, name).argtypes = [_I, _P, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P]
+        getattr(lib, name).argtypes = [_I, _P, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _I, _P, _P, _P, _P, _P]
         getattr(lib, name).restype = None
     return NativeKernels(lib, path)
 
