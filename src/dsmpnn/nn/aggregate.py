@@ -37,7 +37,9 @@ Work: 2 N C_in K' C (dense) + 2 E K C (batched) multiply-adds forward; backward 
 of Q and h.
 
 With the fused kernels, backward needs Q only for :math:`\partial L / \partial h`, and recomputes it already
-transposed (``x W^T`` with the weights permuted to [C_in, C K]), the layout in which that product vectorises.
+transposed (``x W^T`` with the weights permuted to [C_in, C K]), the layout in which that product vectorises; the
+adjoints of ``Q = x W`` (``dX_j = dQ_j W^T``, ``dW += X^T dQ``) are applied inside the same call, per block of 24
+sources while their dQ is still in cache.
 
 Threads: on CPU the chunks are split between ``torch.get_num_threads()`` single-threaded workers
 (:mod:`dsmpnn.nn.chunk_pool`; the fused kernels release the GIL). Devices: the code is device-generic; on CUDA
