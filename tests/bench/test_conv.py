@@ -16,6 +16,9 @@ def test_bench_conv_small():
         assert result[name]["peak_bytes"] >= 0
     assert set(result["ratios"]) >= {"speedup_total", "memory_ratio"}
     assert "ECConv" in format_table(result)
+    ec, dense = result["ecconv"], result["dense"]
+    assert len(ec["forward_times_s"]) == len(dense["round_times_s"]) * result["config"]["ecconv_calls"]
+    assert 0 < ec["time_over_dense_equivalent_paired"] <= ec["time_over_dense_equivalent_paired_median"]
     assert result["config"]["ecconv_path"] == ecconv_path(torch.device("cpu"), torch.float32)
     assert f"path={result['config']['ecconv_path']}" in format_table(result)
 
