@@ -15,8 +15,12 @@ import argparse
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from dsmpnn.errors import DsmpnnError, Interrupted
+
+if TYPE_CHECKING:
+    from dsmpnn.data.dataset import Manifest
 
 __all__ = ["main", "build_parser"]
 
@@ -72,10 +76,15 @@ def _generate_darcy(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     m = generate_darcy(args.out, args.n, args.resolution, args.seed, parse_splits(args.split),
                        progress=not args.no_progress)
-    counts = ", ".join(f"{k} {len(m.splits.get(k, ()))}" for k in ("train", "val", "test"))
+    counts = _split_counts(m)
     print(f"wrote {args.n} Darcy samples at {args.resolution}x{args.resolution} ({counts}) to {args.out} "
           f"in {time.perf_counter() - t0:.1f} s")
     return 0
+
+
+def _split_counts(manifest: Manifest) -> str:
+    """"train 96, val 12, test 12": samples per split of a written dataset."""
+    return ", ".join(f"{k} {len(manifest.splits.get(k, ()))}" for k in ("train", "val", "test"))
 
 
 # --- import grid ----------------------------------------------------------------------------------------------
@@ -111,7 +120,7 @@ def _import_grid(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     m = import_grid(args.file, args.out, x_key=args.x_key, y_key=args.y_key, y_path=args.y_file,
                     splits=parse_splits(args.split), seed=args.seed, progress=not args.no_progress)
-    counts = ", ".join(f"{k} {len(m.splits.get(k, ()))}" for k in ("train", "val", "test"))
+    counts = _split_counts(m)
     x = ", ".join(f.name for f in m.input_fields)
     y = ", ".join(f.name for f in m.target_fields)
     print(f"imported {sum(len(v) for v in m.splits.values())} samples ({counts}; inputs {x}; targets {y}) "

@@ -66,6 +66,7 @@ PADDED: bool | None = None
 """Per-chunk products as one degree-padded ``bmm`` (:mod:`dsmpnn.nn.padded`) instead of one ``bmm`` per
 out-degree; None: on CUDA only (where it is also compiled when possible; UNTESTED ON GPU)."""
 
+
 def _use_padded(device: torch.device) -> bool:
     return PADDED if PADDED is not None else device.type == "cuda"
 
@@ -73,6 +74,7 @@ def _use_padded(device: torch.device) -> bool:
 def _native_kernels(x: torch.Tensor) -> native.NativeKernels | None:
     """The fused CPU kernels (:mod:`dsmpnn.nn.native`) when this call should use them, else None."""
     return None if _use_padded(x.device) else native.kernels_for(x.device, x.dtype)
+
 
 def edge_weights(dst: torch.Tensor, num_nodes: int, aggr: str, dtype: torch.dtype) -> torch.Tensor:
     """Per-edge aggregation weights ``w [E]``: ``1 / deg(dst)`` for "mean", ones for "sum"."""

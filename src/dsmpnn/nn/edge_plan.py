@@ -39,8 +39,9 @@ __all__ = ["EdgePlan", "Group", "Chunk", "cached_edge_plan", "default_order", "D
 DEFAULT_EDGE_CHUNK = 8_192
 """Edges per chunk (at most ``chunk // 8`` sources): bounds the temporaries of one chunk at about
 chunk x (K + 2 C) + min(chunk / d, chunk / 8) x (K + 1) x C floats (d: out-degree of its sources). On the issue-5
-reference case (2-core CPU) the fused kernels were fastest at 4 096-8 192 (their node kernels then stay in the
-L2 cache); the ``bmm`` path is about 15 % faster at 16 384."""
+reference case (2-core CPU) 2 048, 4 096 and 8 192 were equal within the noise with the fused kernels (smaller
+chunks help their backward, whose working set then fits L2, but add per-chunk overhead); the ``bmm`` path is
+about 15 % faster at 16 384."""
 
 ORDERS = ("degree", "locality")
 
@@ -165,41 +166,38 @@ class EdgePlan:
         if out_degree.shape[0] != num_src or in_degree.shape[0] != num_nodes:
             raise ValueError(f"edge_index refers to node {max(out_degree.shape[0], in_degree.shape[0]) - 1}, "
                              f"expected sources < {num_src} and targets < {num_nodes}")
-        if order == "degree" and src.device.type != "cpu":
+        if order == "degree":
             # Sort key (out-degree, source): both < 2^31 for any graph that fits in memory, so one int64 key.
             perm = torch.argsort(out_degree[src] * num_src + src, stable=True)  # [E]
             slot_key = out_degree * num_src + torch.arange(num_src, device=src.device)
             sources = torch.argsort(slot_key)[num_src - int((out_degree > 0).sum()):]  # [S], degree > 0 only
         else:
-            perm, sources = _sort_by_source(src, dst, out_degree, num_nodes, order)
+            perm, sources = _locality_order(src, dst, out_degree, num_nodes)
         source_degree = out_degree[sources]  # [S]
         chunks = _cut(source_degree, chunk, max(1, chunk // NODES_PER_CHUNK_DIVISOR))
         return cls(perm, sources, source_degree, dst[perm], in_degree, chunks, num_src, num_nodes, chunk, order)
 
 
-def _sort_by_source(src: torch.Tensor, dst: torch.Tensor, out_degree: torch.Tensor, num_nodes: int,
-                    order: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``perm [E]`` and ``sources [S]`` (the sources with edges, in ``order``): the edges of each source in input
-    order, the sources one after the other. One stable sort of the edges by source (CSR), then the sources are
-    ordered -- by (out-degree, id), or by reverse Cuthill-McKee on that CSR graph -- and their runs of edges
-    gathered in that order, without a second sort of the edges."""
+def _locality_order(src: torch.Tensor, dst: torch.Tensor, out_degree: torch.Tensor,
+                    num_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``perm [E]`` and ``sources [S]`` (the sources with edges, in reverse Cuthill-McKee order): the edges of each
+    source in input order, the sources one after the other. One stable sort of the edges by source (CSR), the
+    order of the sources from that CSR graph, then their runs of edges gathered in that order, without a second
+    sort of the edges."""
     device, num_src = src.device, out_degree.shape[0]
     num_edges = int(src.shape[0])
     deg = out_degree.cpu().numpy()
     by_src = torch.argsort(src.cpu(), stable=True).numpy()  # [E] edge ids grouped by source, ascending
     indptr = np.zeros(num_src + 1, dtype=np.int64)
     np.cumsum(deg, out=indptr[1:])  # [num_src + 1] start of each source's run in by_src
-    if order == "degree":
-        key = deg * num_src + np.arange(num_src)
-        sources = np.argsort(key)[num_src - int(np.count_nonzero(deg)):]
-    else:  # reverse Cuthill-McKee on the graph source -> target (as if symmetric: only the order is at stake)
-        n = max(num_src, num_nodes)
-        ptr = np.concatenate([indptr, np.full(n - num_src, num_edges, dtype=np.int64)])
-        targets = dst.cpu().numpy()[by_src]
-        adj = scipy.sparse.csr_matrix((np.ones(num_edges, dtype=np.int8), targets, ptr), shape=(n, n))
-        rcm = reverse_cuthill_mckee(adj, symmetric_mode=True)  # [n] node ids
-        rcm = rcm[rcm < num_src]
-        sources = rcm[deg[rcm] > 0].astype(np.int64)
+    # reverse Cuthill-McKee on the graph source -> target (as if symmetric: only the order is at stake)
+    n = max(num_src, num_nodes)
+    ptr = np.concatenate([indptr, np.full(n - num_src, num_edges, dtype=np.int64)])
+    targets = dst.cpu().numpy()[by_src]
+    adj = scipy.sparse.csr_matrix((np.ones(num_edges, dtype=np.int8), targets, ptr), shape=(n, n))
+    rcm = reverse_cuthill_mckee(adj, symmetric_mode=True)  # [n] node ids
+    rcm = rcm[rcm < num_src]
+    sources = rcm[deg[rcm] > 0].astype(np.int64)
     lens = deg[sources]
     offsets = np.repeat(indptr[sources] - (np.cumsum(lens) - lens), lens)  # run start minus its place in perm
     offsets += np.arange(num_edges)
