@@ -1,0 +1,116 @@
+"""The fused CPU kernels alone, and how ECConv scales from one to two chunk workers.
+
+    python benchmarks/bench_kernels.py [--degree 25] [--hidden 64] [--channels 32] [--edges 8192]
+
+1. One chunk of sources of equal out-degree d, data in cache, targets in order (``--random-targets``: at random
+   rows of the output), one thread: GFLOP/s of the fused forward
+   (h Q, scattered), of dQ = H^T G and of dH = G Q^T (dsmpnn.nn.native), against torch.bmm on the same
+   [d, K+1] x [K+1, C] products and a 2048^3 dense matmul.
+2. The issue-5 reference ECConv (20,000 nodes, r = 0.02, C = 32, H = 64) forward + backward with 1 and 2 chunk
+   workers, interleaved rounds: min and median seconds and the 2-worker speed-up, next to the dense matmul's
+   speed-up from 1 to 2 threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from dsmpnn.bench.conv import _nnconv
+from dsmpnn.graph import build_graph
+from dsmpnn.nn import ECConv, chunk_pool, native
+
+
+def _rate(fn, flops: float, calls: int = 30) -> float:
+    fn()
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return flops * calls / (time.perf_counter() - t) / 1e9
+
+
+def kernel_rates(degree: int, hidden: int, channels: int, edges: int, random_targets: bool = False) -> dict:
+    kern = native.kernels()
+    if kern is None:
+        raise SystemExit("the fused CPU kernels are not available here (see the warning above)")
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    n, k, c = edges // degree, hidden, channels
+    e, k1, num_nodes = n * degree, k + 1, 20_000
+    deg = torch.full((n,), degree, dtype=torch.long)
+    h, q = torch.randn(e, k1, generator=gen), torch.randn(n, k1, c, generator=gen)
+    qt, g = torch.randn(n, c, k, generator=gen), torch.randn(num_nodes, c, generator=gen)
+    # targets in order, as the locality-ordered plan nearly makes them; or random rows of [20000, C]
+    dst = torch.randint(0, num_nodes, (e,), generator=gen) if random_targets else torch.arange(e) % num_nodes
+    out, gm = torch.zeros(num_nodes, c), torch.empty(e, c)
+    gq, gh = torch.empty(n, k1, c), torch.empty(e, k)
+    a = torch.randn(2048, 2048, generator=gen)
+    fwd = 2.0 * e * k1 * c
+    return {
+        "fused forward": _rate(lambda: kern.forward(deg, h, q, dst, None, out), fwd),
+        "fused dQ": _rate(lambda: kern.backward(deg, h, None, g, dst, None, gm, gq, None), fwd),
+        "fused dH": _rate(lambda: kern.backward(deg, h, qt, g, dst, None, gm, None, gh), 2.0 * e * k * c),
+        "torch.bmm forward": _rate(lambda: torch.bmm(h.view(n, degree, k1), q), fwd),
+        "dense 2048^3": _rate(lambda: a @ a, 2.0 * 2048**3, 5),
+    }
+
+
+def worker_scaling(rounds: int) -> dict:
+    nodes = 20_000
+    g = build_graph(np.random.default_rng(0).random((nodes, 2)), 0.02, dtype=torch.float32, warn_isolated=False)
+    torch.manual_seed(0)
+    conv = ECConv.from_pyg(_nnconv(32, 32, 3, 64, "mean"))
+    x = torch.randn(nodes, 32, requires_grad=True)
+    grad = torch.randn(nodes, 32)
+    a = torch.randn(2048, 2048)
+    times: dict[int, list[float]] = {1: [], 2: []}
+    dense: dict[int, list[float]] = {1: [], 2: []}
+    old = chunk_pool.CHUNK_WORKERS
+    try:
+        for r in range(rounds + 1):
+            for w in (1, 2):
+                chunk_pool.CHUNK_WORKERS = w
+                torch.set_num_threads(w)
+                t = time.perf_counter()
+                conv(x, g.edge_index, g.edge_attr).backward(grad)
+                t1 = time.perf_counter()
+                a @ a
+                t2 = time.perf_counter()
+                if r:  # round 0 warms up
+                    times[w].append(t1 - t)
+                    dense[w].append(t2 - t1)
+    finally:
+        chunk_pool.CHUNK_WORKERS = old
+    return {"ecconv_min": {w: min(v) for w, v in times.items()},
+            "ecconv_median": {w: statistics.median(v) for w, v in times.items()},
+            "dense_min": {w: min(v) for w, v in dense.items()}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--degree", type=int, default=25)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--channels", type=int, default=32)
+    p.add_argument("--edges", type=int, default=8192)
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--random-targets", action="store_true", help="targets at random rows instead of in order")
+    a = p.parse_args()
+    order = "random" if a.random_targets else "in order"
+    print(f"one chunk, degree {a.degree}, K = {a.hidden}, C = {a.channels}, {a.edges} edges, targets {order}, "
+          "1 thread [GFLOP/s]:")
+    for name, rate in kernel_rates(a.degree, a.hidden, a.channels, a.edges, a.random_targets).items():
+        print(f"  {name:20s} {rate:6.1f}")
+    s = worker_scaling(a.rounds)
+    print(f"ECConv fwd+bwd, reference case, {a.rounds} rounds: 1 worker {s['ecconv_min'][1]:.3f} s "
+          f"(median {s['ecconv_median'][1]:.3f}), 2 workers {s['ecconv_min'][2]:.3f} s (median "
+          f"{s['ecconv_median'][2]:.3f}) -> {s['ecconv_min'][1] / s['ecconv_min'][2]:.2f}x on mins, "
+          f"{s['ecconv_median'][1] / s['ecconv_median'][2]:.2f}x on medians; dense 2048^3 matmul 1 -> 2 threads "
+          f"{s['dense_min'][1] / s['dense_min'][2]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
