@@ -2,10 +2,11 @@
 
     python benchmarks/bench_kernels.py [--degree 25] [--hidden 64] [--channels 32] [--edges 8192]
 
-1. One chunk of sources of equal out-degree d, data in cache, targets in order (``--random-targets``: at random
-   rows of the output), one thread: GFLOP/s of the fused forward
-   (h Q, scattered), of dQ = H^T G and of dH = G Q^T (dsmpnn.nn.native), against torch.bmm on the same
-   [d, K+1] x [K+1, C] products and a 2048^3 dense matmul.
+1. One chunk of sources of equal out-degree d, targets in order (``--random-targets``: at random rows of the
+   output), one thread: GFLOP/s of one fused forward pass (kernel MLP 3 -> K with ReLU, Q = x W, the scattered
+   products) and one fused backward pass (all the adjoints; h and Q recomputed but not counted), both
+   ``dsmpnn.nn.native.FusedPass``, against torch.bmm on the [d, K+1] x [K+1, C] products alone and a 2048^3
+   dense matmul.
 2. The issue-5 reference ECConv (20,000 nodes, r = 0.02, C = 32, H = 64) forward + backward with 1 and 2 chunk
    workers, interleaved rounds: min and median seconds and the 2-worker speed-up, next to the dense matmul's
    speed-up from 1 to 2 threads.
@@ -34,27 +35,35 @@ def _rate(fn, flops: float, calls: int = 30) -> float:
 
 
 def kernel_rates(degree: int, hidden: int, channels: int, edges: int, random_targets: bool = False) -> dict:
+    """GFLOP/s of the fused forward and backward of one chunk, one thread, against torch.bmm and a dense matmul."""
     kern = native.kernels()
     if kern is None:
         raise SystemExit("the fused CPU kernels are not available here (see the warning above)")
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(0)
-    n, k, c = edges // degree, hidden, channels
+    n, k, c, cin, f = edges // degree, hidden, channels, channels, 3
     e, k1, num_nodes = n * degree, k + 1, 20_000
     deg = torch.full((n,), degree, dtype=torch.long)
-    h, q = torch.randn(e, k1, generator=gen), torch.randn(n, k1, c, generator=gen)
-    qt, g = torch.randn(n, c, k, generator=gen), torch.randn(num_nodes, c, generator=gen)
+    nodes = torch.randperm(num_nodes, generator=gen)[:n]
     # targets in order, as the locality-ordered plan nearly makes them; or random rows of [20000, C]
     dst = torch.randint(0, num_nodes, (e,), generator=gen) if random_targets else torch.arange(e) % num_nodes
-    out, gm = torch.zeros(num_nodes, c), torch.empty(e, c)
-    gq, gh = torch.empty(n, k1, c), torch.empty(e, k)
+    x, wq = torch.randn(num_nodes, cin, generator=gen), torch.randn(cin, k1, c, generator=gen)
+    layers = [native.Layer(torch.randn(k, f, generator=gen), torch.randn(k, generator=gen), "relu")]
+    feats, rows = torch.randn(e, f, generator=gen), torch.arange(e)
+    out, g = torch.zeros(num_nodes, c), torch.randn(num_nodes, c, generator=gen)
+    gx, gw = torch.zeros(num_nodes, cin), torch.zeros(cin, k1 * c)
+    glw, glb = [torch.zeros(f, k)], [torch.zeros(k)]
+    fwd = native.FusedPass(kern, x, wq, k, layers, out=out)
+    bwd = native.FusedPass(kern, x, wq, k, layers, g=g, gx=gx, gw=gw, glw=glw, glb=glb, need_dh=True)
+    mlp, nodes_q, msg = 2.0 * e * f * k, 2.0 * n * cin * k1 * c, 2.0 * e * k * c
+    h, q = torch.randn(e, k1, generator=gen), torch.randn(n, k1, c, generator=gen)
     a = torch.randn(2048, 2048, generator=gen)
-    fwd = 2.0 * e * k1 * c
     return {
-        "fused forward": _rate(lambda: kern.forward(deg, h, q, dst, None, out), fwd),
-        "fused dQ": _rate(lambda: kern.backward(deg, h, None, g, dst, None, gm, gq, None), fwd),
-        "fused dH": _rate(lambda: kern.backward(deg, h, qt, g, dst, None, gm, None, gh), 2.0 * e * k * c),
-        "torch.bmm forward": _rate(lambda: torch.bmm(h.view(n, degree, k1), q), fwd),
+        # counted as in dsmpnn.bench.conv.ecconv_flops: backward without the recomputation of h and Q, and
+        # without dL/d(edge attributes) (not asked for, as in the reference case)
+        "fused forward pass": _rate(lambda: fwd.chunk(deg, nodes, dst, None, feats, rows), mlp + nodes_q + msg),
+        "fused backward pass": _rate(lambda: bwd.chunk(deg, nodes, dst, None, feats, rows), mlp + 2 * (nodes_q + msg)),
+        "torch.bmm [d,K+1]x[K+1,C]": _rate(lambda: torch.bmm(h.view(n, degree, k1), q), msg),
         "dense 2048^3": _rate(lambda: a @ a, 2.0 * 2048**3, 5),
     }
 
@@ -97,13 +106,16 @@ def main() -> None:
     p.add_argument("--channels", type=int, default=32)
     p.add_argument("--edges", type=int, default=8192)
     p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--skip-scaling", action="store_true", help="only the one-chunk rates")
     p.add_argument("--random-targets", action="store_true", help="targets at random rows instead of in order")
     a = p.parse_args()
     order = "random" if a.random_targets else "in order"
     print(f"one chunk, degree {a.degree}, K = {a.hidden}, C = {a.channels}, {a.edges} edges, targets {order}, "
           "1 thread [GFLOP/s]:")
     for name, rate in kernel_rates(a.degree, a.hidden, a.channels, a.edges, a.random_targets).items():
-        print(f"  {name:20s} {rate:6.1f}")
+        print(f"  {name:26s} {rate:6.1f}")
+    if a.skip_scaling:
+        return
     s = worker_scaling(a.rounds)
     print(f"ECConv fwd+bwd, reference case, {a.rounds} rounds: 1 worker {s['ecconv_min'][1]:.3f} s "
           f"(median {s['ecconv_median'][1]:.3f}), 2 workers {s['ecconv_min'][2]:.3f} s (median "

@@ -19,111 +19,158 @@ def test_kernels_build_where_there_is_a_compiler():
     assert native.kernels() is not None
 
 
-def reference(deg, h, q, dst, w, num_nodes, k):
-    """out = sum_e w_e h_e Q_src(e), G = w g[dst], dQ = H^T G, dH = G Q^T[:k], by a loop over sources."""
-    out = torch.zeros(num_nodes, q.shape[2], dtype=h.dtype)
-    g = torch.randn(num_nodes, q.shape[2], dtype=h.dtype, generator=torch.Generator().manual_seed(9))
-    gq, gh = torch.zeros_like(q), torch.zeros(h.shape[0], k, dtype=h.dtype)
-    e0 = 0
-    for j, d in enumerate(deg.tolist()):
-        rows = slice(e0, e0 + d)
-        ww = w[rows, None] if w is not None else 1
-        out.index_add_(0, dst[rows], ww * (h[rows] @ q[j]))
-        gm = ww * g[dst[rows]]
-        gq[j] = h[rows].T @ gm
-        gh[rows] = gm @ q[j, :k].T
-        e0 += d
-    return out, g, gq, gh
+def make_layers(widths, bias, gen, dtype, acts):
+    """Kernel MLP layers widths[0] -> ... -> widths[-1] as native.Layer (weights requiring grad)."""
+    layers = []
+    for i, act in enumerate(acts):
+        w = torch.randn(widths[i + 1], widths[i], generator=gen, dtype=dtype).requires_grad_()
+        b = torch.randn(widths[i + 1], generator=gen, dtype=dtype).requires_grad_() if bias else None
+        layers.append(native.Layer(w, b, act))
+    return layers
 
 
-@needs_kernels
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("k,c", [(1, 1), (7, 3), (8, 8), (13, 11), (16, 16), (33, 17), (64, 32), (20, 40)])
-@pytest.mark.parametrize("weighted", [False, True])
-def test_kernels_equal_loop(dtype, k, c, weighted):
-    """Every tile shape: rows in blocks of 6 and each remainder 1..5, columns in blocks of 2 vectors, 1 vector
-    and scalars; sources of out-degree 1 to 14; repeated targets (also inside one tile)."""
-    gen = torch.Generator().manual_seed(k * 100 + c)
-    n, num_nodes = 23, 17
+def reference(x, wq, k, layers, feats, rows, deg, nodes, dst, ew, num_nodes):
+    """out[dst_e] += w_e [mlp(a_e), (1)] Q_src(e) by autograd over a loop of plain PyTorch operations."""
+    a = feats[rows] if rows is not None else feats
+    for layer in layers:
+        a = a @ layer.weight.T + (layer.bias if layer.bias is not None else 0)
+        a = a.relu() if layer.act == "relu" else a
+    q = (x[nodes] @ wq.reshape(wq.shape[0], -1)).view(len(nodes), -1, wq.shape[2]) if wq is not None else x[nodes]
+    h = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype)], 1) if q.shape[1] == k + 1 else a
+    src_slot = torch.repeat_interleave(torch.arange(len(nodes)), deg)
+    m = torch.einsum("ek,ekc->ec", h, q[src_slot])
+    m = m * ew[:, None] if ew is not None else m
+    return torch.zeros(num_nodes, m.shape[1], dtype=m.dtype).index_add(0, dst, m)
+
+
+CASES = [  # (K, C, C_in, degrees): tile shapes (rows in 6s and 1..5, columns in 2 vectors, 1, scalars), blocks
+    (1, 1, 3, "small"), (7, 3, 5, "small"), (8, 8, 8, "small"), (13, 11, 4, "mixed"), (16, 16, 2, "small"),
+    (33, 17, 6, "mixed"), (64, 32, 32, "small"), (20, 40, 3, "hub"),
+]
+
+
+def chunk_case(k, c, cin, degrees, dtype, seed):
+    """Sources of random out-degree 1..14 ("small"), plus a few of 40-300 ("mixed": blocks cut by edges), or
+    one of 1,100 edges, more than a block holds ("hub"); repeated targets, random node ids."""
+    gen = torch.Generator().manual_seed(seed)
+    n, num_nodes = 41, 60
     deg = torch.randint(1, 15, (n,), generator=gen)
-    deg[0] = 13  # 2 tiles of 6 + 1
+    deg[0] = 13
+    if degrees == "mixed":
+        deg[5:9] = torch.tensor([40, 300, 120, 280])
+    if degrees == "hub":
+        deg[3] = 1100
     e = int(deg.sum())
-    k1 = k + 1
-    h = torch.randn(e, k1, generator=gen, dtype=dtype)
-    h[:, k] = 1  # the bias column
-    q = torch.randn(n, k1, c, generator=gen, dtype=dtype)
     dst = torch.randint(0, num_nodes, (e,), generator=gen)
     dst[:4] = 5  # one target four times in the first tile
-    w = torch.rand(e, generator=gen, dtype=dtype) if weighted else None
-    out_ref, g, gq_ref, gh_ref = reference(deg, h, q, dst, w, num_nodes, k)
-    kern = native.kernels()
-    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
-
-    out = torch.zeros(num_nodes, c, dtype=dtype)
-    kern.forward(deg, h, q, dst, w, out)
-    torch.testing.assert_close(out, out_ref, **tol)
-
-    gm, gq, gh = torch.empty(e, c, dtype=dtype), torch.empty(n, k1, c, dtype=dtype), torch.empty(e, k, dtype=dtype)
-    qt = q[:, :k].transpose(1, 2).contiguous()
-    kern.backward(deg, h, qt, g, dst, w, gm, gq, gh)
-    torch.testing.assert_close(gq, gq_ref, **tol)
-    torch.testing.assert_close(gh, gh_ref, **tol)
-    gq2 = torch.full_like(gq, float("nan"))
-    kern.backward(deg, h, None, g, dst, w, gm, gq2, None)  # dQ only: no Q needed
-    torch.testing.assert_close(gq2, gq_ref, **tol)
+    nodes = torch.randperm(num_nodes, generator=gen)[:n]
+    return gen, deg, e, dst, nodes, num_nodes
 
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("n,cin", [(5, 3), (53, 32), (24, 17)])
-def test_node_adjoints_in_blocks(dtype, n, cin):
-    """dX[nodes] += dQ W^T and dW += X^T dQ, done per block of 24 sources inside the backward call: several
-    blocks and a remainder, existing contents of dX (other rows) and dW kept."""
-    gen = torch.Generator().manual_seed(n + cin)
-    k, c, num_nodes = 6, 5, 70
-    k1 = k + 1
-    deg = torch.randint(1, 6, (n,), generator=gen)
-    e = int(deg.sum())
-    h = torch.randn(e, k1, generator=gen, dtype=dtype)
-    q = torch.randn(n, k1, c, generator=gen, dtype=dtype)
-    dst = torch.randint(0, num_nodes, (e,), generator=gen)
-    nodes = torch.randperm(num_nodes, generator=gen)[:n]
-    xs = torch.randn(n, cin, generator=gen, dtype=dtype)
-    w = torch.randn(cin, k1 * c, generator=gen, dtype=dtype)
-    _, g, gq_ref, _ = reference(deg, h, q, dst, None, num_nodes, k)
-    gx0 = torch.randn(num_nodes, cin, generator=gen, dtype=dtype)
-    gw0 = torch.randn(cin, k1 * c, generator=gen, dtype=dtype)
-    gx, gw = gx0.clone(), gw0.clone()
-    gq = torch.empty(n, k1, c, dtype=dtype)
-    native.kernels().backward(deg, h, None, g, dst, None, torch.empty(e, c, dtype=dtype), gq, None, nodes, xs,
-                              w.T.contiguous(), gx, gw)
-    expected_gx = gx0.clone()
-    expected_gx[nodes] += gq_ref.reshape(n, -1) @ w.T
-    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-4}
-    torch.testing.assert_close(gq, gq_ref, **tol)
-    torch.testing.assert_close(gx, expected_gx, **tol)
-    torch.testing.assert_close(gw, gw0 + xs.T @ gq_ref.reshape(n, -1), **tol)
-    with pytest.raises(ValueError, match="dX needs gq, nodes, wt and gx"):
-        native.kernels().backward(deg, h, None, g, dst, None, torch.empty(e, c, dtype=dtype), gq, None, nodes,
-                                  None, w.T.contiguous(), None, None)
+@pytest.mark.parametrize("k,c,cin,degrees", CASES)
+@pytest.mark.parametrize("variant", ["mlp", "mlp2-nobias-weighted", "given-h", "q-given", "h-in-order"])
+def test_fused_pass_equals_autograd(dtype, k, c, cin, degrees, variant):
+    """Forward and every gradient (x or Q, W, edge inputs, each layer's weight and bias) of one chunk against
+    autograd: kernel MLPs of one and two layers (ReLU, identity), none (h given, by rows or in edge order), Q
+    computed from x W (with the bias row) or given; the gradient accumulators keep what they held."""
+    gen, deg, e, dst, nodes, num_nodes = chunk_case(k, c, cin, degrees, dtype, k * 100 + c)
+    f = 3
+    if variant == "mlp":
+        layers = make_layers([f, k], True, gen, dtype, ["relu"])
+    elif variant == "mlp2-nobias-weighted":
+        layers = make_layers([f, 9, k], False, gen, dtype, ["relu", "identity"])
+    else:
+        layers, f = [], k
+    num_edges = e + 7
+    feats = torch.randn(num_edges, f, generator=gen, dtype=dtype).requires_grad_()
+    rows = torch.randperm(num_edges, generator=gen)[:e] if variant != "h-in-order" else None
+    if variant == "h-in-order":
+        feats = torch.randn(e, f, generator=gen, dtype=dtype).requires_grad_()
+    ew = torch.rand(e, generator=gen, dtype=dtype) if variant == "mlp2-nobias-weighted" else None
+    if variant == "q-given":
+        x, wq = torch.randn(num_nodes, k, c, generator=gen, dtype=dtype).requires_grad_(), None
+    else:
+        x = torch.randn(num_nodes, cin, generator=gen, dtype=dtype).requires_grad_()
+        wq = torch.randn(cin, k + 1, c, generator=gen, dtype=dtype).requires_grad_()
+    out_ref = reference(x, wq, k, layers, feats, rows, deg, nodes, dst, ew, num_nodes)
+    g = torch.randn(num_nodes, c, generator=gen, dtype=dtype)
+    leaves = [x, feats] + ([wq] if wq is not None else []) + [t for m in layers for t in (m.weight, m.bias)
+                                                                  if t is not None]
+    grads = dict(zip(map(id, leaves), torch.autograd.grad(out_ref, leaves, g)))
+    # float32: sums of up to 1,100 terms, and a reference whose parallel scatter adds in varying order
+    tol = {"rtol": 1e-11, "atol": 1e-11} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-3}
+    kern = native.kernels()
+
+    out = torch.randn(num_nodes, c, generator=gen, dtype=dtype)
+    out0 = out.clone()
+    run = native.FusedPass(kern, x.detach(), None if wq is None else wq.detach(), k, layers, out=out)
+    run.chunk(deg, nodes, dst, ew, feats.detach(), rows)
+    torch.testing.assert_close(out, out0 + out_ref.detach(), **tol)
+
+    def acc(t):  # an accumulator that already holds something
+        return torch.randn(t.shape, generator=gen, dtype=dtype)
+
+    gx, gf = acc(x), torch.zeros_like(feats)
+    gw = acc(wq.reshape(cin, -1)) if wq is not None else None
+    glw = [acc(m.weight.T) for m in layers]
+    glb = [acc(m.bias) if m.bias is not None else None for m in layers]
+    start = [t.clone() if t is not None else None for t in (gx, gw, *glw, *glb)]
+    run = native.FusedPass(kern, x.detach(), None if wq is None else wq.detach(), k, layers, g=g, gx=gx, gw=gw,
+                           glw=glw, glb=glb, need_dh=True)
+    run.chunk(deg, nodes, dst, ew, feats.detach(), rows, gf)
+    torch.testing.assert_close(gx, start[0] + grads[id(x)], **tol)
+    torch.testing.assert_close(gf, grads[id(feats)], **tol)
+    if wq is not None:
+        torch.testing.assert_close(gw, start[1] + grads[id(wq)].reshape(cin, -1), **tol)
+    for i, m in enumerate(layers):
+        torch.testing.assert_close(glw[i], start[2 + i] + grads[id(m.weight)].T, **tol)
+        if m.bias is not None:
+            torch.testing.assert_close(glb[i], start[2 + len(layers) + i] + grads[id(m.bias)], **tol)
+
+
+@needs_kernels
+def test_fused_pass_skips_what_is_not_asked():
+    """Backward with only dL/dx, then only dL/da: the other outputs are not written."""
+    gen, deg, e, dst, nodes, num_nodes = chunk_case(8, 8, 5, "mixed", torch.float64, 3)
+    layers = make_layers([3, 8], True, gen, torch.float64, ["relu"])
+    x, wq = torch.randn(num_nodes, 5, dtype=torch.float64), torch.randn(5, 9, 8, dtype=torch.float64)
+    feats, g = torch.randn(e, 3, dtype=torch.float64), torch.randn(num_nodes, 8, dtype=torch.float64)
+    rows = torch.arange(e)
+    full_x, full_f = torch.zeros_like(x), torch.zeros_like(feats)
+    run = native.FusedPass(native.kernels(), x, wq, 8, layers, g=g, gx=full_x, need_dh=True)
+    run.chunk(deg, nodes, dst, None, feats, rows, full_f)
+    only_x = torch.zeros_like(x)
+    native.FusedPass(native.kernels(), x, wq, 8, layers, g=g, gx=only_x).chunk(deg, nodes, dst, None, feats, rows)
+    torch.testing.assert_close(only_x, full_x, rtol=1e-12, atol=1e-12)
+    only_f = torch.zeros_like(feats)
+    native.FusedPass(native.kernels(), x, wq, 8, layers, g=g, need_dh=True).chunk(deg, nodes, dst, None, feats,
+                                                                                   rows, only_f)
+    torch.testing.assert_close(only_f, full_f, rtol=1e-12, atol=1e-12)
 
 
 @needs_kernels
 def test_kernels_refuse_what_they_cannot_read():
     kern = native.kernels()
-    deg, dst = torch.tensor([2]), torch.tensor([0, 1])
-    h, q, out = torch.randn(2, 3), torch.randn(1, 3, 4), torch.zeros(2, 4)
+    deg, dst, nodes = torch.tensor([2]), torch.tensor([0, 1]), torch.tensor([0])
+    x, wq, out, a = torch.randn(2, 3), torch.randn(3, 4, 5), torch.zeros(2, 5), torch.randn(2, 4)
     with pytest.raises(ValueError, match="contiguous CPU torch.float32"):
-        kern.forward(deg, h, q.double(), dst, None, out)
-    with pytest.raises(ValueError, match="contiguous"):
-        kern.forward(deg, h, q.transpose(1, 2).contiguous().transpose(1, 2), dst, None, out)
+        native.FusedPass(kern, x, wq.double(), 4, out=out)
+    with pytest.raises(ValueError, match="contiguous CPU torch.float32"):
+        native.FusedPass(kern, x, wq, 4, out=out).chunk(deg, nodes, dst, None, a.t().contiguous().t(), None)
     with pytest.raises(ValueError, match="int64 indices"):
-        kern.forward(deg, h, q, dst.int(), None, out)
-    with pytest.raises(ValueError, match="gh needs qt"):
-        kern.backward(deg, h, None, out, dst, None, torch.empty(2, 4), None, torch.empty(2, 2))
+        native.FusedPass(kern, x, wq, 4, out=out).chunk(deg, nodes, dst.int(), None, a, None)
+    with pytest.raises(ValueError, match=r"Q has 4 rows, expected K = 2 or K \+ 1"):
+        native.FusedPass(kern, x, wq, 2, out=out)
+    with pytest.raises(ValueError, match=r"x has 3 columns and W 2 rows"):
+        native.FusedPass(kern, x, wq[:2], 4, out=out)
+    with pytest.raises(ValueError, match=r"edge inputs have 3 columns, expected 4"):
+        native.FusedPass(kern, x, wq, 4, out=out).chunk(deg, nodes, dst, None, a[:, :3].contiguous(), None)
+    with pytest.raises(ValueError, match="either a forward"):
+        native.FusedPass(kern, x, wq, 4)
 
 
-@needs_kernels
 def test_build_is_cached_and_keyed_on_the_source(tmp_path, monkeypatch):
     first = native.build(tmp_path)
     stamp = first.stat().st_mtime_ns

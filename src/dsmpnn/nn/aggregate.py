@@ -9,12 +9,8 @@ with :math:`K' = K + 1` when Q carries a last "bias" row (multiplied by a consta
 otherwise; :math:`w_e` are per-edge weights and :math:`s_i` per-target weights (``1/deg(i)`` for a mean).
 
 How it is evaluated (:class:`dsmpnn.nn.edge_plan.EdgePlan`): the edges are grouped by source and cut into
-chunks of at most ``chunk`` edges; each :math:`Q_j` is read once, for all edges of source j. Per chunk, on CPU
-by default, one call of the fused C++ kernels (:mod:`dsmpnn.nn.native`) forms :math:`M_j = H_j Q_j` tile by tile
-in registers and adds each row into its target (sources in locality order, so the targets are in cache).
-Without them (no compiler, ``native.ENABLED = False``) the sources are sorted by out-degree, the messages of all
-sources of out-degree d are one batched product ([n_d, d, K] x [n_d, K, C]) and the [e, C] messages are added
-into their targets by ``index_add_``. The backward pass is the same loop:
+chunks of at most ``chunk`` edges; each :math:`Q_j` is made once, for all edges of source j. The backward pass is
+the same loop:
 
 .. math::
     g^M_e = w_e s_i g_i ,\qquad
@@ -24,22 +20,28 @@ into their targets by ``index_add_``. The backward pass is the same loop:
 :func:`ecconv_aggregate` fuses the two ends of the convolution into the same loop, so that nothing per edge
 except one chunk is ever held, in the forward or the backward pass:
 
-- ``Q_j = x_j W`` (``W`` [C_in, K', C]) is computed per chunk from x and recomputed in backward (a dense
-  [n, C_in] x [C_in, K' C] matmul) instead of storing the [N, K', C] tensor;
+- ``Q_j = x_j W`` (``W`` [C_in, K', C]) is computed per chunk from x and recomputed in backward instead of
+  storing the [N, K', C] tensor;
 - ``h_e = kernel(a_e)`` (the kernel MLP on edge attributes, Linear layers and pointwise activations,
   :class:`dsmpnn.nn.rowwise.RowwiseKernel`) is computed per chunk and recomputed in backward, where the
   kernel's own backward on that chunk gives the gradients of its parameters and of the edge attributes.
 
-Memory: besides the inputs, the [N, C] output and the gradients, one chunk of [e, K], [e, C] and [n, K', C]
-temporaries per worker (e <= chunk edges, n <= e sources); with grad enabled also one copy of the kernel's inputs
-(the edge attributes, [E, F]) in sorted order, kept for backward; without grad (inference) not even that.
+Two implementations of a chunk compute the same sums:
+
+- **fused** (CPU, by default): one call of the C++ kernels (:class:`dsmpnn.nn.native.FusedPass`) per chunk does
+  all of it, block by block of 16 sources in cache-sized buffers: the gather of x, Q = x W, the kernel MLP (when
+  it is Linear layers with ReLU or no activation; otherwise PyTorch evaluates it per chunk and hands h over),
+  the products :math:`\tilde H_j Q_j` added row by row into their targets, and in backward every adjoint
+  (:math:`Q^\top` recomputed in the layout its product needs). Sources are in locality order, so the rows they
+  add into are in cache. Memory: the output (per worker) and one block's buffers; nothing of size E is copied.
+- **PyTorch** (no compiler, ``native.ENABLED = False``, CUDA): the sources are sorted by out-degree, the messages
+  of all sources of out-degree d are one batched product ([n_d, d, K] x [n_d, K, C]) and the [e, C] messages
+  are added into their targets by ``index_add_``; memory: one chunk of [e, K], [e, C] and [n, K', C]
+  temporaries per worker, and with grad enabled one copy of the kernel's inputs ([E, F]) in sorted order, kept
+  for backward.
+
 Work: 2 N C_in K' C (dense) + 2 E K C (batched) multiply-adds forward; backward twice that, plus the recomputation
 of Q and h.
-
-With the fused kernels, backward needs Q only for :math:`\partial L / \partial h`, and recomputes it already
-transposed (``x W^T`` with the weights permuted to [C_in, C K]), the layout in which that product vectorises; the
-adjoints of ``Q = x W`` (``dX_j = dQ_j W^T``, ``dW += X^T dQ``) are applied inside the same call, per block of 24
-sources while their dQ is still in cache.
 
 Threads: on CPU the chunks are split between ``torch.get_num_threads()`` single-threaded workers
 (:mod:`dsmpnn.nn.chunk_pool`; the fused kernels release the GIL). Devices: the code is device-generic; on CUDA
@@ -50,6 +52,7 @@ UNTESTED ON GPU).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -117,41 +120,18 @@ class _GroupedAggregate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, plan: EdgePlan, kernel: RowwiseKernel | None, grad: bool, x, wb, feats, edge_weight,
                 node_weight, *params):
-        k1, c = (wb.shape[1], wb.shape[2]) if wb is not None else (x.shape[1], x.shape[2])
-        k = feats.shape[1] if kernel is None else kernel.out_features
+        c = wb.shape[2] if wb is not None else x.shape[2]
         ws = edge_weight[plan.perm] if edge_weight is not None else None  # [E] in sorted order
-        # With a backward to come, the kernel's inputs (edge attributes: few columns) are sorted once and kept
-        # for it; without (inference), each chunk gathers its own rows, so no [E, F] copy is ever made.
-        keep = kernel is not None and grad and any(ctx.needs_input_grad)
-        fs = torch.index_select(feats, 0, plan.perm) if keep else None  # [E, F] or None
-        padded = maybe_compiled("messages", x.device) if _use_padded(x.device) else None
         fused = _native_kernels(x)
-
-        def work(chunks: Sequence[Chunk]) -> torch.Tensor:
-            out = x.new_zeros(plan.num_nodes, c)  # [N, C] partial sum of this worker
-            q_buf = x.new_empty(plan.max_chunk_nodes, k1 * c)
-            h_buf = _feature_buffer(x, plan.max_chunk_edges, k, k1)
-            m_buf = x.new_empty(plan.max_chunk_edges, c) if padded is None and fused is None else None
-            f_buf = feats.new_empty(plan.max_chunk_edges, feats.shape[1]) if kernel is not None and fs is None \
-                else None
-            for ch in chunks:
-                e = ch.e1 - ch.e0
-                q = _node_kernels(x, wb, plan.sources[ch.n0:ch.n1], q_buf)  # [n, K', C]
-                h = _edge_features(kernel, feats, fs, plan.perm, ch, h_buf[:e], k, None, f_buf)  # [e, K']
-                if fused is not None:  # messages, weights and scatter in one pass
-                    fused.forward(plan.source_degree[ch.n0:ch.n1], h, q, plan.dst_sorted[ch.e0:ch.e1],
-                                  ws[ch.e0:ch.e1] if ws is not None else None, out)
-                    continue
-                if padded is not None:
-                    m = padded(h, q, *plan.padded(ch))  # [e, C]
-                else:
-                    m = m_buf[:e]  # [e, C]
-                    _messages(h, q, plan.groups(ch), m)
-                if ws is not None:
-                    m.mul_(ws[ch.e0:ch.e1, None])
-                out.index_add_(0, plan.dst_sorted[ch.e0:ch.e1], m)
-            return out
-
+        fs = None
+        if fused is not None:
+            work = _fused_forward(fused, plan, kernel, x, wb, feats, ws)
+        else:
+            # With a backward to come, the kernel's inputs (edge attributes: few columns) are sorted once and
+            # kept for it; without (inference), each chunk gathers its own rows, so no [E, F] copy is made.
+            keep = kernel is not None and grad and any(ctx.needs_input_grad)
+            fs = torch.index_select(feats, 0, plan.perm) if keep else None  # [E, F] or None
+            work = _torch_forward(plan, kernel, x, wb, feats, fs, ws)
         parts = run_chunks(work, plan.chunks, x.device) if plan.num_edges else [x.new_zeros(plan.num_nodes, c)]
         out = parts[0]
         for part in parts[1:]:
@@ -167,81 +147,18 @@ class _GroupedAggregate(torch.autograd.Function):
     def backward(ctx, g):
         plan, kernel = ctx.plan, ctx.kernel
         x, wb, feats, fs, edge_weight, node_weight, *params = ctx.saved_tensors
-        need_x, need_wb, need_f = ctx.needs_input_grad[3:6]
-        need_p = ctx.needs_input_grad[8:]
-        k1, c = (wb.shape[1], wb.shape[2]) if wb is not None else (x.shape[1], x.shape[2])
-        k = feats.shape[1] if kernel is None else kernel.out_features
-        want_q, want_h = need_x or need_wb, need_f or any(need_p)
+        need = _Needs(*ctx.needs_input_grad[3:6], tuple(ctx.needs_input_grad[8:]))
         # rows of gx and gf belong to one chunk each: workers write them in place, disjointly
-        gx = torch.zeros_like(x) if need_x else None
-        gf = torch.zeros_like(feats) if need_f else None
+        gx = torch.zeros_like(x) if need.x else None
+        gf = torch.zeros_like(feats) if need.f else None
         g = g * node_weight[:, None] if node_weight is not None else g.contiguous()
         ws = edge_weight[plan.perm] if edge_weight is not None else None
-        wb2 = wb.reshape(wb.shape[0], k1 * c) if wb is not None else None  # [C_in, K' C]
-        padded = maybe_compiled("grads", x.device) if _use_padded(x.device) else None
         fused = _native_kernels(x)
-        # the fused kernels take Q transposed, without the bias row: [C_in, C K] weights give it directly
-        wbt = wb[:, :k].transpose(1, 2).reshape(wb.shape[0], c * k) if fused is not None and wb is not None \
-            and want_h else None
-        wt = wb2.T.contiguous() if fused is not None and wb is not None and need_x else None  # [K' C, C_in]
-
-        def work(chunks: Sequence[Chunk]) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
-            # partial sums of this worker: dL/dW, and the kernel's parameter gradients (Linear weights
-            # transposed, [in, out], see RowwiseKernel.backward)
-            gwb = x.new_zeros(wb.shape[0], k1 * c) if need_wb else None  # [C_in, K' C]
-            gp = [(p.new_zeros(p.shape[::-1]) if p.dim() == 2 else torch.zeros_like(p)) if n else None
-                  for p, n in zip(params, need_p)]
-            if not chunks:
-                return gwb, gp
-            q_buf = x.new_empty(plan.max_chunk_nodes, k1 * c) if fused is None or want_h else None
-            h_buf = _feature_buffer(x, plan.max_chunk_edges, k, k1)
-            gm_buf = x.new_empty(plan.max_chunk_edges, c)
-            gq_buf = x.new_empty(plan.max_chunk_nodes, k1 * c) if want_q and padded is None else None
-            gh_buf = x.new_empty(plan.max_chunk_edges, k) if want_h and padded is None else None
-            for ch in chunks:
-                n, e = ch.n1 - ch.n0, ch.e1 - ch.e0
-                nodes, rows = plan.sources[ch.n0:ch.n1], plan.perm[ch.e0:ch.e1]
-                tape: list | None = [] if want_h else None
-                h = _edge_features(kernel, feats, fs, plan.perm, ch, h_buf[:e], k, tape)  # [e, K'], recomputed
-                if fused is not None:
-                    # one pass: gather and weights, both adjoints of the messages, and (Q = x W) those of Q, block
-                    # by block while dQ is in cache; Q itself only for dL/dh
-                    xs = torch.index_select(x, 0, nodes) if wb is not None and (want_h or need_wb) else None
-                    qt = _node_kernels_t(x, wbt, nodes, k, q_buf, xs) if want_h else None  # [n, C, K], recomputed
-                    gq = gq_buf[:n].view(n, k1, c) if want_q else None  # [n, K', C]
-                    gh = gh_buf[:e] if want_h else None  # [e, K]
-                    node_grads = want_q and wb is not None
-                    fused.backward(plan.source_degree[ch.n0:ch.n1], h, qt, g, plan.dst_sorted[ch.e0:ch.e1],
-                                   ws[ch.e0:ch.e1] if ws is not None else None, gm_buf[:e], gq, gh,
-                                   nodes if node_grads else None, xs if node_grads and need_wb else None,
-                                   wt if node_grads and need_x else None, gx if node_grads and need_x else None,
-                                   gwb if node_grads and need_wb else None)
-                else:
-                    q = _node_kernels(x, wb, nodes, q_buf)  # [n, K', C], recomputed
-                    gm = torch.index_select(g, 0, plan.dst_sorted[ch.e0:ch.e1], out=gm_buf[:e])  # [e, C]
-                    if ws is not None:
-                        gm.mul_(ws[ch.e0:ch.e1, None])
-                    if padded is not None:
-                        gq, gh = padded(h, q, gm, *plan.padded(ch), k, want_q, want_h)
-                    else:
-                        gq = gq_buf[:n].view(n, k1, c) if want_q else None  # [n, K', C]
-                        gh = gh_buf[:e] if want_h else None  # [e, K]
-                        _message_grads(h, q, gm, plan.groups(ch), gq, gh)
-                if want_q and wb is None:  # Q given: its gradient is the result
-                    gx.index_copy_(0, nodes, gq)
-                elif want_q and fused is None:
-                    gq2 = gq.reshape(n, k1 * c)  # [n, K' C]
-                    if need_x:
-                        gx.index_copy_(0, nodes, gq2 @ wb2.T)  # [n, C_in]
-                    if need_wb:
-                        gwb.addmm_(torch.index_select(x, 0, nodes).T, gq2)  # [C_in, K' C]
-                if kernel is not None and want_h:
-                    gh = kernel.backward(tape, gh, gp, need_f)  # overwrites gh; dL/da [e, F] or None
-                if need_f:
-                    gf.index_copy_(0, rows, gh)
-            return gwb, gp
-
-        if plan.num_edges and (want_q or want_h):
+        if fused is not None:
+            work = _fused_backward(fused, plan, kernel, need, x, wb, feats, ws, params, g, gx, gf)
+        else:
+            work = _torch_backward(plan, kernel, need, x, wb, feats, fs, ws, params, g, gx, gf)
+        if plan.num_edges and (need.q or need.h):
             parts = run_chunks(work, plan.chunks, x.device)
         else:
             parts = [work(())]
@@ -255,6 +172,181 @@ class _GroupedAggregate(torch.autograd.Function):
         gwb = gwb.view(wb.shape) if gwb is not None else None
         gp = [gr.T if gr is not None and gr.dim() == 2 else gr for gr in gp]
         return (None, None, None, gx, gwb, gf, None, None, *gp)
+
+
+@dataclass(frozen=True)
+class _Needs:
+    """Which gradients backward computes: of x, wb, feats and of each kernel parameter."""
+
+    x: bool
+    wb: bool
+    f: bool
+    p: tuple[bool, ...]
+
+    @property
+    def q(self) -> bool:  # dL/dQ is needed
+        return self.x or self.wb
+
+    @property
+    def h(self) -> bool:  # dL/dh is needed
+        return self.f or any(self.p)
+
+
+def _grad_accumulators(x: torch.Tensor, wb: torch.Tensor | None, params: Sequence[torch.Tensor],
+                       need: _Needs) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+    """One worker's partial sums: dL/dW [C_in, K' C], and the kernel's parameter gradients (Linear weights
+    transposed, [in, out], see RowwiseKernel.backward)."""
+    gwb = x.new_zeros(wb.shape[0], wb.shape[1] * wb.shape[2]) if need.wb else None
+    gp = [(p.new_zeros(p.shape[::-1]) if p.dim() == 2 else torch.zeros_like(p)) if n else None
+          for p, n in zip(params, need.p)]
+    return gwb, gp
+
+
+def _fused_forward(fused: native.NativeKernels, plan: EdgePlan, kernel: RowwiseKernel | None, x: torch.Tensor,
+                   wb: torch.Tensor | None, feats: torch.Tensor, ws: torch.Tensor | None):
+    """A worker's forward over its chunks with the fused kernels: one C++ call per chunk does all of it (the
+    kernel MLP too, when :meth:`RowwiseKernel.native_layers` can describe it; else PyTorch evaluates it per chunk
+    and hands h over)."""
+    k = feats.shape[1] if kernel is None else kernel.out_features
+    c = wb.shape[2] if wb is not None else x.shape[2]
+    layers = kernel.native_layers() if kernel is not None else []
+
+    def work(chunks: Sequence[Chunk]) -> torch.Tensor:
+        out = x.new_zeros(plan.num_nodes, c)  # [N, C] partial sum of this worker
+        run = native.FusedPass(fused, x, wb, k, layers or (), out=out)
+        for ch in chunks:
+            a, rows = feats, plan.perm[ch.e0:ch.e1]
+            if layers is None:  # the kernel MLP by PyTorch
+                a, rows = kernel.forward(torch.index_select(feats, 0, rows)), None  # [e, K]
+            run.chunk(plan.source_degree[ch.n0:ch.n1], plan.sources[ch.n0:ch.n1], plan.dst_sorted[ch.e0:ch.e1],
+                      ws[ch.e0:ch.e1] if ws is not None else None, a, rows)
+        return out
+
+    return work
+
+
+def _fused_backward(fused: native.NativeKernels, plan: EdgePlan, kernel: RowwiseKernel | None, need: _Needs,
+                    x: torch.Tensor, wb: torch.Tensor | None, feats: torch.Tensor, ws: torch.Tensor | None,
+                    params: Sequence[torch.Tensor], g: torch.Tensor, gx: torch.Tensor | None,
+                    gf: torch.Tensor | None):
+    """A worker's backward over its chunks with the fused kernels (h and Q recomputed per block in C++; the
+    adjoints of the kernel MLP and of Q = x W applied there too)."""
+    k = feats.shape[1] if kernel is None else kernel.out_features
+    layers = kernel.native_layers() if kernel is not None else []
+
+    def work(chunks: Sequence[Chunk]) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+        gwb, gp = _grad_accumulators(x, wb, params, need)
+        if not chunks:
+            return gwb, gp
+        glw, glb, i = [], [], 0
+        for layer in layers or ():  # parameters() order: each Linear's weight, then its bias
+            glw.append(gp[i])
+            glb.append(gp[i + 1] if layer.bias is not None else None)
+            i += 1 + (layer.bias is not None)
+        run = native.FusedPass(fused, x, wb, k, layers or (), g=g, gx=gx, gw=gwb, glw=glw, glb=glb,
+                               need_dh=need.h)
+        gh_buf = x.new_empty(plan.max_chunk_edges, k) if layers is None and need.h else None
+        for ch in chunks:
+            rows = plan.perm[ch.e0:ch.e1]
+            args = (plan.source_degree[ch.n0:ch.n1], plan.sources[ch.n0:ch.n1], plan.dst_sorted[ch.e0:ch.e1],
+                    ws[ch.e0:ch.e1] if ws is not None else None)
+            if layers is not None:
+                run.chunk(*args, feats, rows, gf)
+                continue
+            tape: list | None = [] if need.h else None  # the kernel MLP by PyTorch: recomputed, then its backward
+            h = kernel.forward(torch.index_select(feats, 0, rows), tape)  # [e, K]
+            gh = gh_buf[:ch.e1 - ch.e0] if need.h else None
+            run.chunk(*args, h, None, gh)
+            if need.h:
+                ga = kernel.backward(tape, gh, gp, need.f)  # dL/da [e, F] or None
+                if need.f:
+                    gf.index_copy_(0, rows, ga)
+        return gwb, gp
+
+    return work
+
+
+def _torch_forward(plan: EdgePlan, kernel: RowwiseKernel | None, x: torch.Tensor, wb: torch.Tensor | None,
+                   feats: torch.Tensor, fs: torch.Tensor | None, ws: torch.Tensor | None):
+    """A worker's forward over its chunks with PyTorch operations (one ``bmm`` per out-degree, or the padded
+    product on CUDA)."""
+    k1, c = (wb.shape[1], wb.shape[2]) if wb is not None else (x.shape[1], x.shape[2])
+    k = feats.shape[1] if kernel is None else kernel.out_features
+    padded = maybe_compiled("messages", x.device) if _use_padded(x.device) else None
+
+    def work(chunks: Sequence[Chunk]) -> torch.Tensor:
+        out = x.new_zeros(plan.num_nodes, c)  # [N, C] partial sum of this worker
+        q_buf = x.new_empty(plan.max_chunk_nodes, k1 * c)
+        h_buf = _feature_buffer(x, plan.max_chunk_edges, k, k1)
+        m_buf = x.new_empty(plan.max_chunk_edges, c) if padded is None else None
+        f_buf = feats.new_empty(plan.max_chunk_edges, feats.shape[1]) if kernel is not None and fs is None \
+            else None
+        for ch in chunks:
+            e = ch.e1 - ch.e0
+            q = _node_kernels(x, wb, plan.sources[ch.n0:ch.n1], q_buf)  # [n, K', C]
+            h = _edge_features(kernel, feats, fs, plan.perm, ch, h_buf[:e], k, None, f_buf)  # [e, K']
+            if padded is not None:
+                m = padded(h, q, *plan.padded(ch))  # [e, C]
+            else:
+                m = m_buf[:e]  # [e, C]
+                _messages(h, q, plan.groups(ch), m)
+            if ws is not None:
+                m.mul_(ws[ch.e0:ch.e1, None])
+            out.index_add_(0, plan.dst_sorted[ch.e0:ch.e1], m)
+        return out
+
+    return work
+
+
+def _torch_backward(plan: EdgePlan, kernel: RowwiseKernel | None, need: _Needs, x: torch.Tensor,
+                    wb: torch.Tensor | None, feats: torch.Tensor, fs: torch.Tensor | None, ws: torch.Tensor | None,
+                    params: Sequence[torch.Tensor], g: torch.Tensor, gx: torch.Tensor | None,
+                    gf: torch.Tensor | None):
+    """A worker's backward over its chunks with PyTorch operations."""
+    k1, c = (wb.shape[1], wb.shape[2]) if wb is not None else (x.shape[1], x.shape[2])
+    k = feats.shape[1] if kernel is None else kernel.out_features
+    wb2 = wb.reshape(wb.shape[0], k1 * c) if wb is not None else None  # [C_in, K' C]
+    padded = maybe_compiled("grads", x.device) if _use_padded(x.device) else None
+
+    def work(chunks: Sequence[Chunk]) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+        gwb, gp = _grad_accumulators(x, wb, params, need)
+        if not chunks:
+            return gwb, gp
+        q_buf = x.new_empty(plan.max_chunk_nodes, k1 * c)
+        h_buf = _feature_buffer(x, plan.max_chunk_edges, k, k1)
+        gm_buf = x.new_empty(plan.max_chunk_edges, c)
+        gq_buf = x.new_empty(plan.max_chunk_nodes, k1 * c) if need.q and padded is None else None
+        gh_buf = x.new_empty(plan.max_chunk_edges, k) if need.h and padded is None else None
+        for ch in chunks:
+            n, e = ch.n1 - ch.n0, ch.e1 - ch.e0
+            nodes, rows = plan.sources[ch.n0:ch.n1], plan.perm[ch.e0:ch.e1]
+            tape: list | None = [] if need.h else None
+            h = _edge_features(kernel, feats, fs, plan.perm, ch, h_buf[:e], k, tape)  # [e, K'], recomputed
+            q = _node_kernels(x, wb, nodes, q_buf)  # [n, K', C], recomputed
+            gm = torch.index_select(g, 0, plan.dst_sorted[ch.e0:ch.e1], out=gm_buf[:e])  # [e, C]
+            if ws is not None:
+                gm.mul_(ws[ch.e0:ch.e1, None])
+            if padded is not None:
+                gq, gh = padded(h, q, gm, *plan.padded(ch), k, need.q, need.h)
+            else:
+                gq = gq_buf[:n].view(n, k1, c) if need.q else None  # [n, K', C]
+                gh = gh_buf[:e] if need.h else None  # [e, K]
+                _message_grads(h, q, gm, plan.groups(ch), gq, gh)
+            if need.q and wb is None:  # Q given: its gradient is the result
+                gx.index_copy_(0, nodes, gq)
+            elif need.q:
+                gq2 = gq.reshape(n, k1 * c)  # [n, K' C]
+                if need.x:
+                    gx.index_copy_(0, nodes, gq2 @ wb2.T)  # [n, C_in]
+                if need.wb:
+                    gwb.addmm_(torch.index_select(x, 0, nodes).T, gq2)  # [C_in, K' C]
+            if kernel is not None and need.h:
+                gh = kernel.backward(tape, gh, gp, need.f)  # overwrites gh; dL/da [e, F] or None
+            if need.f:
+                gf.index_copy_(0, rows, gh)
+        return gwb, gp
+
+    return work
 
 
 def _feature_buffer(x: torch.Tensor, rows: int, k: int, k1: int) -> torch.Tensor:
@@ -291,20 +383,6 @@ def _node_kernels(x: torch.Tensor, wb: torch.Tensor | None, nodes: torch.Tensor,
         return torch.index_select(x.reshape(x.shape[0], -1), 0, nodes, out=buf[:n]).view(n, *x.shape[1:])
     q = torch.mm(torch.index_select(x, 0, nodes), wb.reshape(wb.shape[0], -1), out=buf[:n])  # [n, K' C]
     return q.view(n, wb.shape[1], wb.shape[2])
-
-
-def _node_kernels_t(x: torch.Tensor, wbt: torch.Tensor | None, nodes: torch.Tensor, k: int,
-                    buf: torch.Tensor, xs: torch.Tensor | None = None) -> torch.Tensor:
-    """Q_j^T without the bias row for the chunk's sources: x[nodes] @ W^T -> [n, C, K], with wbt [C_in, C K] the
-    weights in that order (or, when W is None, x[nodes] [n, K, C] transposed); ``xs``: x[nodes] if at hand."""
-    n = nodes.shape[0]
-    if wbt is None:
-        c = x.shape[2]
-        q = torch.index_select(x, 0, nodes)[:, :k]  # [n, K, C]
-        return buf.view(-1)[:n * c * k].view(n, c, k).copy_(q.transpose(1, 2))
-    xs = torch.index_select(x, 0, nodes) if xs is None else xs
-    q = torch.mm(xs, wbt, out=buf.view(-1)[:n * wbt.shape[1]].view(n, -1))  # [n, C K]
-    return q.view(n, -1, k)
 
 
 def ecconv_aggregate(x: torch.Tensor, wb: torch.Tensor, feats: torch.Tensor, plan: EdgePlan,

@@ -1,26 +1,32 @@
-// Fused CPU kernels for one chunk of the edge-conditioned aggregation (dsmpnn.nn.native loads this file).
+// Fused CPU kernels: one call evaluates one chunk of the edge-conditioned aggregation, forward or backward
+// (dsmpnn.nn.native loads this file and describes the arguments).
 //
-// A chunk holds n sources; source j owns d_j consecutive (sorted) edges. With h [e, K'] the edge features
-// (K' = K + 1 when the last column is the constant 1 of the bias row), Q_j [K', C] the node kernels and
-// Q^T_j [C, K] their transpose without the bias row:
+// A chunk holds n sources; source j owns d_j consecutive (sorted) edges. With a [e, F] the edge inputs,
+// h = mlp(a) [e, K] the kernel features (h~ = [h, 1], K' = K + 1, when Q has the bias row), Q_j = x_j W [K', C]
+// the node kernels:
 //
-//   forward:   out[dst_e] += w_e * (h_e Q_j)                    for each edge e of j      (scatter fused)
+//   forward:   out[dst_e] += w_e * (h~_e Q_j)                   for each edge e of j      (scatter fused)
 //   backward:  G_j = w_e * g[dst_e]                              [d_j, C]                  (gather fused)
-//              dQ_j = H_j^T G_j                                  [K', C]
-//              dH_j = G_j Q^T_j                                  [d_j, K]
-//   and, with Q = x W, per block of sources while their dQ is still in cache:
+//              dQ_j = H~_j^T G_j                                 [K', C]
+//              dH_j = G_j Q^T_j                                  [d_j, K]  (Q^T recomputed, bias row left out)
 //              dX[j] += dQ_j W^T,  dW += X_blk^T dQ_blk          [C_in], [C_in, K' C]
+//              and the MLP's backward from dH: its weight and bias gradients, dL/da.
 //
-// All these products are out[M, L] = A[M, R] B[R, L] with a strided A, and run through one register-blocked
-// micro-kernel: MR = 2 rows of `out` by NV vectors of `Vec<T>::W` columns, accumulated over R with B's row loaded
-// once per step for both rows (the layout of a BLAS micro-kernel, written with GCC/Clang vector extensions so
+// Nothing is kept between calls: per block of at most 16 sources, Q, h (the MLP run again in backward) and
+// every intermediate are made in buffers reused from block to block, so they stay in L1/L2; nothing of size
+// [e, C] or [n, K', C] is ever written to memory.
+//
+// All the products are out[M, L] = A[M, R] B[R, L] with a strided A, and run through one register-blocked
+// micro-kernel: 6 rows of `out` by NV vectors of `Vec<T>::W` columns, accumulated over R with B's row loaded
+// once per step for all rows (the layout of a BLAS micro-kernel, written with GCC/Clang vector extensions so
 // that the compiler emits AVX2/AVX-512 or SSE as the machine allows). Every function is single-threaded: the
-// caller runs chunks on several threads, each with its own `out`.
+// caller runs chunks on several threads, each with its own `out` and gradient accumulators.
 //
 // The sums are taken in a fixed order (over R, then rows in edge order), so results are deterministic.
 
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace {
 
@@ -49,15 +55,24 @@ inline void store(T* p, const V& v) {
     std::memcpy(p, &v, sizeof v);
 }
 
-// Where a row of the product goes: out[idx[m]] += scale[m] * acc (idx set), out[m] += acc (add), else out[m] = acc.
+// Where a row of the product goes: out[idx[m]] += scale[m] * acc (idx set), out[m] += acc (add), else
+// out[m] = act(acc + bias) (bias: one value per column or null; act: ReLU when relu is set, else none).
 template <typename T>
 struct Epilogue {
     T* out;
     int64_t ldo;
     const int64_t* idx;
-    const T* scale;    // nullptr: 1 (only read when idx is set)
-    bool add = false;  // without idx: accumulate instead of store
+    const T* scale;            // nullptr: 1 (only read when idx is set)
+    bool add = false;          // without idx: accumulate instead of store
+    const T* bias = nullptr;   // store only
+    bool relu = false;         // store only
 };
+
+template <typename V>
+inline V relu(V v) {
+    const auto positive = v > V{};  // all bits set where v > 0
+    return (V)((decltype(positive))v & positive);
+}
 
 // Rows [m0, m0 + MR) and columns [l0, l0 + NV W) of out = A B, A[m, r] = a[m sam + r sar], B[r, l] = b[r ldb + l].
 template <typename T, int MR, int NV>
@@ -92,7 +107,10 @@ inline void tile(const T* a, int64_t sam, int64_t sar, const T* b, int64_t ldb, 
             for (int v = 0; v < NV; ++v) store(o + v * W, load<V>(o + v * W) + acc[i][v]);
         } else {
             T* o = ep.out + m * ep.ldo + l0;
-            for (int v = 0; v < NV; ++v) store(o + v * W, acc[i][v]);
+            for (int v = 0; v < NV; ++v) {
+                V r = ep.bias ? acc[i][v] + load<V>(ep.bias + l0 + v * W) : acc[i][v];
+                store(o + v * W, ep.relu ? relu(r) : r);
+            }
         }
     }
 }
@@ -109,8 +127,10 @@ void tail_columns(const T* a, int64_t sam, int64_t sar, const T* b, int64_t ldb,
                 ep.out[ep.idx[m] * ep.ldo + l] += (ep.scale ? ep.scale[m] : T(1)) * acc;
             else if (ep.add)
                 ep.out[m * ep.ldo + l] += acc;
-            else
-                ep.out[m * ep.ldo + l] = acc;
+            else {
+                const T r = ep.bias ? acc + ep.bias[l] : acc;
+                ep.out[m * ep.ldo + l] = ep.relu && !(r > T(0)) ? T(0) : r;
+            }
         }
 }
 
@@ -142,61 +162,267 @@ void gemm(const T* a, int64_t sam, int64_t sar, const T* b, int64_t ldb, int64_t
     if (l < L) tail_columns(a, sam, sar, b, ldb, M, R, L, ep, l);
 }
 
+
+// ---------------------------------------------------------------------------------------------------------------
+// One chunk of the aggregation, block by block: a block is up to kBlockSources consecutive sources (fewer when
+// their edges pass kBlockEdges; one source of higher degree is a block of its own). Everything a block needs
+// (the sources' x rows and Q, the edges' kernel features and the kernel's intermediate values) is made in small
+// buffers reused from block to block, so it stays in L1/L2 while it is used.
+
+constexpr int64_t kBlockSources = 16;  // Q of a block: 16 K' C floats (133 KB at K' = 65, C = 32)
+constexpr int64_t kBlockEdges = 1024;
+
+// The kernel MLP h = act_L(... act_1(a W_1^T + b_1) ...) W_L^T + b_L ..., layer l mapping dims[l] -> dims[l + 1].
+enum Act : int32_t { kIdentity = 0, kRelu = 1 };
+
+// What stays the same for every chunk of one pass (one layer call). Pointers are to T (float or double).
+struct Pass {
+    int64_t cin, k1, k, c;        // C_in, K' (rows of Q: K, or K + 1 with the bias row), K (kernel width), C
+    const void* x;                // [N_src, C_in]; or Q itself, [N_src, K', C], when wq is null
+    const void* wq;               // W [C_in, K' C] (Q = x W) or null
+    const void* wqt;              // W^T [K' C, C_in] (backward, dX) or null
+    const void* wqk;              // W permuted to [C_in, C K] (backward: Q^T without the bias row) or null
+    int64_t nl;                   // layers of the kernel MLP (0: h = the edge inputs themselves)
+    const int64_t* dims;          // [nl + 1]: dims[0] = F (edge input width), dims[nl] = K
+    const void* const* lw;        // [nl] layer weights W_l [dims[l + 1], dims[l]]
+    const void* const* lwt;       // [nl] the same transposed, [dims[l], dims[l + 1]]
+    const void* const* lb;        // [nl] biases [dims[l + 1]] or null entries
+    const int32_t* act;           // [nl] activation after each layer (Act)
+    const void* g;                // backward: dL/dout [N, C]
+    void* out;                    // forward: [N, C], added to
+    void* gx;                     // backward: dL/dx [N_src, C_in] (or dL/dQ [N_src, K' C]) added to, or null
+    void* gw;                     // backward: dL/dW [C_in, K' C] added to, or null
+    void* const* glw;             // backward: [nl] dL/dW_l^T [dims[l], dims[l + 1]] added to, or null entries
+    void* const* glb;             // backward: [nl] dL/db_l added to, or null entries
+};
+
+// One chunk: n sources, e edges (sorted by source).
+struct Chunk {
+    int64_t n, e;
+    const int64_t* deg;    // [n] edges per source
+    const int64_t* nodes;  // [n] source node ids
+    const int64_t* dst;    // [e] targets
+    const void* ew;        // [e] edge weights or null (1)
+    const void* a;         // edge inputs: rows rows[i] of a [E, F]; or, with rows null, a [e, F] in edge order
+    const int64_t* rows;   // [e] or null
+    void* ga;              // backward: dL/da, rows rows[i] of [E, F] (or [e, F] in order) written, or null
+};
+
+struct Block {
+    int64_t j0, j1, e0, e1;  // sources [j0, j1), edges [e0, e1) of the chunk
+};
+
+std::vector<Block> blocks_of(const Chunk& ch, int64_t* max_edges) {
+    std::vector<Block> out;
+    int64_t j = 0, e = 0;
+    *max_edges = 0;
+    while (j < ch.n) {
+        Block b{j, j, e, e};
+        while (b.j1 < ch.n && b.j1 - b.j0 < kBlockSources &&
+               (b.j1 == b.j0 || b.e1 - b.e0 + ch.deg[b.j1] <= kBlockEdges)) {
+            b.e1 += ch.deg[b.j1];
+            ++b.j1;
+        }
+        out.push_back(b);
+        *max_edges = b.e1 - b.e0 > *max_edges ? b.e1 - b.e0 : *max_edges;
+        j = b.j1;
+        e = b.e1;
+    }
+    return out;
+}
+
+// The kernel MLP on the block's edges: acts[0] = edge inputs [eb, F], acts[l + 1] = layer l's output (after its
+// activation) [eb, dims[l + 1]]; the last is written into h [eb, K'] (row stride K'), whose column K is 1 when
+// K' = K + 1. With nl = 0, h = the inputs.
 template <typename T>
-void forward(int64_t n, const int64_t* deg, int64_t k1, int64_t c, const T* h, const T* q, const int64_t* dst,
-             const T* w, T* out) {
-    for (int64_t j = 0; j < n; ++j) {
-        const int64_t d = deg[j];
-        gemm<T>(h, k1, 1, q + j * k1 * c, c, d, k1, c, Epilogue<T>{out, c, dst, w});
-        h += d * k1;
-        dst += d;
-        if (w) w += d;
+struct Kernel {
+    const Pass& p;
+    std::vector<std::vector<T>> acts;
+
+    std::vector<T> pingpong[2];  // backward: dL/d(layer input), alternating between the two
+
+    Kernel(const Pass& pass, int64_t max_edges) : p(pass), acts(pass.nl + 1) {
+        int64_t widest = 0;
+        for (int64_t l = 0; l <= p.nl; ++l) {
+            if (l == 0 || l < p.nl) acts[l].resize(max_edges * p.dims[l]);  // the last layer's output lives in h
+            widest = p.dims[l] > widest ? p.dims[l] : widest;
+        }
+        pingpong[0].resize(max_edges * widest);
+        pingpong[1].resize(max_edges * widest);
+    }
+
+    void forward(const Chunk& ch, int64_t e0, int64_t eb, T* h) {
+        const int64_t f = p.dims[0], k1 = p.k1, k = p.k;
+        const T* a = static_cast<const T*>(ch.a) + (ch.rows ? 0 : e0 * f);
+        T* in = acts[0].data();
+        for (int64_t i = 0; i < eb; ++i) {
+            const T* src = ch.rows ? a + ch.rows[e0 + i] * f : a + i * f;
+            for (int64_t m = 0; m < f; ++m) in[i * f + m] = src[m];
+        }
+        for (int64_t l = 0; l < p.nl; ++l) {  // act(a W^T + b), bias and activation applied as each tile is stored
+            const int64_t di = p.dims[l], dout = p.dims[l + 1];
+            const bool last = l + 1 == p.nl;
+            gemm<T>(acts[l].data(), di, 1, static_cast<const T*>(p.lwt[l]), dout, eb, di, dout,
+                    Epilogue<T>{last ? h : acts[l + 1].data(), last ? k1 : dout, nullptr, nullptr, false,
+                                static_cast<const T*>(p.lb[l]), p.act[l] == kRelu});
+        }
+        if (p.nl == 0)
+            for (int64_t i = 0; i < eb; ++i) std::memcpy(h + i * k1, in + i * f, k * sizeof(T));
+        if (k1 == k + 1)
+            for (int64_t i = 0; i < eb; ++i) h[i * k1 + k] = T(1);
+    }
+
+    // gh = dL/dh [eb, K] (overwritten): the parameter gradients added into p.glw / p.glb, dL/da written into
+    // ch.ga. Layer by layer: g_pre = act'(z_l) g, dW_l^T += a_l^T g_pre, db_l += sum g_pre, g <- g_pre W_l.
+    // h: the block's kernel output [eb, K'] as forward left it (the last layer's activations).
+    void backward(const Chunk& ch, int64_t e0, int64_t eb, const T* h, T* gh) {
+        T* g = gh;
+        for (int64_t l = p.nl - 1; l >= 0; --l) {
+            const int64_t di = p.dims[l], dout = p.dims[l + 1];
+            if (p.act[l] == kRelu) {  // ReLU's output carries its derivative
+                const bool last = l + 1 == p.nl;
+                const T* y = last ? h : acts[l + 1].data();
+                const int64_t ldy = last ? p.k1 : dout;
+                for (int64_t i = 0; i < eb; ++i)
+                    for (int64_t m = 0; m < dout; ++m)
+                        if (!(y[i * ldy + m] > T(0))) g[i * dout + m] = T(0);
+            }
+            if (p.glw[l])  // [di, eb] x [eb, dout]
+                gemm<T>(acts[l].data(), 1, di, g, dout, di, eb, dout,
+                        Epilogue<T>{static_cast<T*>(p.glw[l]), dout, nullptr, nullptr, true});
+            if (p.glb[l]) {
+                T* gb = static_cast<T*>(p.glb[l]);
+                for (int64_t i = 0; i < eb; ++i)
+                    for (int64_t m = 0; m < dout; ++m) gb[m] += g[i * dout + m];
+            }
+            if (l == 0 && !ch.ga) return;
+            T* next = pingpong[l % 2].data();  // never g: g is gh or the other buffer
+            gemm<T>(g, dout, 1, static_cast<const T*>(p.lw[l]), di, eb, dout, di, Epilogue<T>{next, di, nullptr, nullptr});
+            g = next;
+        }
+        if (!ch.ga) return;
+        const int64_t f = p.dims[0];
+        T* ga = static_cast<T*>(ch.ga);
+        for (int64_t i = 0; i < eb; ++i)
+            std::memcpy(ch.rows ? ga + ch.rows[e0 + i] * f : ga + (e0 + i) * f, g + i * f, f * sizeof(T));
+    }
+};
+
+// Asks for the rows a block will gather (edge inputs by `rows`, x by `nodes`: random places in memory) a block
+// ahead, so that their cache misses overlap the work on the current block.
+template <typename T>
+void prefetch_block(const Pass& p, const Chunk& ch, const Block& b) {
+    if (ch.rows) {
+        const T* a = static_cast<const T*>(ch.a);
+        for (int64_t e = b.e0; e < b.e1; ++e) __builtin_prefetch(a + ch.rows[e] * p.dims[0]);
+    }
+    if (p.wq) {
+        const T* x = static_cast<const T*>(p.x);
+        for (int64_t j = b.j0; j < b.j1; ++j) __builtin_prefetch(x + ch.nodes[j] * p.cin);
     }
 }
 
-// The optional last stage of backward, for Q = x W (W [C_in, K' C], wt = W^T [K' C, C_in]): per block of sources,
-// while their dQ is still in cache, dX[node_j] += dQ_j W^T and dW += X_blk^T dQ_blk (xs: the sources' x rows).
 template <typename T>
-struct NodeAdjoint {
-    int64_t cin;
-    const T* xs;           // [n, C_in] or nullptr (no dW)
-    const T* wt;           // [K' C, C_in] or nullptr (no dX)
-    T* gx;                 // [N, C_in], rows nodes[j] added to
-    const int64_t* nodes;  // [n]
-    T* gw;                 // [C_in, K' C] added to, or nullptr
-};
+void gather_rows(const T* x, int64_t width, const int64_t* idx, int64_t n, T* out) {
+    for (int64_t i = 0; i < n; ++i) std::memcpy(out + i * width, x + idx[i] * width, width * sizeof(T));
+}
 
-constexpr int64_t kBlock = 24;  // sources per block: their dQ (24 K' C floats, 200 KB at K' = 65, C = 32) stays in L2
-
+// out[dst_e] += w_e h_e Q_j for every edge e of every source j of the chunk; per block: Q = x[nodes] W (when
+// Q is not given), h = kernel(a) for the block's edges, then the [d_j, K'] x [K', C] products, scattered.
 template <typename T>
-void backward(int64_t n, const int64_t* deg, int64_t k1, int64_t k, int64_t c, const T* h, const T* qt, const T* g,
-              const int64_t* dst, const T* w, T* gm, T* gq, T* gh, const NodeAdjoint<T>& na) {
-    const int64_t kc = k1 * c;
-    for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
-        const int64_t j1 = j0 + kBlock < n ? j0 + kBlock : n;
-        for (int64_t j = j0; j < j1; ++j) {
-            const int64_t d = deg[j];
-            for (int64_t r = 0; r < d; ++r) {  // G_j = w * g[dst]
-                const T s = w ? w[r] : T(1);
-                const T* gr = g + dst[r] * c;
-                T* o = gm + r * c;
-                for (int64_t l = 0; l < c; ++l) o[l] = s * gr[l];
-            }
-            if (gq) gemm<T>(h, 1, k1, gm, c, k1, d, c, Epilogue<T>{gq + j * kc, c, nullptr, nullptr});
-            if (gh) gemm<T>(gm, c, 1, qt + j * c * k, k, d, c, k, Epilogue<T>{gh, k, nullptr, nullptr});
-            h += d * k1;
-            dst += d;
-            if (w) w += d;
-            if (gh) gh += d * k;
+void forward_chunk(const Pass& p, const Chunk& ch) {
+    const int64_t k1c = p.k1 * p.c;
+    int64_t max_e = 0;
+    const std::vector<Block> blocks = blocks_of(ch, &max_e);
+    std::vector<T> xs(p.wq ? kBlockSources * p.cin : 0), q(p.wq ? kBlockSources * k1c : 0), h(max_e * p.k1);
+    Kernel<T> kern(p, max_e);
+    const T* x = static_cast<const T*>(p.x);
+    const T* ew = static_cast<const T*>(ch.ew);
+    for (size_t i = 0; i < blocks.size(); ++i) {
+        const Block& b = blocks[i];
+        if (i + 1 < blocks.size()) prefetch_block<T>(p, ch, blocks[i + 1]);
+        const int64_t nb = b.j1 - b.j0;
+        if (p.wq) {
+            gather_rows(x, p.cin, ch.nodes + b.j0, nb, xs.data());
+            gemm<T>(xs.data(), p.cin, 1, static_cast<const T*>(p.wq), k1c, nb, p.cin, k1c,
+                    Epilogue<T>{q.data(), k1c, nullptr, nullptr});
         }
-        if (!gq) continue;
-        const int64_t nb = j1 - j0;
-        const T* gq_blk = gq + j0 * kc;
-        if (na.wt)  // dX rows of the block's sources: [nb, K' C] x [K' C, C_in]
-            gemm<T>(gq_blk, kc, 1, na.wt, na.cin, nb, kc, na.cin, Epilogue<T>{na.gx, na.cin, na.nodes + j0, nullptr});
-        if (na.gw)  // dW += X_blk^T dQ_blk: [C_in, nb] x [nb, K' C]
-            gemm<T>(na.xs + j0 * na.cin, 1, na.cin, gq_blk, kc, na.cin, nb, kc,
-                    Epilogue<T>{na.gw, kc, nullptr, nullptr, true});
+        kern.forward(ch, b.e0, b.e1 - b.e0, h.data());
+        const T* hr = h.data();
+        for (int64_t j = b.j0, e = b.e0; j < b.j1; e += ch.deg[j], ++j) {
+            const int64_t d = ch.deg[j];
+            const T* qj = p.wq ? q.data() + (j - b.j0) * k1c : x + ch.nodes[j] * k1c;
+            gemm<T>(hr, p.k1, 1, qj, p.c, d, p.k1, p.c,
+                    Epilogue<T>{static_cast<T*>(p.out), p.c, ch.dst + e, ew ? ew + e : nullptr});
+            hr += d * p.k1;
+        }
+    }
+}
+
+// The adjoint of forward_chunk for g = dL/dout, per block: G_j = w g[dst] [d_j, C], dQ_j = H_j^T G_j [K', C],
+// dH_j = G_j Q_j^T [d_j, K] (Q^T recomputed, without the bias row); then, while dQ is in cache,
+// dX[nodes_j] += dQ_j W^T and dW += X_blk^T dQ_blk (or dQ itself when Q is given), and the kernel's backward.
+template <typename T>
+void backward_chunk(const Pass& p, const Chunk& ch) {
+    bool want_h = ch.ga != nullptr;
+    for (int64_t l = 0; l < p.nl; ++l) want_h = want_h || p.glw[l] || p.glb[l];
+    const bool want_q = p.gx || p.gw;
+    const int64_t k1c = p.k1 * p.c, ck = p.c * p.k;
+    int64_t max_e = 0;
+    const std::vector<Block> blocks = blocks_of(ch, &max_e);
+    std::vector<T> xs(p.wq ? kBlockSources * p.cin : 0), qt(want_h ? kBlockSources * ck : 0);
+    std::vector<T> gq(want_q ? kBlockSources * k1c : 0), h(max_e * p.k1), gm(max_e * p.c), gh(want_h ? max_e * p.k : 0);
+    Kernel<T> kern(p, max_e);
+    const T* x = static_cast<const T*>(p.x);
+    const T* g = static_cast<const T*>(p.g);
+    const T* ew = static_cast<const T*>(ch.ew);
+    for (size_t i = 0; i < blocks.size(); ++i) {
+        const Block& b = blocks[i];
+        if (i + 1 < blocks.size()) prefetch_block<T>(p, ch, blocks[i + 1]);
+        const int64_t nb = b.j1 - b.j0, eb = b.e1 - b.e0;
+        if (p.wq && (want_h || p.gw)) gather_rows(x, p.cin, ch.nodes + b.j0, nb, xs.data());
+        if (want_h && p.wq) {
+            gemm<T>(xs.data(), p.cin, 1, static_cast<const T*>(p.wqk), ck, nb, p.cin, ck,
+                    Epilogue<T>{qt.data(), ck, nullptr, nullptr});
+        } else if (want_h) {  // Q given: transpose its first K rows
+            for (int64_t j = 0; j < nb; ++j) {
+                const T* qj = x + ch.nodes[b.j0 + j] * k1c;
+                for (int64_t r = 0; r < p.k; ++r)
+                    for (int64_t cc = 0; cc < p.c; ++cc) qt[j * ck + cc * p.k + r] = qj[r * p.c + cc];
+            }
+        }
+        kern.forward(ch, b.e0, eb, h.data());
+        for (int64_t j = b.j0, e = b.e0; j < b.j1; e += ch.deg[j], ++j) {
+            const int64_t d = ch.deg[j], r0 = e - b.e0;
+            T* gmj = gm.data() + r0 * p.c;
+            for (int64_t r = 0; r < d; ++r) {
+                const T s = ew ? ew[e + r] : T(1);
+                const T* gr = g + ch.dst[e + r] * p.c;
+                for (int64_t cc = 0; cc < p.c; ++cc) gmj[r * p.c + cc] = s * gr[cc];
+            }
+            const T* hj = h.data() + r0 * p.k1;
+            if (want_q)
+                gemm<T>(hj, 1, p.k1, gmj, p.c, p.k1, d, p.c, Epilogue<T>{gq.data() + (j - b.j0) * k1c, p.c, nullptr, nullptr});
+            if (want_h)
+                gemm<T>(gmj, p.c, 1, qt.data() + (j - b.j0) * ck, p.k, d, p.c, p.k,
+                        Epilogue<T>{gh.data() + r0 * p.k, p.k, nullptr, nullptr});
+        }
+        if (want_q && p.wq) {
+            if (p.gx)  // [nb, K' C] x [K' C, C_in], rows added into gx[nodes]
+                gemm<T>(gq.data(), k1c, 1, static_cast<const T*>(p.wqt), p.cin, nb, k1c, p.cin,
+                        Epilogue<T>{static_cast<T*>(p.gx), p.cin, ch.nodes + b.j0, nullptr});
+            if (p.gw)  // [C_in, nb] x [nb, K' C]
+                gemm<T>(xs.data(), 1, p.cin, gq.data(), k1c, p.cin, nb, k1c,
+                        Epilogue<T>{static_cast<T*>(p.gw), k1c, nullptr, nullptr, true});
+        } else if (want_q) {
+            T* gx = static_cast<T*>(p.gx);
+            for (int64_t j = 0; j < nb; ++j) {
+                T* o = gx + ch.nodes[b.j0 + j] * k1c;
+                const T* src = gq.data() + j * k1c;
+                for (int64_t i = 0; i < k1c; ++i) o[i] += src[i];
+            }
+        }
+        if (want_h) kern.backward(ch, b.e0, eb, h.data(), gh.data());
     }
 }
 
@@ -204,31 +430,11 @@ void backward(int64_t n, const int64_t* deg, int64_t k1, int64_t k, int64_t c, c
 
 extern "C" {
 
-int dsmpnn_native_abi() { return 2; }
+int dsmpnn_native_abi() { return 3; }
 
-void dsmpnn_forward_f32(int64_t n, const int64_t* deg, int64_t k1, int64_t c, const float* h, const float* q,
-                        const int64_t* dst, const float* w, float* out) {
-    forward<float>(n, deg, k1, c, h, q, dst, w, out);
-}
-
-void dsmpnn_forward_f64(int64_t n, const int64_t* deg, int64_t k1, int64_t c, const double* h, const double* q,
-                        const int64_t* dst, const double* w, double* out) {
-    forward<double>(n, deg, k1, c, h, q, dst, w, out);
-}
-
-void dsmpnn_backward_f32(int64_t n, const int64_t* deg, int64_t k1, int64_t k, int64_t c, const float* h,
-                         const float* qt, const float* g, const int64_t* dst, const float* w, float* gm, float* gq,
-                         float* gh, int64_t cin, const float* xs, const float* wt, float* gx, const int64_t* nodes,
-                         float* gw) {
-    backward<float>(n, deg, k1, k, c, h, qt, g, dst, w, gm, gq, gh, NodeAdjoint<float>{cin, xs, wt, gx, nodes, gw});
-}
-
-void dsmpnn_backward_f64(int64_t n, const int64_t* deg, int64_t k1, int64_t k, int64_t c, const double* h,
-                         const double* qt, const double* g, const int64_t* dst, const double* w, double* gm,
-                         double* gq, double* gh, int64_t cin, const double* xs, const double* wt, double* gx,
-                         const int64_t* nodes, double* gw) {
-    backward<double>(n, deg, k1, k, c, h, qt, g, dst, w, gm, gq, gh,
-                     NodeAdjoint<double>{cin, xs, wt, gx, nodes, gw});
-}
+void dsmpnn_forward_f32(const Pass* p, const Chunk* ch) { forward_chunk<float>(*p, *ch); }
+void dsmpnn_forward_f64(const Pass* p, const Chunk* ch) { forward_chunk<double>(*p, *ch); }
+void dsmpnn_backward_f32(const Pass* p, const Chunk* ch) { backward_chunk<float>(*p, *ch); }
+void dsmpnn_backward_f64(const Pass* p, const Chunk* ch) { backward_chunk<double>(*p, *ch); }
 
 }  // extern "C"

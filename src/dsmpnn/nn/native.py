@@ -1,17 +1,20 @@
 r"""The fused CPU kernels of the edge aggregation (``ecconv_kernels.cpp``), compiled on first use.
 
-One chunk of :mod:`dsmpnn.nn.aggregate` as one call, instead of a ``bmm`` per out-degree plus a gather, a
-scale and a scatter:
+One chunk of :mod:`dsmpnn.nn.aggregate` as one C++ call (:class:`FusedPass`), forward or backward:
 
 .. math::
     \text{forward:}\quad \mathrm{out}_{\mathrm{dst}(e)} \mathrel{+}= w_e\, \tilde h_e Q_{\mathrm{src}(e)} ,\qquad
+    h = \mathrm{mlp}(a) ,\quad Q = x W ;\qquad
     \text{backward:}\quad G_j = w \odot g_{\mathrm{dst}},\;
-    \partial Q_j = \tilde H_j^\top G_j ,\; \partial H_j = G_j Q_j^\top
+    \partial Q_j = \tilde H_j^\top G_j ,\; \partial H_j = G_j Q_j^\top ,\;
+    \partial x_j = \partial Q_j W^\top ,\; \partial W = \textstyle\sum_j x_j^\top \partial Q_j
 
-(h~ [e, K'], Q [n, K', C], g [N, C]; the per-edge messages are never written to memory). The products run
-through a register-blocked micro-kernel written with GCC/Clang vector extensions (AVX2 on the machine this was
-measured on): on the issue-5 reference case's [25, 65] x [65, 32] products its forward, scatter included,
-reaches 40-65 GFLOP/s on one core where PyTorch's ``bmm`` alone reaches 28-36 (``benchmarks/bench_kernels.py``).
+and the kernel MLP's backward (h~ [e, K'], Q [n, K', C], g [N, C]). The kernel MLP runs inside the call when it
+is Linear layers each followed by ReLU or nothing (:data:`ACTIVATIONS`); otherwise PyTorch evaluates it per chunk
+and hands h over. Per block of 16 sources, Q, h and every intermediate are made in small buffers that stay in
+L1/L2: no [e, C] messages, no [n, K', C] node kernels in memory, and no Python between the steps of a chunk. The
+products run through a register-blocked micro-kernel written with GCC/Clang vector extensions (AVX2 on the
+machine this was measured on; ``benchmarks/bench_kernels.py`` gives the rates).
 
 Build: the C++ file ships with the package and is compiled, the first time it is needed, by the system's C++
 compiler (``$CXX``, else ``c++``/``g++``/``clang++``) with ``-O3 -march=native`` into a cache directory
@@ -34,19 +37,21 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-__all__ = ["NativeKernels", "kernels", "kernels_for", "build", "SOURCE", "ENABLED"]
+__all__ = ["NativeKernels", "FusedPass", "Layer", "ACTIVATIONS", "kernels", "kernels_for", "build", "SOURCE",
+           "ENABLED"]
 
 ENABLED: bool | None = None
 """Use the fused kernels: None (default) whenever they could be built, False never (the aggregation's ``bmm``
 path), True always (:func:`kernels_for` raises when they are unavailable)."""
 
 SOURCE = Path(__file__).with_name("ecconv_kernels.cpp")
-ABI = 2
+ABI = 3
 _FLAG_SETS = (["-O3", "-march=native"], ["-O3"])  # the second when the compiler does not know -march=native
 _COMMON = ["-std=c++17", "-shared", "-fPIC", "-fno-math-errno"]
 
@@ -54,57 +59,128 @@ _P = ctypes.c_void_p
 _I = ctypes.c_int64
 
 
+ACTIVATIONS = {"identity": 0, "relu": 1}
+"""Activations the kernels evaluate themselves after a Linear layer of the kernel MLP (codes as in the C++
+``Act``); a kernel MLP with any other is evaluated by PyTorch, chunk by chunk, and its output handed over."""
+
+
+class _Pass(ctypes.Structure):
+    """``Pass`` in ecconv_kernels.cpp: what stays the same for every chunk of one layer call."""
+
+    _fields_ = [("cin", _I), ("k1", _I), ("k", _I), ("c", _I), ("x", _P), ("wq", _P), ("wqt", _P), ("wqk", _P),
+                ("nl", _I), ("dims", _P), ("lw", _P), ("lwt", _P), ("lb", _P), ("act", _P), ("g", _P), ("out", _P),
+                ("gx", _P), ("gw", _P), ("glw", _P), ("glb", _P)]
+
+
+class _Chunk(ctypes.Structure):
+    """``Chunk`` in ecconv_kernels.cpp: one chunk's sources and edges."""
+
+    _fields_ = [("n", _I), ("e", _I), ("deg", _P), ("nodes", _P), ("dst", _P), ("ew", _P), ("a", _P), ("rows", _P),
+                ("ga", _P)]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One Linear layer of the kernel MLP and the activation after it (a key of :data:`ACTIVATIONS`)."""
+
+    weight: torch.Tensor  # [out, in]
+    bias: torch.Tensor | None  # [out]
+    act: str
+
+
+class FusedPass:
+    r"""One pass (forward or backward) of the aggregation over the chunks of an edge plan, one C++ call per chunk.
+
+    .. math::
+        \text{forward:}\quad \mathrm{out}_{\mathrm{dst}(e)} \mathrel{+}= w_e\, \tilde h_e Q_j ,\qquad
+        h = \mathrm{mlp}(a) ,\quad Q = x W \text{ (or given)}
+
+    and the backward of all of it for ``g = dL/dout``. Everything per block of at most 16 sources (their Q, their
+    edges' h and the kernel MLP's activations) is computed in small buffers that stay in cache.
+
+    Shapes: x [N_src, C_in] (with ``wq`` [C_in, K', C]) or Q itself [N_src, K', C] (``wq`` None); ``layers``:
+    the kernel MLP, mapping the edge inputs [E, F] to h [E, K] (empty: h = the edge inputs, F = K); out, g
+    [N, C]; gx like x; gw like wq; glw[l] [in, out] (the layer's weight gradient TRANSPOSED) and glb[l] [out], each
+    None to skip. ``k``: K, the width of h. The tensors are kept alive by this object."""
+
+    def __init__(self, kern: "NativeKernels", x: torch.Tensor, wq: torch.Tensor | None, k: int,
+                 layers: Sequence[Layer] = (), *, out: torch.Tensor | None = None, g: torch.Tensor | None = None,
+                 gx: torch.Tensor | None = None, gw: torch.Tensor | None = None,
+                 glw: Sequence[torch.Tensor | None] = (), glb: Sequence[torch.Tensor | None] = (),
+                 need_dh: bool = False) -> None:
+        if (out is None) == (g is None):
+            raise ValueError("a pass is either a forward (out) or a backward (g)")
+        self.backward = g is not None
+        k1, c = (wq.shape[1], wq.shape[2]) if wq is not None else (x.shape[1], x.shape[2])
+        cin = x.shape[1] if wq is not None else 0
+        if k1 not in (k, k + 1):
+            raise ValueError(f"Q has {k1} rows, expected K = {k} or K + 1")
+        if wq is not None and wq.shape[0] != x.shape[1]:
+            raise ValueError(f"x has {x.shape[1]} columns and W {wq.shape[0]} rows")
+        keep: list = []
+        wq2 = wqt = wqk = None
+        if wq is not None:
+            wq2 = wq.reshape(cin, k1 * c).contiguous()  # [C_in, K' C]
+            if self.backward and gx is not None:
+                wqt = wq2.T.contiguous()  # [K' C, C_in]
+            if self.backward and need_dh:
+                wqk = wq[:, :k].transpose(1, 2).reshape(cin, c * k).contiguous()  # [C_in, C K]
+        weights = [m.weight.detach().contiguous() for m in layers]
+        biases = [m.bias.detach().contiguous() if m.bias is not None else None for m in layers]
+        dims = [weights[0].shape[1]] + [w.shape[0] for w in weights] if layers else [k]  # edge inputs ... h
+        if layers and dims[-1] != k:
+            raise ValueError(f"the kernel MLP ends with {dims[-1]} features, expected K = {k}")
+        _check(x, wq2, wqt, wqk, out, g, gx, gw, *weights, *biases, *glw, *glb)
+        self.dtype, self.width = x.dtype, dims[0]
+        lwt = [w.T.contiguous() for w in weights]
+        keep += [x, wq2, wqt, wqk, out, g, gx, gw, weights, biases, lwt, list(glw), list(glb)]
+        arrays = {
+            "dims": (ctypes.c_int64 * max(len(dims), 1))(*dims),
+            "lw": (_P * max(len(layers), 1))(*[_ptr(w) for w in weights]),
+            "lwt": (_P * max(len(layers), 1))(*[_ptr(w) for w in lwt]),
+            "lb": (_P * max(len(layers), 1))(*[_ptr(b) for b in biases]),
+            "act": (ctypes.c_int32 * max(len(layers), 1))(*[ACTIVATIONS[m.act] for m in layers]),
+            "glw": (_P * max(len(layers), 1))(*[_ptr(t) for t in glw] or [None] * len(layers)),
+            "glb": (_P * max(len(layers), 1))(*[_ptr(t) for t in glb] or [None] * len(layers)),
+        }
+        self._keep = (keep, arrays)
+        self._pass = _Pass(cin, k1, k, c, _ptr(x), _ptr(wq2), _ptr(wqt), _ptr(wqk), len(layers),
+                           *[ctypes.addressof(arrays[n]) for n in ("dims", "lw", "lwt", "lb", "act")],
+                           _ptr(g), _ptr(out), _ptr(gx), _ptr(gw), ctypes.addressof(arrays["glw"]),
+                           ctypes.addressof(arrays["glb"]))
+        fns = {(False, torch.float32): kern.lib.dsmpnn_forward_f32, (False, torch.float64): kern.lib.dsmpnn_forward_f64,
+               (True, torch.float32): kern.lib.dsmpnn_backward_f32, (True, torch.float64): kern.lib.dsmpnn_backward_f64}
+        self._fn = fns[(self.backward, x.dtype)]
+
+    def chunk(self, deg: torch.Tensor, nodes: torch.Tensor, dst: torch.Tensor, ew: torch.Tensor | None,
+              a: torch.Tensor, rows: torch.Tensor | None, ga: torch.Tensor | None = None) -> None:
+        """Run the pass on one chunk: deg/nodes [n] int64 (edges per source, source ids), dst [e] int64, ew [e] or
+        None, the edge inputs ``a`` (rows ``rows`` [e] of a [E, F], or a [e, F] in edge order with ``rows``
+        None), and, in backward, ``ga`` where dL/da goes (same rows; None to skip). The indices are trusted (they
+        come from an :class:`~dsmpnn.nn.edge_plan.EdgePlan`): the kernels do not check their range."""
+        _check_index(deg, nodes, dst, *(() if rows is None else (rows,)))
+        _check(a, ew, ga, dtype=self.dtype)
+        if a.shape[1] != self.width:
+            raise ValueError(f"the edge inputs have {a.shape[1]} columns, expected {self.width}")
+        self._fn(ctypes.byref(self._pass), ctypes.byref(_Chunk(
+            nodes.shape[0], dst.shape[0], _ptr(deg), _ptr(nodes), _ptr(dst), _ptr(ew), _ptr(a), _ptr(rows),
+            _ptr(ga))))
+
+
 @dataclass(frozen=True)
 class NativeKernels:
-    """The loaded library; its functions take tensors and check what the C++ side assumes."""
+    """The loaded library (:class:`FusedPass` runs it)."""
 
     lib: ctypes.CDLL
     path: Path
-
-    def forward(self, deg: torch.Tensor, h: torch.Tensor, q: torch.Tensor, dst: torch.Tensor,
-                w: torch.Tensor | None, out: torch.Tensor) -> None:
-        r"""``out[dst_e] += w_e h_e Q_j`` for the edges e of each source j, in order: deg [n] int64 (edges per
-        source; the sum is e), h [e, K'], q [n, K', C], dst [e] int64, w [e] or None, out [N, C]."""
-        _check(h, q, out, w)
-        _check_index(deg, dst)
-        fn = self.lib.dsmpnn_forward_f32 if h.dtype == torch.float32 else self.lib.dsmpnn_forward_f64
-        fn(deg.shape[0], _ptr(deg), h.shape[1], q.shape[2], _ptr(h), _ptr(q), _ptr(dst), _ptr(w), _ptr(out))
-
-    def backward(self, deg: torch.Tensor, h: torch.Tensor, qt: torch.Tensor | None, g: torch.Tensor,
-                 dst: torch.Tensor, w: torch.Tensor | None, gm: torch.Tensor, gq: torch.Tensor | None,
-                 gh: torch.Tensor | None, nodes: torch.Tensor | None = None, xs: torch.Tensor | None = None,
-                 wt: torch.Tensor | None = None, gx: torch.Tensor | None = None,
-                 gw: torch.Tensor | None = None) -> None:
-        r"""``G_j = w g[dst]`` (into the scratch gm [e, C]), ``gq_j = H_j^T G_j`` and ``gh_j = G_j Q_j^T``:
-        deg [n], h [e, K'], qt [n, C, K] (Q transposed, bias row left out; needed for gh), g [N, C],
-        dst [e], w [e] or None -> gq [n, K', C], gh [e, K] (each None to skip).
-
-        With Q = x W, also the adjoints of that product, block by block while gq is in cache:
-        ``gx[nodes_j] += gq_j W^T`` (wt = W^T [K' C, C_in], gx [N, C_in]) and ``gw += xs^T gq`` (xs [n, C_in] the
-        sources' rows of x, gw [C_in, K' C]); each pair None to skip."""
-        c = g.shape[1]
-        k = gh.shape[1] if gh is not None else 0
-        _check(h, g, gm, w, gq, gh, qt, xs, wt, gx, gw)
-        _check_index(deg, dst)
-        if gh is not None and (qt is None or qt.shape[1:] != (c, k)):
-            raise ValueError(f"gh needs qt [n, {c}, {k}], got {None if qt is None else list(qt.shape)}")
-        cin = 0
-        if wt is not None or gw is not None:
-            if gq is None or nodes is None or (wt is None) != (gx is None) or (gw is None) != (xs is None):
-                raise ValueError("dX needs gq, nodes, wt and gx; dW needs gq, xs and gw")
-            _check_index(nodes)
-            cin = gx.shape[1] if gx is not None else gw.shape[0]
-        fn = self.lib.dsmpnn_backward_f32 if h.dtype == torch.float32 else self.lib.dsmpnn_backward_f64
-        fn(deg.shape[0], _ptr(deg), h.shape[1], k, c, _ptr(h), _ptr(qt), _ptr(g), _ptr(dst), _ptr(w), _ptr(gm),
-           _ptr(gq), _ptr(gh), cin, _ptr(xs), _ptr(wt), _ptr(gx), _ptr(nodes), _ptr(gw))
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
     return t.data_ptr() if t is not None else None
 
 
-def _check(*tensors: torch.Tensor | None) -> None:
-    dtype = tensors[0].dtype
+def _check(*tensors: torch.Tensor | None, dtype: torch.dtype | None = None) -> None:
+    dtype = dtype or tensors[0].dtype
     for t in tensors:
         if t is not None and (t.dtype != dtype or t.device.type != "cpu" or not t.is_contiguous()):
             raise ValueError(f"native kernels need contiguous CPU {dtype} tensors, got {t.dtype} on {t.device} "
@@ -186,11 +262,8 @@ def _load(path: Path) -> NativeKernels:
     lib.dsmpnn_native_abi.restype = ctypes.c_int
     if lib.dsmpnn_native_abi() != ABI:
         raise RuntimeError(f"{path} has ABI {lib.dsmpnn_native_abi()}, expected {ABI}")
-    for name in ("dsmpnn_forward_f32", "dsmpnn_forward_f64"):
-        getattr(lib, name).argtypes = [_I, _P, _I, _I, _P, _P, _P, _P, _P]
-        getattr(lib, name).restype = None
-    for name in ("dsmpnn_backward_f32", "dsmpnn_backward_f64"):
-        getattr(lib, name).argtypes = [_I, _P, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _I, _P, _P, _P, _P, _P]
+    for name in ("dsmpnn_forward_f32", "dsmpnn_forward_f64", "dsmpnn_backward_f32", "dsmpnn_backward_f64"):
+        getattr(lib, name).argtypes = [ctypes.POINTER(_Pass), ctypes.POINTER(_Chunk)]
         getattr(lib, name).restype = None
     return NativeKernels(lib, path)
 

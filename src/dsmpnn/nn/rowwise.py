@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dsmpnn.nn import native
+
 __all__ = ["RowwiseKernel"]
 
 _POINTWISE = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Softplus, nn.Mish,
@@ -66,6 +68,23 @@ class RowwiseKernel:
     def parameters(self) -> list[torch.Tensor]:
         """The weights and biases of the Linear layers, in layer order (weight, then bias when present)."""
         return [p for m in self.layers if isinstance(m, nn.Linear) for p in (m.weight, m.bias) if p is not None]
+
+    def native_layers(self) -> list[native.Layer] | None:
+        """The MLP as Linear layers, each followed by at most one activation that the fused CPU kernels evaluate
+        themselves (:data:`dsmpnn.nn.native.ACTIVATIONS`), or None when it has another form (then PyTorch
+        evaluates it and hands its output to the kernels)."""
+        names = {nn.ReLU: "relu"}
+        layers: list[native.Layer] = []
+        for m in self.layers:
+            if isinstance(m, nn.Identity):
+                continue
+            if type(m) is nn.Linear:
+                layers.append(native.Layer(m.weight, m.bias, "identity"))
+            elif type(m) in names and layers and layers[-1].act == "identity":
+                layers[-1] = native.Layer(layers[-1].weight, layers[-1].bias, names[type(m)])
+            else:
+                return None
+        return layers
 
     def forward(self, a: torch.Tensor, tape: list | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
         """h = kernel(a) for a chunk a [e, D] -> [e, H] (no autograd), written into ``out`` when given (any
