@@ -34,7 +34,8 @@ def reference(x, wq, k, layers, feats, rows, deg, nodes, dst, ew, num_nodes):
     a = feats[rows] if rows is not None else feats
     for layer in layers:
         a = a @ layer.weight.T + (layer.bias if layer.bias is not None else 0)
-        a = a.relu() if layer.act == "relu" else a
+        a = {"relu": torch.relu, "gelu": torch.nn.functional.gelu, "silu": torch.nn.functional.silu,
+             "identity": lambda t: t}[layer.act](a)
     q = (x[nodes] @ wq.reshape(wq.shape[0], -1)).view(len(nodes), -1, wq.shape[2]) if wq is not None else x[nodes]
     h = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype)], 1) if q.shape[1] == k + 1 else a
     src_slot = torch.repeat_interleave(torch.arange(len(nodes)), deg)
@@ -70,17 +71,21 @@ def chunk_case(k, c, cin, degrees, dtype, seed):
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("k,c,cin,degrees", CASES)
-@pytest.mark.parametrize("variant", ["mlp", "mlp2-nobias-weighted", "given-h", "q-given", "h-in-order"])
+@pytest.mark.parametrize("variant", ["mlp", "mlp2-nobias-weighted", "mlp2-gelu-silu", "given-h", "q-given",
+                                     "h-in-order"])
 def test_fused_pass_equals_autograd(dtype, k, c, cin, degrees, variant):
     """Forward and every gradient (x or Q, W, edge inputs, each layer's weight and bias) of one chunk against
     autograd: kernel MLPs of one and two layers (ReLU, identity), none (h given, by rows or in edge order), Q
-    computed from x W (with the bias row) or given; the gradient accumulators keep what they held."""
+    computed from x W (with the bias row) or given; the gradient accumulators keep what they held. GELU and SiLU
+    are approximated in float32 (erf to 1.5e-7), so that case is held to the float32 tolerance like the rest."""
     gen, deg, e, dst, nodes, num_nodes = chunk_case(k, c, cin, degrees, dtype, k * 100 + c)
     f = 3
     if variant == "mlp":
         layers = make_layers([f, k], True, gen, dtype, ["relu"])
     elif variant == "mlp2-nobias-weighted":
         layers = make_layers([f, 9, k], False, gen, dtype, ["relu", "identity"])
+    elif variant == "mlp2-gelu-silu":
+        layers = make_layers([f, 9, k], True, gen, dtype, ["gelu", "silu"])
     else:
         layers, f = [], k
     num_edges = e + 7
@@ -241,3 +246,35 @@ def test_damaged_cached_library_is_rebuilt(tmp_path, monkeypatch):
         assert kern is not None and kern.path == path and path.read_bytes() != b"not a shared library"
     finally:
         native.kernels.cache_clear()
+
+
+@needs_kernels
+@pytest.mark.parametrize("act", ["gelu", "silu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_smooth_activations_over_their_whole_range(act, dtype):
+    """The kernels' GELU and SiLU and their slopes against PyTorch's in float64, from -100 to 100 (where exp
+    under- and overflows) and near 0: one layer with identity weights, Q the identity, so out = act(a) and
+    dL/da = g act'(a)."""
+    a = torch.cat([torch.linspace(-100, 100, 801, dtype=torch.float64), torch.tensor([0.0, 1e-30, -1e-7, 3e-5])])
+    e = a.shape[0]
+    k = 8
+    feats = a.repeat_interleave(k).view(e, k).to(dtype)  # every column the same values
+    layers = [native.Layer(torch.eye(k, dtype=dtype), torch.zeros(k, dtype=dtype), act)]
+    q = torch.eye(k, dtype=dtype).unsqueeze(0)  # one source, Q = I (given): out[dst_e] = h_e
+    deg, nodes, dst = torch.tensor([e]), torch.tensor([0]), torch.arange(e)
+    out = torch.zeros(e, k, dtype=dtype)
+    native.FusedPass(native.kernels(), q, None, k, layers, out=out).chunk(deg, nodes, dst, None, feats, None)
+    fn = {"gelu": torch.nn.functional.gelu, "silu": torch.nn.functional.silu}[act]
+    a64 = a.clone().requires_grad_()
+    (slope,) = torch.autograd.grad(fn(a64).sum(), a64)
+    # float32: erf's absolute error (1.5e-7) makes GELU's relative error up to 1e-4 where Phi(z) is small (z < -3);
+    # PyTorch's float32 GELU has the same. Held to that, and to PyTorch's float32 values to round-off.
+    tol = {"rtol": 1e-12, "atol": 1e-14} if dtype == torch.float64 else {"rtol": 2e-6, "atol": 5e-7}
+    torch.testing.assert_close(out, fn(a)[:, None].expand(e, k).to(dtype), **tol)
+    if dtype == torch.float32:
+        torch.testing.assert_close(out, fn(a.float())[:, None].expand(e, k), rtol=2e-6, atol=1e-7)
+    g = torch.ones(e, k, dtype=dtype)
+    ga = torch.zeros_like(feats)
+    native.FusedPass(native.kernels(), q, None, k, layers, g=g, need_dh=True).chunk(deg, nodes, dst, None, feats,
+                                                                                   None, ga)
+    torch.testing.assert_close(ga, slope[:, None].expand(e, k).to(dtype), **tol)

@@ -70,6 +70,12 @@ PADDED: bool | None = None
 out-degree; None: on CUDA only (where it is also compiled when possible; UNTESTED ON GPU)."""
 
 
+BACKWARD_PARTS_PER_WORKER = 4
+"""Backward splits the chunks into this many parts per worker thread, taken by whichever thread is free (its
+partial sums, dL/dW and the kernel's parameter gradients, are small); forward keeps one part per worker, since
+each holds a whole [N, C] partial output."""
+
+
 def _use_padded(device: torch.device) -> bool:
     return PADDED if PADDED is not None else device.type == "cuda"
 
@@ -158,8 +164,8 @@ class _GroupedAggregate(torch.autograd.Function):
             work = _fused_backward(fused, plan, kernel, need, x, wb, feats, ws, params, g, gx, gf)
         else:
             work = _torch_backward(plan, kernel, need, x, wb, feats, fs, ws, params, g, gx, gf)
-        if plan.num_edges and (need.q or need.h):
-            parts = run_chunks(work, plan.chunks, x.device)
+        if plan.num_edges and (need.q or need.h):  # small partial sums: several parts per worker, for balance
+            parts = run_chunks(work, plan.chunks, x.device, parts_per_worker=BACKWARD_PARTS_PER_WORKER)
         else:
             parts = [work(())]
         gwb, gp = parts[0]

@@ -6,8 +6,9 @@ when the cores are shared with other processes a join waits for a descheduled th
 measured slower than one. Splitting the chunks between threads instead (thread t takes chunks t, t + T, ...,
 each thread running its operations single-threaded) has one join per pass and no idle waits in between.
 
-The assignment is static, so results are deterministic for a given number of workers; each worker returns its
-own partial sums, which the caller adds in worker order. Workers inherit the caller's grad and inference modes.
+Which chunks form each part is fixed (part t of P takes chunks t, t + P, ...), so results are deterministic for a
+given number of workers; each part returns its own partial sums, which the caller adds in part order. With more
+parts than workers (``parts_per_worker``), a worker that finishes early takes the next part. Workers inherit the caller's grad and inference modes.
 ``CHUNK_WORKERS`` sets the number of workers (None: ``torch.get_num_threads()``); 1 runs everything in the
 calling thread, with PyTorch's usual intra-op parallelism. Non-CPU devices, and PyTorch builds whose intra-op
 backend is not OpenMP (where a thread cannot switch to one intra-op thread), always use the calling thread.
@@ -71,26 +72,45 @@ def _pool(size: int) -> ThreadPoolExecutor:
 
 
 def run_chunks(fn: Callable[[Sequence[C]], T], chunks: Sequence[C], device: torch.device,
-               workers: int | None = None) -> list[T]:
-    """``[fn(part) for part in parts]`` with ``parts[t] = chunks[t::workers]``, one part per pool thread
-    (``workers`` defaults to :func:`num_workers`; with one worker and no explicit request, the calling thread)."""
+               workers: int | None = None, parts_per_worker: int = 1) -> list[T]:
+    """``[fn(part) for part in parts]`` with ``parts[t] = chunks[t::P]``, P = ``workers * parts_per_worker``
+    parts run by ``workers`` pool threads (``workers`` defaults to :func:`num_workers`; with one worker and no
+    explicit request, everything in the calling thread).
+
+    With more parts than workers a thread that finishes early takes the next part, so a worker slowed down by
+    the machine's other load does not hold the others up; which chunks make up a part, and the order of the
+    returned results, stay fixed, so sums taken over them are deterministic. Each part's result is kept until
+    all are done: use several parts per worker only where a result is small."""
     if getattr(_IN_WORKER, "active", False):
         return [fn(chunks)]
     if workers is None:
         workers = num_workers(len(chunks), device)
         if workers == 1:
             return [fn(chunks)]
+    num_parts = max(1, min(len(chunks), workers * parts_per_worker))
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
     threads = torch.get_num_threads()
 
-    def task(part: Sequence[C]) -> T:
+    parts = [chunks[t::num_parts] for t in range(num_parts)]
+    results: list = [None] * num_parts
+    next_part = iter(range(num_parts))  # shared by the workers, under the lock
+    lock = threading.Lock()
+
+    def worker() -> None:
         torch.set_num_threads(1)  # this pool thread only does single-threaded work
         _IN_WORKER.active = True
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            return fn(part)
+            while True:
+                with lock:
+                    t = next(next_part, None)
+                if t is None:
+                    return
+                results[t] = fn(parts[t])
 
     try:
-        return list(_pool(workers).map(task, [chunks[t::workers] for t in range(workers)]))
+        for future in [_pool(workers).submit(worker) for _ in range(workers)]:
+            future.result()  # re-raises a worker's exception
+        return results
     finally:
         torch.set_num_threads(threads)  # set_num_threads also writes a process-wide default: restore it
 

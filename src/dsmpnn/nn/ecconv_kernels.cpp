@@ -24,6 +24,7 @@
 //
 // The sums are taken in a fixed order (over R, then rows in edge order), so results are deterministic.
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -173,7 +174,111 @@ constexpr int64_t kBlockSources = 16;  // Q of a block: 16 K' C floats (133 KB a
 constexpr int64_t kBlockEdges = 1024;
 
 // The kernel MLP h = act_L(... act_1(a W_1^T + b_1) ...) W_L^T + b_L ..., layer l mapping dims[l] -> dims[l + 1].
-enum Act : int32_t { kIdentity = 0, kRelu = 1 };
+enum Act : int32_t { kIdentity = 0, kRelu = 1, kGelu = 2, kSilu = 3 };
+
+// Smooth activations and their derivatives, elementwise over n values: y = act(z) (row stride of y: any) and
+// g *= act'(z). GELU (exact): z Phi(z), Phi(z) = (1 + erf(z / sqrt 2)) / 2, Phi' = exp(-z^2 / 2) / sqrt(2 pi);
+// SiLU: z s(z), s = 1 / (1 + exp(-z)), SiLU' = s (1 + z (1 - s)). In float64 through libm's erf and exp; in
+// float32 eight at a time, with the polynomial exp of Cephes (about 1 ulp) and the erf of Abramowitz and Stegun
+// 7.1.26 (absolute error below 1.5e-7), the same erf that PyTorch's vectorised float32 GELU uses.
+inline double exp_of(double z) { return std::exp(z); }
+inline double erf_of(double z) { return std::erf(z); }
+
+typedef Vec<float>::type F8;
+typedef int32_t I8 __attribute__((vector_size(32)));
+
+inline F8 splat(float v) { return F8{} + v; }
+
+inline F8 exp_of(F8 x) {
+    x = x < splat(88.3762626647949f) ? x : splat(88.3762626647949f);  // (mask ? a : b) on vectors: GCC, Clang
+    x = x > splat(-87.3365447504f) ? x : splat(-87.3365447504f);
+    const F8 fx = x * splat(1.44269504088896341f) + splat(0.5f);
+    I8 n = __builtin_convertvector(fx, I8);
+    n -= (__builtin_convertvector(n, F8) > fx) ? I8{} + 1 : I8{};  // floor
+    const F8 fn = __builtin_convertvector(n, F8);
+    const F8 r = x - fn * splat(0.693359375f) + fn * splat(2.12194440e-4f);
+    F8 y = splat(1.9875691500e-4f);
+    y = y * r + splat(1.3981999507e-3f);
+    y = y * r + splat(8.3334519073e-3f);
+    y = y * r + splat(4.1665795894e-2f);
+    y = y * r + splat(1.6666665459e-1f);
+    y = y * r + splat(5.0000001201e-1f);
+    y = y * r * r + r + splat(1.0f);
+    return y * (F8)((n + 127) << 23);
+}
+
+inline F8 erf_of(F8 x) {
+    const F8 ax = x < F8{} ? -x : x;
+    const F8 t = splat(1.0f) / (splat(0.3275911f) * ax + splat(1.0f));
+    F8 r = splat(1.061405429f);
+    r = r * t + splat(-1.453152027f);
+    r = r * t + splat(1.421413741f);
+    r = r * t + splat(-0.284496736f);
+    r = r * t + splat(0.254829592f);
+    const F8 v = splat(1.0f) - r * t * exp_of(-(x * x));
+    return x < F8{} ? -v : v;
+}
+
+inline double act_value(int32_t act, double z) {
+    if (act == kGelu) return z * (erf_of(z * 0.70710678118654752) + 1.0) * 0.5;
+    return z / (exp_of(-z) + 1.0);  // kSilu
+}
+
+inline double act_slope(int32_t act, double z) {
+    if (act == kGelu)
+        return (erf_of(z * 0.70710678118654752) + 1.0) * 0.5 + z * exp_of(z * z * -0.5) * 0.3989422804014327;
+    const double s = 1.0 / (exp_of(-z) + 1.0);
+    return s * (z * (1.0 - s) + 1.0);
+}
+
+template <typename T>
+struct Smooth;
+
+template <>
+struct Smooth<double> {
+    static void value(int32_t act, const double* z, int64_t n, double* y) {
+        for (int64_t i = 0; i < n; ++i) y[i] = act_value(act, z[i]);
+    }
+    static void times_slope(int32_t act, const double* z, int64_t n, double* g) {
+        for (int64_t i = 0; i < n; ++i) g[i] *= act_slope(act, z[i]);
+    }
+};
+
+template <>
+struct Smooth<float> {  // eight at a time; the last < 8 through a padded vector
+    static F8 value8(int32_t act, F8 v) {
+        return act == kGelu ? v * (erf_of(v * splat(0.70710678118654752f)) + splat(1.0f)) * splat(0.5f)
+                            : v / (exp_of(-v) + splat(1.0f));
+    }
+    static F8 slope8(int32_t act, F8 v) {
+        if (act == kGelu)
+            return (erf_of(v * splat(0.70710678118654752f)) + splat(1.0f)) * splat(0.5f) +
+                   v * exp_of(v * v * splat(-0.5f)) * splat(0.3989422804014327f);
+        const F8 sg = splat(1.0f) / (exp_of(-v) + splat(1.0f));
+        return sg * (v * (splat(1.0f) - sg) + splat(1.0f));
+    }
+    static void value(int32_t act, const float* z, int64_t n, float* y) {
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8) store(y + i, value8(act, load<F8>(z + i)));
+        if (i < n) {
+            F8 v{};
+            std::memcpy(&v, z + i, (n - i) * sizeof(float));
+            v = value8(act, v);
+            std::memcpy(y + i, &v, (n - i) * sizeof(float));
+        }
+    }
+    static void times_slope(int32_t act, const float* z, int64_t n, float* g) {
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8) store(g + i, load<F8>(g + i) * slope8(act, load<F8>(z + i)));
+        if (i < n) {
+            F8 v{}, gv{};
+            std::memcpy(&v, z + i, (n - i) * sizeof(float));
+            std::memcpy(&gv, g + i, (n - i) * sizeof(float));
+            gv *= slope8(act, v);
+            std::memcpy(g + i, &gv, (n - i) * sizeof(float));
+        }
+    }
+};
 
 // What stays the same for every chunk of one pass (one layer call). Pointers are to T (float or double).
 struct Pass {
@@ -238,18 +343,21 @@ template <typename T>
 struct Kernel {
     const Pass& p;
     std::vector<std::vector<T>> acts;
+    std::vector<std::vector<T>> pre;  // pre-activations z_l of the layers with a smooth activation, [eb, dims[l + 1]]
+    std::vector<T> pingpong[2];       // backward: dL/d(layer input), alternating between the two
 
-    std::vector<T> pingpong[2];  // backward: dL/d(layer input), alternating between the two
-
-    Kernel(const Pass& pass, int64_t max_edges) : p(pass), acts(pass.nl + 1) {
+    Kernel(const Pass& pass, int64_t max_edges) : p(pass), acts(pass.nl + 1), pre(pass.nl) {
         int64_t widest = 0;
         for (int64_t l = 0; l <= p.nl; ++l) {
             if (l == 0 || l < p.nl) acts[l].resize(max_edges * p.dims[l]);  // the last layer's output lives in h
+            if (l < p.nl && smooth(l)) pre[l].resize(max_edges * p.dims[l + 1]);
             widest = p.dims[l] > widest ? p.dims[l] : widest;
         }
         pingpong[0].resize(max_edges * widest);
         pingpong[1].resize(max_edges * widest);
     }
+
+    bool smooth(int64_t l) const { return p.act[l] == kGelu || p.act[l] == kSilu; }
 
     void forward(const Chunk& ch, int64_t e0, int64_t eb, T* h) {
         const int64_t f = p.dims[0], k1 = p.k1, k = p.k;
@@ -259,12 +367,21 @@ struct Kernel {
             const T* src = ch.rows ? a + ch.rows[e0 + i] * f : a + i * f;
             for (int64_t m = 0; m < f; ++m) in[i * f + m] = src[m];
         }
-        for (int64_t l = 0; l < p.nl; ++l) {  // act(a W^T + b), bias and activation applied as each tile is stored
+        for (int64_t l = 0; l < p.nl; ++l) {  // act(a W^T + b): bias and ReLU applied as each tile is stored
             const int64_t di = p.dims[l], dout = p.dims[l + 1];
             const bool last = l + 1 == p.nl;
+            T* y = last ? h : acts[l + 1].data();
+            const int64_t ldy = last ? k1 : dout;
+            const T* bias = static_cast<const T*>(p.lb[l]);
+            if (!smooth(l)) {
+                gemm<T>(acts[l].data(), di, 1, static_cast<const T*>(p.lwt[l]), dout, eb, di, dout,
+                        Epilogue<T>{y, ldy, nullptr, nullptr, false, bias, p.act[l] == kRelu});
+                continue;
+            }
+            T* z = pre[l].data();  // kept for the derivative
             gemm<T>(acts[l].data(), di, 1, static_cast<const T*>(p.lwt[l]), dout, eb, di, dout,
-                    Epilogue<T>{last ? h : acts[l + 1].data(), last ? k1 : dout, nullptr, nullptr, false,
-                                static_cast<const T*>(p.lb[l]), p.act[l] == kRelu});
+                    Epilogue<T>{z, dout, nullptr, nullptr, false, bias});
+            for (int64_t i = 0; i < eb; ++i) Smooth<T>::value(p.act[l], z + i * dout, dout, y + i * ldy);
         }
         if (p.nl == 0)
             for (int64_t i = 0; i < eb; ++i) std::memcpy(h + i * k1, in + i * f, k * sizeof(T));
@@ -286,6 +403,8 @@ struct Kernel {
                 for (int64_t i = 0; i < eb; ++i)
                     for (int64_t m = 0; m < dout; ++m)
                         if (!(y[i * ldy + m] > T(0))) g[i * dout + m] = T(0);
+            } else if (smooth(l)) {
+                Smooth<T>::times_slope(p.act[l], pre[l].data(), eb * dout, g);
             }
             if (p.glw[l])  // [di, eb] x [eb, dout]
                 gemm<T>(acts[l].data(), 1, di, g, dout, di, eb, dout,
@@ -297,7 +416,8 @@ struct Kernel {
             }
             if (l == 0 && !ch.ga) return;
             T* next = pingpong[l % 2].data();  // never g: g is gh or the other buffer
-            gemm<T>(g, dout, 1, static_cast<const T*>(p.lw[l]), di, eb, dout, di, Epilogue<T>{next, di, nullptr, nullptr});
+            gemm<T>(g, dout, 1, static_cast<const T*>(p.lw[l]), di, eb, dout, di,
+                    Epilogue<T>{next, di, nullptr, nullptr});
             g = next;
         }
         if (!ch.ga) return;
@@ -402,7 +522,8 @@ void backward_chunk(const Pass& p, const Chunk& ch) {
             }
             const T* hj = h.data() + r0 * p.k1;
             if (want_q)
-                gemm<T>(hj, 1, p.k1, gmj, p.c, p.k1, d, p.c, Epilogue<T>{gq.data() + (j - b.j0) * k1c, p.c, nullptr, nullptr});
+                gemm<T>(hj, 1, p.k1, gmj, p.c, p.k1, d, p.c,
+                        Epilogue<T>{gq.data() + (j - b.j0) * k1c, p.c, nullptr, nullptr});
             if (want_h)
                 gemm<T>(gmj, p.c, 1, qt.data() + (j - b.j0) * ck, p.k, d, p.c, p.k,
                         Epilogue<T>{gh.data() + r0 * p.k, p.k, nullptr, nullptr});

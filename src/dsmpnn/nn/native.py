@@ -10,7 +10,7 @@ One chunk of :mod:`dsmpnn.nn.aggregate` as one C++ call (:class:`FusedPass`), fo
     \partial x_j = \partial Q_j W^\top ,\; \partial W = \textstyle\sum_j x_j^\top \partial Q_j
 
 and the kernel MLP's backward (h~ [e, K'], Q [n, K', C], g [N, C]). The kernel MLP runs inside the call when it
-is Linear layers each followed by ReLU or nothing (:data:`ACTIVATIONS`); otherwise PyTorch evaluates it per chunk
+is Linear layers each followed by ReLU, GELU, SiLU or nothing (:data:`ACTIVATIONS`); otherwise PyTorch evaluates it per chunk
 and hands h over. Per block of 16 sources, Q, h and every intermediate are made in small buffers that stay in
 L1/L2: no [e, C] messages, no [n, K', C] node kernels in memory, and no Python between the steps of a chunk. The
 products run through a register-blocked micro-kernel written with GCC/Clang vector extensions (AVX2 on the
@@ -59,9 +59,11 @@ _P = ctypes.c_void_p
 _I = ctypes.c_int64
 
 
-ACTIVATIONS = {"identity": 0, "relu": 1}
+ACTIVATIONS = {"identity": 0, "relu": 1, "gelu": 2, "silu": 3}
 """Activations the kernels evaluate themselves after a Linear layer of the kernel MLP (codes as in the C++
-``Act``); a kernel MLP with any other is evaluated by PyTorch, chunk by chunk, and its output handed over."""
+``Act``; "gelu" is the exact, erf form); a kernel MLP with any other is evaluated by PyTorch, chunk by chunk, and
+its output handed over. In float32, GELU and SiLU use vectorised approximations of erf and exp (the erf that
+PyTorch's own vectorised float32 GELU uses, and an exp within about 1 ulp); in float64, the C library's."""
 
 
 class _Pass(ctypes.Structure):

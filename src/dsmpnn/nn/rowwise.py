@@ -32,6 +32,10 @@ _POINTWISE = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.ELU, nn.LeakyReLU, nn.Sigmo
 """Parameter-free activations applied elementwise: each edge's features are transformed on their own."""
 
 
+_NATIVE_NAMES = {nn.ReLU: "relu", nn.GELU: "gelu", nn.SiLU: "silu"}
+"""Activations the fused kernels evaluate themselves (:data:`dsmpnn.nn.native.ACTIVATIONS`)."""
+
+
 @dataclass(frozen=True)
 class RowwiseKernel:
     """The layers of a kernel MLP, in order: ``nn.Linear`` or a pointwise activation module.
@@ -71,17 +75,17 @@ class RowwiseKernel:
 
     def native_layers(self) -> list[native.Layer] | None:
         """The MLP as Linear layers, each followed by at most one activation that the fused CPU kernels evaluate
-        themselves (:data:`dsmpnn.nn.native.ACTIVATIONS`), or None when it has another form (then PyTorch
-        evaluates it and hands its output to the kernels)."""
-        names = {nn.ReLU: "relu"}
+        themselves (ReLU, exact GELU, SiLU: :data:`dsmpnn.nn.native.ACTIVATIONS`), or None when it has another
+        form (then PyTorch evaluates it and hands its output to the kernels)."""
         layers: list[native.Layer] = []
         for m in self.layers:
             if isinstance(m, nn.Identity):
                 continue
+            name = _NATIVE_NAMES.get(type(m)) if not isinstance(m, nn.GELU) or m.approximate == "none" else None
             if type(m) is nn.Linear:
                 layers.append(native.Layer(m.weight, m.bias, "identity"))
-            elif type(m) in names and layers and layers[-1].act == "identity":
-                layers[-1] = native.Layer(layers[-1].weight, layers[-1].bias, names[type(m)])
+            elif name is not None and layers and layers[-1].act == "identity":
+                layers[-1] = native.Layer(layers[-1].weight, layers[-1].bias, name)
             else:
                 return None
         return layers
