@@ -1,6 +1,7 @@
 """The fused CPU kernels alone, and how ECConv scales from one to two chunk workers.
 
     python benchmarks/bench_kernels.py [--degree 25] [--hidden 64] [--channels 32] [--edges 8192]
+    python benchmarks/bench_kernels.py --activations
 
 1. One chunk of sources of equal out-degree d, targets in order (``--random-targets``: at random rows of the
    output), one thread: GFLOP/s of one fused forward pass (kernel MLP 3 -> K with ReLU, Q = x W, the scattered
@@ -10,6 +11,9 @@
 2. The issue-5 reference ECConv (20,000 nodes, r = 0.02, C = 32, H = 64) forward + backward with 1 and 2 chunk
    workers, interleaved rounds: min and median seconds and the 2-worker speed-up, next to the dense matmul's
    speed-up from 1 to 2 threads.
+
+``--activations`` instead times that ECConv with a ReLU, GELU and SiLU kernel MLP, the MLP evaluated inside the
+fused kernels or by PyTorch per chunk.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 
 from dsmpnn.bench.conv import _nnconv
 from dsmpnn.graph import build_graph
-from dsmpnn.nn import ECConv, chunk_pool, native
+from dsmpnn.nn import ECConv, RowwiseKernel, chunk_pool, native
 
 
 def _rate(fn, flops: float, calls: int = 30) -> float:
@@ -99,6 +103,30 @@ def worker_scaling(rounds: int) -> dict:
             "dense_min": {w: min(v) for w, v in dense.items()}}
 
 
+def activation_costs(rounds: int) -> dict:
+    """ECConv fwd + bwd on the reference case with a ReLU, GELU and SiLU kernel MLP, each with the MLP inside the
+    fused kernels and evaluated by PyTorch per chunk (as for activations the kernels do not have): min seconds."""
+    nodes = 20_000
+    g = build_graph(np.random.default_rng(0).random((nodes, 2)), 0.02, dtype=torch.float32, warn_isolated=False)
+    x = torch.randn(nodes, 32, requires_grad=True)
+    grad = torch.randn(nodes, 32)
+    convs = {act: ECConv(32, 32, 3, (64,), act=act) for act in ("relu", "gelu", "silu")}
+    times: dict[tuple[str, str], list[float]] = {}
+    native_layers = RowwiseKernel.native_layers
+    try:
+        for r in range(rounds + 1):
+            for where in ("fused", "pytorch"):
+                RowwiseKernel.native_layers = native_layers if where == "fused" else (lambda self: None)
+                for act, conv in convs.items():
+                    t = time.perf_counter()
+                    conv(x, g.edge_index, g.edge_attr).backward(grad)
+                    if r:  # round 0 warms up
+                        times.setdefault((act, where), []).append(time.perf_counter() - t)
+    finally:
+        RowwiseKernel.native_layers = native_layers
+    return {key: min(v) for key, v in times.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--degree", type=int, default=25)
@@ -107,8 +135,19 @@ def main() -> None:
     p.add_argument("--edges", type=int, default=8192)
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--skip-scaling", action="store_true", help="only the one-chunk rates")
+    p.add_argument("--activations", action="store_true",
+                   help="instead: ECConv fwd+bwd with ReLU/GELU/SiLU kernel MLPs, in the kernels or by PyTorch")
     p.add_argument("--random-targets", action="store_true", help="targets at random rows instead of in order")
     a = p.parse_args()
+    if a.activations:
+        torch.set_num_threads(2)
+        t = activation_costs(a.rounds)
+        print(f"ECConv fwd+bwd, reference case, 2 threads, min over {a.rounds} rounds [s]:")
+        for act in ("relu", "gelu", "silu"):
+            fused, by_torch = t[act, "fused"], t[act, "pytorch"]
+            print(f"  {act:5s} MLP in the kernels {fused:.3f}, by PyTorch per chunk {by_torch:.3f} "
+                  f"({by_torch / fused:.2f}x); in the kernels, {fused / t['relu', 'fused']:.2f}x the ReLU time")
+        return
     order = "random" if a.random_targets else "in order"
     print(f"one chunk, degree {a.degree}, K = {a.hidden}, C = {a.channels}, {a.edges} edges, targets {order}, "
           "1 thread [GFLOP/s]:")

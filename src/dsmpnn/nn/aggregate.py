@@ -30,10 +30,11 @@ Two implementations of a chunk compute the same sums:
 
 - **fused** (CPU, by default): one call of the C++ kernels (:class:`dsmpnn.nn.native.FusedPass`) per chunk does
   all of it, block by block of 16 sources in cache-sized buffers: the gather of x, Q = x W, the kernel MLP (when
-  it is Linear layers with ReLU or no activation; otherwise PyTorch evaluates it per chunk and hands h over),
-  the products :math:`\tilde H_j Q_j` added row by row into their targets, and in backward every adjoint
-  (:math:`Q^\top` recomputed in the layout its product needs). Sources are in locality order, so the rows they
-  add into are in cache. Memory: the output (per worker) and one block's buffers; nothing of size E is copied.
+  it is Linear layers with ReLU, GELU, SiLU or no activation; otherwise PyTorch evaluates it per chunk and hands
+  h over), the products :math:`\tilde H_j Q_j` added row by row into their targets, and in backward every
+  adjoint (:math:`Q^\top` recomputed in the layout its product needs). Sources are in locality order, so the
+  rows they add into are in cache. Memory: the output (per worker) and one block's buffers; nothing of size E
+  is copied.
 - **PyTorch** (no compiler, ``native.ENABLED = False``, CUDA): the sources are sorted by out-degree, the messages
   of all sources of out-degree d are one batched product ([n_d, d, K] x [n_d, K, C]) and the [e, C] messages
   are added into their targets by ``index_add_``; memory: one chunk of [e, K], [e, C] and [n, K', C]
@@ -44,7 +45,8 @@ Work: 2 N C_in K' C (dense) + 2 E K C (batched) multiply-adds forward; backward 
 of Q and h.
 
 Threads: on CPU the chunks are split between ``torch.get_num_threads()`` single-threaded workers
-(:mod:`dsmpnn.nn.chunk_pool`; the fused kernels release the GIL). Devices: the code is device-generic; on CUDA
+(:mod:`dsmpnn.nn.chunk_pool`; the fused kernels release the GIL): in forward one part per worker, in backward
+:data:`BACKWARD_PARTS_PER_WORKER` parts per worker, taken by whichever worker is free. Devices: the code is device-generic; on CUDA
 the per-degree products of a chunk become one padded ``bmm``, compiled when possible (:mod:`dsmpnn.nn.padded`,
 UNTESTED ON GPU).
 """
@@ -120,8 +122,8 @@ def _message_grads(h: torch.Tensor, q: torch.Tensor, gm: torch.Tensor, groups: S
 
 class _GroupedAggregate(torch.autograd.Function):
     """out = s * sum_e w_e [kernel(a_e), (1)]^T Q_src(e), Q = x W (or Q = x when W is None), in chunks.
-    ``grad``: whether grad mode was on at the call (inside ``forward`` it is always off); without it the
-    kernel's inputs are gathered per chunk instead of sorted once for the backward pass."""
+    ``grad``: whether grad mode was on at the call (inside ``forward`` it is always off); without it the PyTorch
+    path gathers the kernel's inputs per chunk instead of sorting them once for the backward pass."""
 
     @staticmethod
     def forward(ctx, plan: EdgePlan, kernel: RowwiseKernel | None, grad: bool, x, wb, feats, edge_weight,

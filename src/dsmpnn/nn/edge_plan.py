@@ -37,11 +37,11 @@ from dsmpnn.nn.chunk_pool import run_single_threaded
 __all__ = ["EdgePlan", "Group", "Chunk", "cached_edge_plan", "default_order", "DEFAULT_EDGE_CHUNK", "ORDERS"]
 
 DEFAULT_EDGE_CHUNK = 8_192
-"""Edges per chunk (at most ``chunk // 8`` sources): bounds the temporaries of one chunk at about
-chunk x (K + 2 C) + min(chunk / d, chunk / 8) x (K + 1) x C floats (d: out-degree of its sources). On the issue-5
-reference case (2-core CPU) 2 048, 4 096 and 8 192 were equal within the noise with the fused kernels (smaller
-chunks help their backward, whose working set then fits L2, but add per-chunk overhead); the ``bmm`` path is
-about 15 % faster at 16 384."""
+"""Edges per chunk (at most ``chunk // 8`` sources). On the PyTorch (``bmm``) path it bounds the temporaries of one
+chunk at about chunk x (K + 2 C) + min(chunk / d, chunk / 8) x (K + 1) x C floats (d: out-degree of its sources);
+that path is about 15 % faster at 16 384 than at 8 192 on the issue-5 reference case. The fused kernels work in
+blocks of 16 sources whatever the chunk, so for them it only sets how many calls, and how many parts to share
+between threads, a pass has."""
 
 ORDERS = ("degree", "locality")
 
