@@ -204,3 +204,53 @@ def test_sampled_plans_with_geometric_overlap():
             assert set(ref.plans[p].halo) <= set(dec.plans[p].halo)
     small = bsp(pos, ids, owner, 0.12, nparts=2, warn_isolated=False, overlap=0.05)
     assert sum(p.num_edges for p in small.plans) < sum(p.num_edges for p in ref.plans)
+
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), dim=st.sampled_from([2, 3]), nparts=st.integers(2, 4),
+       method=st.sampled_from(["slab", "rcb", "metis"]), hops=st.integers(1, 3),
+       cap=st.sampled_from([None, 5]), overlap=st.sampled_from([None, 0.6, 1.0, 1.7]))
+def test_local_plan_equals_its_part_of_the_whole_sampled_graph(seed, dim, nparts, method, hops, cap, overlap):
+    """Each rank's plan built from the sampled nodes near its subdomain only equals its plan on the whole sampled
+    graph (nodes, rings, local edges in the same order, send lists) and its edge attributes the whole graph's;
+    the isolated owned nodes of all ranks add up to the whole graph's. Any partition, 1-3 hops, with and without
+    a neighbour cap, graph halo or geometric overlap (given as a multiple of the radius)."""
+    from dsmpnn.graph import build_local_plan, radius_graph
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(60, 400))
+    pos = rng.random((n, dim))
+    radius = float(rng.uniform(0.08, 0.3))
+    ei = radius_graph(pos, radius, warn_isolated=False) if method == "metis" else None
+    owner = partition(pos, nparts, method, ei, 0)
+    ids = np.sort(rng.choice(n, int(rng.integers(nparts, n + 1)), replace=False))
+    ov = overlap * radius if overlap is not None else None
+    whole = build_sampled_plans(pos, ids, owner, radius, hops, nparts, cap, torch.float64, warn_isolated=False,
+                                overlap=ov)
+    isolated = 0
+    for p in range(nparts):
+        local = build_local_plan(pos, ids, owner, p, radius, hops, nparts, cap, torch.float64, overlap=ov)
+        ref = whole.plans[p]
+        for name in ("owned", "halo", "halo_owner", "halo_ring", "edge_index", "send_counts", "send_rows"):
+            np.testing.assert_array_equal(getattr(local.plan, name), getattr(ref, name), err_msg=name)
+        ref_graph = ref.local_graph(whole.graph)
+        assert torch.equal(local.graph.edge_index, ref_graph.edge_index)
+        assert torch.equal(local.graph.edge_attr, ref_graph.edge_attr)
+        np.testing.assert_array_equal(local.local_rows(), whole.local_rows(p))
+        isolated += local.isolated
+    hit = np.zeros(len(ids), dtype=bool)
+    hit[whole.graph.edge_index[1].numpy()] = True
+    assert isolated == int((~hit).sum())
+
+
+def test_local_plan_of_a_rank_without_sampled_nodes_is_empty():
+    from dsmpnn.graph import build_local_plan
+
+    rng = np.random.default_rng(5)
+    pos = rng.random((200, 2))
+    owner = partition(pos, 3, "rcb")
+    few = np.flatnonzero(owner != 2)[:30]
+    local = build_local_plan(pos, few, owner, 2, 0.3, nparts=3)
+    assert local.plan.num_owned == 0 and local.plan.num_local == 0 and local.graph.edge_index.shape == (2, 0)
+    assert local.plan.send_counts.tolist() == [0, 0, 0] and local.isolated == 0

@@ -35,7 +35,7 @@ from dsmpnn.graph.partition import check_edge_index, check_owner, unique_sorted
 from dsmpnn.graph.radius import DEFAULT_MAX_EDGES, Graph, build_graph
 
 __all__ = ["HaloPlan", "build_halo_plans", "build_halo_plan", "build_overlap_plans", "check_plans",
-           "SampledDecomposition", "build_sampled_plans"]
+           "SampledDecomposition", "build_sampled_plans", "LocalDecomposition", "build_local_plan"]
 
 _INDEX_FIELDS = ("owned", "halo", "halo_owner", "halo_ring", "edge_index", "edge_ids", "send_counts", "send_rows")
 
@@ -417,10 +417,9 @@ def build_sampled_plans(pos: np.ndarray, sample_ids: np.ndarray, owner: np.ndarr
     Data each rank needs: the positions of the sampled nodes (``pos[sample_ids]``, m x d floats) to build the
     graph and plans, and the fields ``x``/``y`` of its local rows only (``local_rows(rank)``: its owned sampled
     nodes plus sampled halo nodes, all within ``halo_hops * radius`` of its owned ones). This function builds
-    the whole sampled graph on every rank (m log m work, no messages); a rank holding only its subdomain's
-    positions could build the same plan from the sampled nodes within ``(halo_hops + 1) * radius`` of
-    its own (every path of at most halo_hops edges from an owned node stays within that distance, plus one radius
-    for a neighbour cap), which this version does not do. ``warn_isolated=False`` silences the warning about
+    the whole sampled graph and all P plans (m log m work, no messages), so the plans can be cross-checked
+    (:func:`check_plans`); the training and inference runtime builds each rank's plan alone, equal to
+    ``plans[rank]``, with :func:`build_local_plan`, from the sampled nodes near its subdomain. ``warn_isolated=False`` silences the warning about
     sampled nodes without a neighbour (training draws many samples; the single-process path does not warn).
     ``max_edges``: the refusal limit of :func:`~dsmpnn.graph.radius_graph`.
 
@@ -446,3 +445,102 @@ def build_sampled_plans(pos: np.ndarray, sample_ids: np.ndarray, owner: np.ndarr
         plans = build_overlap_plans(owner_s, graph.edge_index.numpy(), pos[sample_ids], overlap, radius, nparts,
                                     allow_empty=True, warn=False)
     return SampledDecomposition(sample_ids, owner_s, graph, plans)
+
+
+@dataclass(frozen=True, eq=False)
+class LocalDecomposition:
+    """One rank's share of a Nyström-sampled graph, built from the sampled nodes near its subdomain only.
+
+    ``plan`` numbers nodes 0..m-1 in sample order like :class:`SampledDecomposition` (``sample_ids[plan.owned]``
+    are mesh ids); ``graph`` is the rank's local graph (``plan.edge_index`` and its edge attributes, rows in the
+    plan's local order). ``isolated``: owned sampled nodes without a neighbour within the radius.
+    """
+
+    sample_ids: np.ndarray
+    plan: HaloPlan
+    graph: Graph
+    isolated: int
+
+    def local_rows(self) -> np.ndarray:
+        """Global mesh ids of the local rows (owned sampled nodes, then sampled halo)."""
+        return self.sample_ids[self.plan.local_nodes]
+
+
+def build_local_plan(pos: np.ndarray, sample_ids: np.ndarray, owner: np.ndarray, rank: int, radius: float,
+                     halo_hops: int = 1, nparts: int | None = None, max_neighbors: int | None = None,
+                     dtype: torch.dtype = torch.float32, overlap: float | None = None,
+                     max_edges: int = DEFAULT_MAX_EDGES) -> LocalDecomposition:
+    """Rank ``rank``'s plan of the sampled radius graph, equal to ``build_sampled_plans(...).plans[rank]`` (and its
+    local graph to ``plan.local_graph(graph)``), built from the sampled nodes within ``reach`` of the rank's owned
+    ones only: work and memory ~ the subdomain and its halo, not the whole sample.
+
+    Why that suffices, for ``halo_hops = k``: every node the plan mentions is at most k hops, so k r, from an owned
+    node: the halo rings, the sources of the local edges (edges into owned nodes and into rings 1..k-1), and the
+    other ranks' nodes whose halo rings hold owned nodes (the send lists), reached along paths of at most k edges.
+    Among the nodes kept, the edges are those of the whole graph (radius graphs are local), in the same order
+    (sorted by target, then source, in sample order). With ``max_neighbors`` an edge also depends on its target's
+    other neighbours, up to r beyond the target: reach = (k + 1) r, else k r. With a geometric ``overlap`` l,
+    reach = max(l, r): the halo and the nodes of other ranks the rank sends to lie within l, the sources of edges
+    into owned nodes within r.
+    """
+    pos = np.asarray(pos)
+    sample_ids = np.asarray(sample_ids, dtype=np.int64)
+    owner = np.asarray(owner)
+    if owner.shape != (len(pos),):
+        raise GraphError(f"owner has shape {owner.shape}, expected [{len(pos)}] (one rank per mesh node)")
+    if sample_ids.ndim != 1 or np.any(np.diff(sample_ids) <= 0) or (
+            sample_ids.size and (sample_ids[0] < 0 or sample_ids[-1] >= len(pos))):
+        raise GraphError(f"sample_ids must be distinct ascending mesh ids in [0, {len(pos)})")
+    nparts = int(owner.max()) + 1 if nparts is None else nparts
+    if not isinstance(halo_hops, (int, np.integer)) or halo_hops < 1:
+        raise GraphError(f"halo_hops must be an integer >= 1, got {halo_hops!r}")
+    m = len(sample_ids)
+    pos_s = np.asarray(pos[sample_ids], dtype=np.float64)  # [m, d]
+    owner_s = owner[sample_ids].astype(np.int64)
+    if overlap is not None:
+        reach = max(overlap, radius)
+    else:  # one radius more with a neighbour cap: a target's edges then depend on all its neighbours
+        reach = (halo_hops + (max_neighbors is not None)) * radius
+    keep = _near(pos_s, owner_s == rank, reach)
+    near = np.flatnonzero(keep)  # ascending sample indices: the order of the whole graph is kept
+    if near.size == 0:  # no sampled node in this rank's region: it only takes part in the exchanges
+        none = np.zeros(0, dtype=np.int64)
+        plan = HaloPlan(rank=rank, nparts=nparts, num_global_nodes=m, halo_hops=1 if overlap is not None else
+                        halo_hops, owned=none, halo=none, halo_owner=none, halo_ring=none,
+                        edge_index=np.zeros((2, 0), dtype=np.int64), edge_ids=none,
+                        send_counts=np.zeros(nparts, dtype=np.int64), send_rows=none,
+                        overlap=float(overlap) if overlap is not None else None)
+        attr = torch.zeros(0, pos_s.shape[1] + 1, dtype=dtype)
+        return LocalDecomposition(sample_ids, plan, Graph(torch.zeros(2, 0, dtype=torch.int64), attr, 0), 0)
+    graph = build_graph(pos_s[near], radius, max_neighbors, dtype=dtype, warn_isolated=False, max_edges=max_edges)
+    ei = graph.edge_index.numpy()
+    if overlap is None:
+        local = build_halo_plans(owner_s[near], ei, halo_hops, nparts, allow_empty=True)[rank]
+    else:
+        local = build_overlap_plans(owner_s[near], ei, pos_s[near], overlap, radius, nparts, allow_empty=True,
+                                    warn=False)[rank]
+    plan = HaloPlan(rank=rank, nparts=nparts, num_global_nodes=m, halo_hops=local.halo_hops,
+                    owned=near[local.owned], halo=near[local.halo], halo_owner=local.halo_owner,
+                    halo_ring=local.halo_ring, edge_index=local.edge_index, edge_ids=local.edge_ids,
+                    send_counts=local.send_counts, send_rows=local.send_rows, overlap=local.overlap)
+    hit = np.zeros(len(near), dtype=bool)  # every edge into an owned node is in `graph`, whatever the overlap
+    hit[ei[1]] = True
+    isolated = int((~hit[owner_s[near] == rank]).sum())
+    attr = graph.edge_attr[torch.from_numpy(local.edge_ids.copy())]
+    return LocalDecomposition(sample_ids, plan, Graph(torch.from_numpy(plan.edge_index.copy()), attr,
+                                                      plan.num_local), isolated)
+
+
+def _near(pos: np.ndarray, mine: np.ndarray, reach: float) -> np.ndarray:
+    """Mask of the points within ``reach`` of a point where ``mine`` (those included): a box test first, then the
+    distance to the nearest of them (k-d tree), with a relative slack of 1e-9 (a superset is always safe)."""
+    if not mine.any():
+        return mine.copy()
+    reach = reach * (1 + 1e-9) + 1e-300
+    own = pos[mine]
+    box = np.all((pos >= own.min(0) - reach) & (pos <= own.max(0) + reach), axis=1)
+    out = np.zeros(len(pos), dtype=bool)
+    cand = np.flatnonzero(box)
+    dist, _ = cKDTree(own).query(pos[cand], distance_upper_bound=reach)
+    out[cand[dist <= reach]] = True
+    return out

@@ -113,8 +113,9 @@ def _full_graphs(cfg: Config, ctx: DistContext) -> bool:
 
 
 def _warn_isolated(strategy, cfg: Config, graphs: str) -> None:
-    """One warning (rank 0) when nodes of the graphs just predicted on had no neighbour; stop counting."""
-    stats, strategy.graph_stats = strategy.graph_stats, None
+    """One warning (rank 0) when nodes of the graphs just predicted on had no neighbour; stop counting (a
+    collective: every rank calls it)."""
+    stats = strategy.take_graph_stats()
     message = stats.warning(cfg.graph.radius, graphs) if stats is not None else None
     if message and strategy.is_main:
         warnings.warn(message, stacklevel=3)

@@ -113,9 +113,14 @@ class GraphStats:
         """Count one graph: ``edge_index [2, E]`` (row 1 the targets) on ``num_nodes`` nodes."""
         hit = torch.zeros(num_nodes, dtype=torch.bool)
         hit[torch.as_tensor(edge_index)[1].cpu()] = True
+        self.count(num_nodes, num_nodes - int(hit.sum()))
+
+    def count(self, nodes: int, isolated: int) -> None:
+        """Count one graph (or one rank's part of it) of ``nodes`` nodes, ``isolated`` of them without a
+        neighbour."""
         self.graphs += 1
-        self.nodes += num_nodes
-        self.isolated += num_nodes - int(hit.sum())
+        self.nodes += nodes
+        self.isolated += isolated
 
     def warning(self, radius: float, graphs: str, advice: str = "a larger graph.radius") -> str | None:
         """The message for ``graphs`` (e.g. "the 12 sampled graphs of epoch 1"), or None when every node has a

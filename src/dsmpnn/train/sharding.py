@@ -2,8 +2,9 @@
 
 Memory of rank p of P for a mesh of N nodes (:class:`MeshShard`):
 
-- ``pos [N, d]`` of every node: every rank draws the same Nyström samples and builds the same sampled radius graph
-  and halo plans from them, without communication (:func:`dsmpnn.graph.build_sampled_plans`);
+- ``pos [N, d]`` of every node: every rank draws the same Nyström samples and builds, without communication, its
+  part of the sampled radius graph and its halo plan from the sampled nodes near its subdomain
+  (:func:`dsmpnn.graph.build_local_plan`: work and memory of the graph ~ N/P plus the halo);
 - ``owner [N]`` (one byte per node up to 256 ranks): the partition of the full mesh;
 - the normalised inputs ``x`` and targets ``y`` of its own ~N/P nodes only. Halo rows of the inputs are never
   read (the first halo exchange overwrites the encoder's halo outputs), so they are zero-padded.
@@ -30,7 +31,7 @@ from dsmpnn.data.sample import MeshSample
 from dsmpnn.distributed import (DistContext, LocalShard, all_gather_objects, forward_owned, gather_owned,
                                 make_exchange, run_agreed)
 from dsmpnn.errors import GraphError
-from dsmpnn.graph import build_sampled_plans, covering_samples, partition, radius_graph
+from dsmpnn.graph import build_local_plan, covering_samples, partition, radius_graph
 from dsmpnn.graph.radius import DEFAULT_MAX_EDGES
 from dsmpnn.train.config import Config
 from dsmpnn.train.features import FeatureMap, GraphStats
@@ -132,17 +133,18 @@ def shard_meshes(load: Callable[[int], MeshSample], count: int, ctx: DistContext
 def decompose(mesh: MeshShard, ids: np.ndarray, nparts: int, cfg: Config, dtype: torch.dtype,
               with_targets: bool = True, stats: GraphStats | None = None) -> LocalShard:
     """This rank's :class:`LocalShard` of the radius graph on the mesh nodes ``ids`` (ascending; all nodes for
-    full-graph inference). Every rank builds the same graph and plans; the owned rows come from ``mesh``.
-    ``stats`` counts the nodes of the (whole) graph without a neighbour."""
+    full-graph inference): built from the nodes of ``ids`` near its subdomain only
+    (:func:`dsmpnn.graph.build_local_plan`), equal to its part of the whole graph; the owned rows come from
+    ``mesh``. ``stats`` counts this rank's owned nodes and those without a neighbour (summed over ranks by
+    :meth:`dsmpnn.train.strategy.DomainDecomposed.graph_stats_total`)."""
     gc = cfg.graph
-    dec = build_sampled_plans(mesh.pos, ids, mesh.owner, gc.radius, cfg.distributed.halo_hops, nparts,
-                              gc.max_neighbors, dtype, warn_isolated=False, overlap=cfg.distributed.overlap,
-                              max_edges=gc.max_edges)
+    dec = build_local_plan(mesh.pos, ids, mesh.owner, mesh.rank, gc.radius, cfg.distributed.halo_hops, nparts,
+                           gc.max_neighbors, dtype, overlap=cfg.distributed.overlap, max_edges=gc.max_edges)
+    plan = dec.plan
     if stats is not None:
-        stats.add(dec.graph.edge_index, dec.graph.num_nodes)
-    plan = dec.plans[mesh.rank]
+        stats.count(plan.num_owned, dec.isolated)
     rows = mesh.rows(dec.sample_ids[plan.owned])
-    attr = plan.local_graph(dec.graph).edge_attr.to(mesh.x.device)  # [E_loc, d + 1]
+    attr = dec.graph.edge_attr.to(mesh.x.device)  # [E_loc, d + 1]
     y = mesh.y[rows] if with_targets and mesh.y is not None else None
     return LocalShard.from_owned(plan, mesh.x[rows], attr, y)
 

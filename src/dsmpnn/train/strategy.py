@@ -102,6 +102,11 @@ class SingleProcess:
     def predict(self, model: nn.Module, mesh: MeshSample) -> np.ndarray:
         return predict_sample(model, self.fmap, mesh, self.cfg, self.device, stats=self.graph_stats)
 
+    def take_graph_stats(self) -> GraphStats | None:
+        """The counts of nodes without a neighbour since ``graph_stats`` was set; stops counting."""
+        stats, self.graph_stats = self.graph_stats, None
+        return stats
+
     def barrier(self) -> None:
         pass
 
@@ -171,6 +176,16 @@ class DomainDecomposed:
     def agree_stop(self, requested: bool) -> bool:
         """True on every rank when any rank received SIGINT/SIGTERM, so all stop after the same step."""
         return any_rank(requested, device=self.device)
+
+    def take_graph_stats(self) -> GraphStats | None:
+        """The counts of nodes without a neighbour since ``graph_stats`` was set, summed over ranks (each counted
+        its owned nodes; a collective: every rank calls it); stops counting."""
+        stats, self.graph_stats = self.graph_stats, None
+        if stats is None:
+            return None
+        nodes, isolated = all_reduce_sum(torch.tensor([stats.nodes, stats.isolated], dtype=torch.float64,
+                                                      device=self.device)).tolist()
+        return GraphStats(stats.graphs, int(nodes), int(isolated))
 
     def predict(self, model: nn.Module, mesh: MeshShard) -> np.ndarray | None:
         """[N, T] physical prediction on rank 0, None elsewhere (a collective)."""

@@ -213,13 +213,12 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
                             f"interrupted during epoch {epoch}; saved {path}; continue with --resume"))
                 record = {"epoch": epoch, "step": epoch * steps_per_epoch, "train_loss": loss_sum / nodes,
                           "lr": opt.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0}
-                if strategy.graph_stats is not None:
-                    isolated = strategy.graph_stats.warning(
-                        gc.radius, f"the {strategy.graph_stats.graphs} sampled graphs of epoch {epoch}",
-                        "a larger graph.radius or graph.sample_nodes")
+                stats = strategy.take_graph_stats()  # every rank: a collective in DS mode
+                if stats is not None:
+                    isolated = stats.warning(gc.radius, f"the {stats.graphs} sampled graphs of epoch {epoch}",
+                                             "a larger graph.radius or graph.sample_nodes")
                     if isolated and main:
                         warnings.warn(isolated, stacklevel=2)
-                    strategy.graph_stats = None
                 if val_set and (epoch % tc.eval_every == 0 or epoch == tc.epochs):
                     preds = [strategy.predict(model, s) for s in val_set]  # None on ranks other than 0
                     if main:
