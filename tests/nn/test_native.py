@@ -278,3 +278,23 @@ def test_smooth_activations_over_their_whole_range(act, dtype):
     native.FusedPass(native.kernels(), q, None, k, layers, g=g, need_dh=True).chunk(deg, nodes, dst, None, feats,
                                                                                    None, ga)
     torch.testing.assert_close(ga, slope[:, None].expand(e, k).to(dtype), **tol)
+
+
+@needs_kernels
+def test_portable_build_without_march_native_gives_the_same_sums(tmp_path, monkeypatch):
+    """The fallback flags (no -march=native: SSE only on x86) must compile too, and compute the same chunk."""
+    monkeypatch.setattr(native, "_FLAG_SETS", (["-O3"],))
+    portable = native._load(native.build(tmp_path))
+    gen, deg, e, dst, nodes, num_nodes = chunk_case(13, 11, 4, "mixed", torch.float64, 7)
+    layers = make_layers([3, 9, 13], True, gen, torch.float64, ["relu", "gelu"])
+    x, wq = torch.randn(num_nodes, 4, dtype=torch.float64), torch.randn(4, 14, 11, dtype=torch.float64)
+    feats, g = torch.randn(e, 3, dtype=torch.float64), torch.randn(num_nodes, 11, dtype=torch.float64)
+    results = []
+    for kern in (native.kernels(), portable):
+        out, gx, gf = torch.zeros(num_nodes, 11, dtype=torch.float64), torch.zeros_like(x), torch.zeros_like(feats)
+        native.FusedPass(kern, x, wq, 13, layers, out=out).chunk(deg, nodes, dst, None, feats, None)
+        native.FusedPass(kern, x, wq, 13, layers, g=g, gx=gx, need_dh=True).chunk(deg, nodes, dst, None, feats, None,
+                                                                                  gf)
+        results.append((out, gx, gf))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

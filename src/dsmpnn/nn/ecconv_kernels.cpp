@@ -44,6 +44,17 @@ struct Vec<double> {
     static constexpr int W = 4;
 };
 
+// Tells the compiler a vector stays in a register (it would otherwise reload B's row for every row of the tile).
+// Only where a whole 32-byte vector fits one register (AVX); elsewhere nothing, and the code stays correct.
+template <typename V>
+inline void keep_in_register(V& v) {
+#if defined(__AVX__)
+    asm("" : "+x"(v));
+#else
+    (void)v;
+#endif
+}
+
 template <typename V, typename T>
 inline V load(const T* p) {
     V v;
@@ -90,7 +101,7 @@ inline void tile(const T* a, int64_t sam, int64_t sar, const T* b, int64_t ldb, 
         V bv[NV];
         for (int v = 0; v < NV; ++v) {
             bv[v] = load<V>(br + v * W);
-            asm("" : "+x"(bv[v]));  // keep B's row in registers: one load per vector for all MR rows
+            keep_in_register(bv[v]);  // one load per vector of B's row, for all MR rows
         }
         for (int i = 0; i < MR; ++i) {
             const T s = ar[i * sam];

@@ -21,7 +21,7 @@ compiler (``$CXX``, else ``c++``/``g++``/``clang++``) with ``-O3 -march=native``
 (``$DSMPNN_CACHE_DIR``, else ``$XDG_CACHE_HOME/dsmpnn``, else ``~/.cache/dsmpnn``; the temporary directory
 when that is not writable), keyed by a hash of the source, the compiler, the flags and the CPU; the library is
 written to a temporary name and renamed into place, so concurrent processes (ranks) never load a half-written
-file, and a damaged cached file is rebuilt. It takes 1-2 s and has no dependency beyond the compiler (no
+file, and a damaged cached file is rebuilt. It takes 3-7 s and has no dependency beyond the compiler (no
 PyTorch headers). When there is no compiler, the build fails, or ``DSMPNN_NATIVE=0`` is set,
 :func:`kernels` returns None and the aggregation uses its pure-PyTorch path, which computes the same sums.
 """
@@ -53,7 +53,7 @@ path), True always (:func:`kernels_for` raises when they are unavailable)."""
 SOURCE = Path(__file__).with_name("ecconv_kernels.cpp")
 ABI = 3
 _FLAG_SETS = (["-O3", "-march=native"], ["-O3"])  # the second when the compiler does not know -march=native
-_COMMON = ["-std=c++17", "-shared", "-fPIC", "-fno-math-errno"]
+_COMMON = ["-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-Wno-psabi"]
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
