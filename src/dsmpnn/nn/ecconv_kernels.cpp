@@ -439,20 +439,6 @@ struct Kernel {
     }
 };
 
-// Asks for the rows a block will gather (edge inputs by `rows`, x by `nodes`: random places in memory) a block
-// ahead, so that their cache misses overlap the work on the current block.
-template <typename T>
-void prefetch_block(const Pass& p, const Chunk& ch, const Block& b) {
-    if (ch.rows) {
-        const T* a = static_cast<const T*>(ch.a);
-        for (int64_t e = b.e0; e < b.e1; ++e) __builtin_prefetch(a + ch.rows[e] * p.dims[0]);
-    }
-    if (p.wq) {
-        const T* x = static_cast<const T*>(p.x);
-        for (int64_t j = b.j0; j < b.j1; ++j) __builtin_prefetch(x + ch.nodes[j] * p.cin);
-    }
-}
-
 template <typename T>
 void gather_rows(const T* x, int64_t width, const int64_t* idx, int64_t n, T* out) {
     for (int64_t i = 0; i < n; ++i) std::memcpy(out + i * width, x + idx[i] * width, width * sizeof(T));
@@ -469,9 +455,7 @@ void forward_chunk(const Pass& p, const Chunk& ch) {
     Kernel<T> kern(p, max_e);
     const T* x = static_cast<const T*>(p.x);
     const T* ew = static_cast<const T*>(ch.ew);
-    for (size_t i = 0; i < blocks.size(); ++i) {
-        const Block& b = blocks[i];
-        if (i + 1 < blocks.size()) prefetch_block<T>(p, ch, blocks[i + 1]);
+    for (const Block& b : blocks) {
         const int64_t nb = b.j1 - b.j0;
         if (p.wq) {
             gather_rows(x, p.cin, ch.nodes + b.j0, nb, xs.data());
@@ -507,9 +491,7 @@ void backward_chunk(const Pass& p, const Chunk& ch) {
     const T* x = static_cast<const T*>(p.x);
     const T* g = static_cast<const T*>(p.g);
     const T* ew = static_cast<const T*>(ch.ew);
-    for (size_t i = 0; i < blocks.size(); ++i) {
-        const Block& b = blocks[i];
-        if (i + 1 < blocks.size()) prefetch_block<T>(p, ch, blocks[i + 1]);
+    for (const Block& b : blocks) {
         const int64_t nb = b.j1 - b.j0, eb = b.e1 - b.e0;
         if (p.wq && (want_h || p.gw)) gather_rows(x, p.cin, ch.nodes + b.j0, nb, xs.data());
         if (want_h && p.wq) {
