@@ -254,3 +254,22 @@ def test_local_plan_of_a_rank_without_sampled_nodes_is_empty():
     local = build_local_plan(pos, few, owner, 2, 0.3, nparts=3)
     assert local.plan.num_owned == 0 and local.plan.num_local == 0 and local.graph.edge_index.shape == (2, 0)
     assert local.plan.send_counts.tolist() == [0, 0, 0] and local.isolated == 0
+
+
+@pytest.mark.parametrize("cap", [None, 8])
+def test_local_plan_on_a_regular_grid(cap):
+    """A grid has many equidistant neighbours: under a neighbour cap which ones a k-d tree keeps depends on the
+    tree, so with a cap the whole graph is built; either way every rank's plan equals its part of the whole graph
+    and the ranks' send and receive lists match (the case that once failed in a 2-rank run)."""
+    from dsmpnn.graph import build_local_plan
+
+    s = np.linspace(0, 1, 32)
+    pos = np.stack(np.meshgrid(s, s, indexing="ij"), -1).reshape(-1, 2)
+    owner = partition(pos, 2, "metis", build_graph(pos, 0.15, warn_isolated=False).edge_index.numpy(), 0)
+    ids = np.sort(np.random.default_rng(3).choice(len(pos), 200, replace=False))
+    whole = build_sampled_plans(pos, ids, owner, 0.15, 2, 2, cap, torch.float64, warn_isolated=False)
+    plans = [build_local_plan(pos, ids, owner, p, 0.15, 2, 2, cap, torch.float64).plan for p in range(2)]
+    check_plans(plans)
+    for p in range(2):
+        np.testing.assert_array_equal(plans[p].send_rows, whole.plans[p].send_rows)
+        np.testing.assert_array_equal(plans[p].edge_index, whole.plans[p].edge_index)

@@ -478,10 +478,11 @@ def build_local_plan(pos: np.ndarray, sample_ids: np.ndarray, owner: np.ndarray,
     node: the halo rings, the sources of the local edges (edges into owned nodes and into rings 1..k-1), and the
     other ranks' nodes whose halo rings hold owned nodes (the send lists), reached along paths of at most k edges.
     Among the nodes kept, the edges are those of the whole graph (radius graphs are local), in the same order
-    (sorted by target, then source, in sample order). With ``max_neighbors`` an edge also depends on its target's
-    other neighbours, up to r beyond the target: reach = (k + 1) r, else k r. With a geometric ``overlap`` l,
-    reach = max(l, r): the halo and the nodes of other ranks the rank sends to lie within l, the sources of edges
-    into owned nodes within r.
+    (sorted by target, then source, in sample order): reach = k r. With a geometric ``overlap`` l, reach =
+    max(l, r): the halo and the nodes of other ranks the rank sends to lie within l, the sources of edges into
+    owned nodes within r. With ``max_neighbors`` the whole graph is built (:func:`build_sampled_plans`): which
+    of several equidistant neighbours the cap keeps is up to the k-d tree, and a tree on fewer nodes may keep
+    another one (on regular grids this happens), which would break the equality.
     """
     pos = np.asarray(pos)
     sample_ids = np.asarray(sample_ids, dtype=np.int64)
@@ -495,12 +496,18 @@ def build_local_plan(pos: np.ndarray, sample_ids: np.ndarray, owner: np.ndarray,
     if not isinstance(halo_hops, (int, np.integer)) or halo_hops < 1:
         raise GraphError(f"halo_hops must be an integer >= 1, got {halo_hops!r}")
     m = len(sample_ids)
+    if max_neighbors is not None:
+        # Which of several equidistant neighbours (a regular grid has many) the k-d tree keeps under the cap
+        # depends on the tree, so a tree on fewer nodes could keep another: build the whole graph instead.
+        whole = build_sampled_plans(pos, sample_ids, owner, radius, halo_hops, nparts, max_neighbors, dtype,
+                                    warn_isolated=False, overlap=overlap, max_edges=max_edges)
+        plan = whole.plans[rank]
+        hit = np.zeros(m, dtype=bool)
+        hit[whole.graph.edge_index[1].numpy()] = True
+        return LocalDecomposition(sample_ids, plan, plan.local_graph(whole.graph), int((~hit[plan.owned]).sum()))
     pos_s = np.asarray(pos[sample_ids], dtype=np.float64)  # [m, d]
     owner_s = owner[sample_ids].astype(np.int64)
-    if overlap is not None:
-        reach = max(overlap, radius)
-    else:  # one radius more with a neighbour cap: a target's edges then depend on all its neighbours
-        reach = (halo_hops + (max_neighbors is not None)) * radius
+    reach = max(overlap, radius) if overlap is not None else halo_hops * radius
     keep = _near(pos_s, owner_s == rank, reach)
     near = np.flatnonzero(keep)  # ascending sample indices: the order of the whole graph is kept
     if near.size == 0:  # no sampled node in this rank's region: it only takes part in the exchanges

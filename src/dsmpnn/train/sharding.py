@@ -4,7 +4,8 @@ Memory of rank p of P for a mesh of N nodes (:class:`MeshShard`):
 
 - ``pos [N, d]`` of every node: every rank draws the same Nyström samples and builds, without communication, its
   part of the sampled radius graph and its halo plan from the sampled nodes near its subdomain
-  (:func:`dsmpnn.graph.build_local_plan`: work and memory of the graph ~ N/P plus the halo);
+  (:func:`dsmpnn.graph.build_local_plan`: work and memory of the graph ~ N/P plus the halo; with a neighbour cap
+  the whole sampled graph);
 - ``owner [N]`` (one byte per node up to 256 ranks): the partition of the full mesh;
 - the normalised inputs ``x`` and targets ``y`` of its own ~N/P nodes only. Halo rows of the inputs are never
   read (the first halo exchange overwrites the encoder's halo outputs), so they are zero-padded.
