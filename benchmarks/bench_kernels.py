@@ -4,10 +4,10 @@
     python benchmarks/bench_kernels.py --activations
 
 1. One chunk of sources of equal out-degree d, targets near each other as in a locality-ordered plan (within 64
-   rows of the source's slot; ``--random-targets``: at random rows of the output), one thread: GFLOP/s of one fused forward pass (kernel MLP 3 -> K with ReLU, Q = x W, the scattered
-   products) and one fused backward pass (all the adjoints; h and Q recomputed but not counted), both
-   ``dsmpnn.nn.native.FusedPass``, against torch.bmm on the [d, K+1] x [K+1, C] products alone and a 2048^3
-   dense matmul.
+   rows of the source's slot; ``--random-targets``: at random rows of the output), one thread: GFLOP/s of one
+   fused forward pass (kernel MLP 3 -> K with ReLU, Q = x W, the scattered products) and one fused backward pass
+   (all the adjoints; h and Q recomputed but not counted), both ``dsmpnn.nn.native.FusedPass``, against
+   torch.bmm on the [d, K+1] x [K+1, C] products alone and a 2048^3 dense matmul.
 2. The issue-5 reference ECConv (20,000 nodes, r = 0.02, C = 32, H = 64) forward + backward with 1 and 2 chunk
    workers, interleaved rounds: min and median seconds and the 2-worker speed-up, next to the dense matmul's
    speed-up from 1 to 2 threads.

@@ -403,6 +403,28 @@ class SampledDecomposition:
         return self.sample_ids[self.plans[rank].local_nodes]
 
 
+def _sample_arguments(pos, sample_ids, owner,
+                      nparts: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The arguments of the sampled-plan builders as arrays, checked: ``owner [N]`` one rank per mesh node,
+    ``sample_ids`` distinct ascending mesh ids; ``nparts`` defaults to ``owner.max() + 1``."""
+    pos = np.asarray(pos)
+    sample_ids = np.asarray(sample_ids, dtype=np.int64)
+    owner = np.asarray(owner)
+    if owner.shape != (len(pos),):
+        raise GraphError(f"owner has shape {owner.shape}, expected [{len(pos)}] (one rank per mesh node)")
+    if sample_ids.ndim != 1 or np.any(np.diff(sample_ids) <= 0) or (
+            sample_ids.size and (sample_ids[0] < 0 or sample_ids[-1] >= len(pos))):
+        raise GraphError(f"sample_ids must be distinct ascending mesh ids in [0, {len(pos)})")
+    return pos, sample_ids, owner, int(owner.max()) + 1 if nparts is None else nparts
+
+
+def _isolated(targets: np.ndarray, num_nodes: int, owned: np.ndarray) -> int:
+    """How many of the nodes ``owned`` (ids or a mask over ``num_nodes``) no edge points to (``targets [E]``)."""
+    hit = np.zeros(num_nodes, dtype=bool)
+    hit[targets] = True
+    return int((~hit[owned]).sum())
+
+
 def build_sampled_plans(pos: np.ndarray, sample_ids: np.ndarray, owner: np.ndarray, radius: float,
                         halo_hops: int = 1, nparts: int | None = None, max_neighbors: int | None = None,
                         dtype: torch.dtype = torch.float32, warn_isolated: bool = True,
@@ -419,23 +441,16 @@ def build_sampled_plans(pos: np.ndarray, sample_ids: np.ndarray, owner: np.ndarr
     nodes plus sampled halo nodes, all within ``halo_hops * radius`` of its owned ones). This function builds
     the whole sampled graph and all P plans (m log m work, no messages), so the plans can be cross-checked
     (:func:`check_plans`); the training and inference runtime builds each rank's plan alone, equal to
-    ``plans[rank]``, with :func:`build_local_plan`, from the sampled nodes near its subdomain. ``warn_isolated=False`` silences the warning about
-    sampled nodes without a neighbour (training draws many samples; the single-process path does not warn).
+    ``plans[rank]``, with :func:`build_local_plan`, from the sampled nodes near its subdomain.
+    ``warn_isolated=False`` silences the warning about sampled nodes without a neighbour (training draws many
+    samples; the single-process path does not warn).
     ``max_edges``: the refusal limit of :func:`~dsmpnn.graph.radius_graph`.
 
     ``overlap``: a geometric overlap l (:func:`build_overlap_plans` on the sampled nodes, ``halo_hops`` ignored)
     instead of the graph halo; exact for l >= radius, and it drops edges without a warning for l < radius (the
     config warns once).
     """
-    pos = np.asarray(pos)
-    sample_ids = np.asarray(sample_ids, dtype=np.int64)
-    owner = np.asarray(owner)
-    if owner.shape != (len(pos),):
-        raise GraphError(f"owner has shape {owner.shape}, expected [{len(pos)}] (one rank per mesh node)")
-    if sample_ids.ndim != 1 or np.any(np.diff(sample_ids) <= 0) or (
-            sample_ids.size and (sample_ids[0] < 0 or sample_ids[-1] >= len(pos))):
-        raise GraphError(f"sample_ids must be distinct ascending mesh ids in [0, {len(pos)})")
-    nparts = int(owner.max()) + 1 if nparts is None else nparts
+    pos, sample_ids, owner, nparts = _sample_arguments(pos, sample_ids, owner, nparts)
     graph = build_graph(pos[sample_ids], radius, max_neighbors, dtype=dtype, warn_isolated=warn_isolated,
                         max_edges=max_edges)
     owner_s = owner[sample_ids].astype(np.int64)
@@ -484,15 +499,7 @@ def build_local_plan(pos: np.ndarray, sample_ids: np.ndarray, owner: np.ndarray,
     of several equidistant neighbours the cap keeps is up to the k-d tree, and a tree on fewer nodes may keep
     another one (on regular grids this happens), which would break the equality.
     """
-    pos = np.asarray(pos)
-    sample_ids = np.asarray(sample_ids, dtype=np.int64)
-    owner = np.asarray(owner)
-    if owner.shape != (len(pos),):
-        raise GraphError(f"owner has shape {owner.shape}, expected [{len(pos)}] (one rank per mesh node)")
-    if sample_ids.ndim != 1 or np.any(np.diff(sample_ids) <= 0) or (
-            sample_ids.size and (sample_ids[0] < 0 or sample_ids[-1] >= len(pos))):
-        raise GraphError(f"sample_ids must be distinct ascending mesh ids in [0, {len(pos)})")
-    nparts = int(owner.max()) + 1 if nparts is None else nparts
+    pos, sample_ids, owner, nparts = _sample_arguments(pos, sample_ids, owner, nparts)
     if not isinstance(halo_hops, (int, np.integer)) or halo_hops < 1:
         raise GraphError(f"halo_hops must be an integer >= 1, got {halo_hops!r}")
     m = len(sample_ids)
@@ -502,9 +509,8 @@ def build_local_plan(pos: np.ndarray, sample_ids: np.ndarray, owner: np.ndarray,
         whole = build_sampled_plans(pos, sample_ids, owner, radius, halo_hops, nparts, max_neighbors, dtype,
                                     warn_isolated=False, overlap=overlap, max_edges=max_edges)
         plan = whole.plans[rank]
-        hit = np.zeros(m, dtype=bool)
-        hit[whole.graph.edge_index[1].numpy()] = True
-        return LocalDecomposition(sample_ids, plan, plan.local_graph(whole.graph), int((~hit[plan.owned]).sum()))
+        return LocalDecomposition(sample_ids, plan, plan.local_graph(whole.graph),
+                                  _isolated(whole.graph.edge_index[1].numpy(), m, plan.owned))
     pos_s = np.asarray(pos[sample_ids], dtype=np.float64)  # [m, d]
     owner_s = owner[sample_ids].astype(np.int64)
     reach = max(overlap, radius) if overlap is not None else halo_hops * radius
@@ -530,9 +536,7 @@ def build_local_plan(pos: np.ndarray, sample_ids: np.ndarray, owner: np.ndarray,
                     owned=near[local.owned], halo=near[local.halo], halo_owner=local.halo_owner,
                     halo_ring=local.halo_ring, edge_index=local.edge_index, edge_ids=local.edge_ids,
                     send_counts=local.send_counts, send_rows=local.send_rows, overlap=local.overlap)
-    hit = np.zeros(len(near), dtype=bool)  # every edge into an owned node is in `graph`, whatever the overlap
-    hit[ei[1]] = True
-    isolated = int((~hit[owner_s[near] == rank]).sum())
+    isolated = _isolated(ei[1], len(near), owner_s[near] == rank)  # every edge into an owned node is in `graph`
     attr = graph.edge_attr[torch.from_numpy(local.edge_ids.copy())]
     return LocalDecomposition(sample_ids, plan, Graph(torch.from_numpy(plan.edge_index.copy()), attr,
                                                       plan.num_local), isolated)

@@ -46,9 +46,9 @@ of Q and h.
 
 Threads: on CPU the chunks are split between ``torch.get_num_threads()`` single-threaded workers
 (:mod:`dsmpnn.nn.chunk_pool`; the fused kernels release the GIL): in forward one part per worker, in backward
-:data:`BACKWARD_PARTS_PER_WORKER` parts per worker, taken by whichever worker is free. Devices: the code is device-generic; on CUDA
-the per-degree products of a chunk become one padded ``bmm``, compiled when possible (:mod:`dsmpnn.nn.padded`,
-UNTESTED ON GPU).
+:data:`BACKWARD_PARTS_PER_WORKER` parts per worker, taken by whichever worker is free. Devices: the code is
+device-generic; on CUDA the per-degree products of a chunk become one padded ``bmm``, compiled when possible
+(:mod:`dsmpnn.nn.padded`, UNTESTED ON GPU).
 """
 
 from __future__ import annotations

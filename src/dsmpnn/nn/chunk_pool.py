@@ -8,7 +8,8 @@ each thread running its operations single-threaded) has one join per pass and no
 
 Which chunks form each part is fixed (part t of P takes chunks t, t + P, ...), so results are deterministic for a
 given number of workers; each part returns its own partial sums, which the caller adds in part order. With more
-parts than workers (``parts_per_worker``), a worker that finishes early takes the next part. Workers inherit the caller's grad and inference modes.
+parts than workers (``parts_per_worker``), a worker that finishes early takes the next part. Workers inherit the
+caller's grad and inference modes.
 ``CHUNK_WORKERS`` sets the number of workers (None: ``torch.get_num_threads()``); 1 runs everything in the
 calling thread, with PyTorch's usual intra-op parallelism. Non-CPU devices, and PyTorch builds whose intra-op
 backend is not OpenMP (where a thread cannot switch to one intra-op thread), always use the calling thread.

@@ -10,8 +10,8 @@ One chunk of :mod:`dsmpnn.nn.aggregate` as one C++ call (:class:`FusedPass`), fo
     \partial x_j = \partial Q_j W^\top ,\; \partial W = \textstyle\sum_j x_j^\top \partial Q_j
 
 and the kernel MLP's backward (h~ [e, K'], Q [n, K', C], g [N, C]). The kernel MLP runs inside the call when it
-is Linear layers each followed by ReLU, GELU, SiLU or nothing (:data:`ACTIVATIONS`); otherwise PyTorch evaluates it per chunk
-and hands h over. Per block of 16 sources, Q, h and every intermediate are made in small buffers that stay in
+is Linear layers each followed by ReLU, GELU, SiLU or nothing (:data:`ACTIVATIONS`); otherwise PyTorch evaluates it
+per chunk and hands h over. Per block of 16 sources, Q, h and every intermediate are made in small buffers that stay in
 L1/L2: no [e, C] messages, no [n, K', C] node kernels in memory, and no Python between the steps of a chunk. The
 products run through a register-blocked micro-kernel written with GCC/Clang vector extensions (AVX2 on the
 machine this was measured on; ``benchmarks/bench_kernels.py`` gives the rates).

@@ -137,7 +137,7 @@ def decompose(mesh: MeshShard, ids: np.ndarray, nparts: int, cfg: Config, dtype:
     full-graph inference): built from the nodes of ``ids`` near its subdomain only
     (:func:`dsmpnn.graph.build_local_plan`), equal to its part of the whole graph; the owned rows come from
     ``mesh``. ``stats`` counts this rank's owned nodes and those without a neighbour (summed over ranks by
-    :meth:`dsmpnn.train.strategy.DomainDecomposed.graph_stats_total`)."""
+    :meth:`dsmpnn.train.strategy.DomainDecomposed.take_graph_stats`)."""
     gc = cfg.graph
     dec = build_local_plan(mesh.pos, ids, mesh.owner, mesh.rank, gc.radius, cfg.distributed.halo_hops, nparts,
                            gc.max_neighbors, dtype, overlap=cfg.distributed.overlap, max_edges=gc.max_edges)
