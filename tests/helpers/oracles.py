@@ -23,3 +23,24 @@ def dense_nnconv(x, edge_index, edge_attr, theta_fn, root, bias, aggr):
         deg = torch.zeros(x.shape[0], dtype=x.dtype).index_add_(0, dst, torch.ones_like(dst, dtype=x.dtype))
         out = out / deg.clamp(min=1)[:, None]
     return out + x @ root.T + bias
+
+
+def smooth_activation_truth(act: str, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GELU (exact, erf form) or SiLU of float64 inputs in 40-digit arithmetic (mpmath), rounded to float64:
+    the value, the slope, and the slope's scale (the sum of the magnitudes of its two terms, Phi(z) + |z| phi(z)
+    or s + |z s (1 - s)|: what a slope computed in floating point can be held to near its zero)."""
+    import mpmath
+
+    mp = mpmath.mp.clone()
+    mp.dps = 40
+    value, slope, scale = (np.empty(z.shape) for _ in range(3))
+    for i, zi in enumerate(z.tolist()):
+        x = mp.mpf(zi)
+        if act == "gelu":
+            phi_cdf = mp.erfc(-x / mp.sqrt(2)) / 2
+            term = x * mp.exp(-x * x / 2) / mp.sqrt(2 * mp.pi)
+        else:
+            phi_cdf = 1 / (1 + mp.exp(-x))  # the logistic s(z) in the same role
+            term = x * phi_cdf * (1 - phi_cdf)
+        value[i], slope[i], scale[i] = float(x * phi_cdf), float(phi_cdf + term), float(phi_cdf + abs(term))
+    return value, slope, scale

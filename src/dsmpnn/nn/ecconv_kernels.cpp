@@ -55,6 +55,18 @@ inline void keep_in_register(V& v) {
 #endif
 }
 
+// Hides a value's origin from the optimiser, so that it is used as computed (here: rounded, not fused into an FMA).
+template <typename V>
+inline void opaque(V& v) {
+#if defined(__AVX__)
+    asm("" : "+x"(v));
+#elif defined(__aarch64__)
+    asm("" : "+w"(v));
+#else
+    asm("" : "+m"(v));
+#endif
+}
+
 template <typename V, typename T>
 inline V load(const T* p) {
     V v;
@@ -188,21 +200,55 @@ constexpr int64_t kBlockEdges = 1024;
 enum Act : int32_t { kIdentity = 0, kRelu = 1, kGelu = 2, kSilu = 3 };
 
 // Smooth activations and their derivatives, elementwise over n values: y = act(z) (row stride of y: any) and
-// g *= act'(z). GELU (exact): z Phi(z), Phi(z) = (1 + erf(z / sqrt 2)) / 2, Phi' = exp(-z^2 / 2) / sqrt(2 pi);
-// SiLU: z s(z), s = 1 / (1 + exp(-z)), SiLU' = s (1 + z (1 - s)). In float64 through libm's erf and exp; in
-// float32 eight at a time, with the polynomial exp of Cephes (about 1 ulp) and the erf of Abramowitz and Stegun
-// 7.1.26 (absolute error below 1.5e-7), the same erf that PyTorch's vectorised float32 GELU uses.
-inline double exp_of(double z) { return std::exp(z); }
-inline double erf_of(double z) { return std::erf(z); }
+// g *= act'(z). Both are accurate to a few ulp of the result over the whole range, tails included:
+//
+//   GELU (exact): z Phi(z), slope Phi(z) + z phi(z), phi(z) = exp(-z^2/2) / sqrt(2 pi). With t = |z| and
+//     P = Phi(-t) = erfc(t / sqrt 2) / 2, Phi(z) = P for z < 0 and 1 - P otherwise; P itself (the lower tail,
+//     where 1 + erf(z / sqrt 2) would cancel) is never formed as a difference.
+//   SiLU: z s(z), slope s (1 + z (1 - s)), with e = exp(-|z|) <= 1 and r = 1 / (1 + e): s = r, 1 - s = e r for
+//     z >= 0 and s = e r, 1 - s = r for z < 0 (no overflow, no 1 - s cancellation).
+//
+// float64: libm's erfc and exp. float32, eight at a time: P = exp(-t^2/2) p(q) / (t + 2), q = (t - 2)/(t + 2) in
+// [-1, 1), p a degree-10 polynomial fitted to (t + 2) erfcx(t / sqrt 2) / 2 on t in [0, 15] (relative error of the
+// fit 3e-9, of the float32 evaluation about 2e-7); exp(-t^2/2) as exp(-s/2) (1 - d/2) with s = fl(t t) and
+// d = t t - s exact (Dekker's product), so the rounding of t^2 (relative 6e-8, i.e. 6e-8 t^2/2 in the exponent)
+// does not spoil it; exp by Cephes' polynomial (about 1 ulp) scaled by 2^n in two factors, so that it is right
+// down to the denormals and overflows to +inf. tests/nn/test_native.py holds them to a float64 truth (mpmath).
+inline double gelu_value(double z) { return z * 0.5 * std::erfc(z * -0.70710678118654752); }
+inline double gelu_slope(double z) {
+    return 0.5 * std::erfc(z * -0.70710678118654752) + z * std::exp(z * z * -0.5) * 0.3989422804014327;
+}
+inline double silu_s(double z, double* one_minus_s) {  // s(z), and 1 - s(z)
+    const double e = std::exp(-std::fabs(z)), r = 1.0 / (1.0 + e);
+    *one_minus_s = z >= 0 ? e * r : r;
+    return z >= 0 ? r : e * r;
+}
+
+inline double act_value(int32_t act, double z) {
+    if (act == kGelu) return gelu_value(z);
+    double oms;
+    return z * silu_s(z, &oms);  // kSilu
+}
+
+inline double act_slope(int32_t act, double z) {
+    if (act == kGelu) return gelu_slope(z);
+    double oms;
+    const double s = silu_s(z, &oms);
+    return s * (z * oms + 1.0);
+}
 
 typedef Vec<float>::type F8;
 typedef int32_t I8 __attribute__((vector_size(32)));
 
 inline F8 splat(float v) { return F8{} + v; }
+inline F8 min_of(F8 a, float b) { return a > splat(b) ? splat(b) : a; }  // NaN stays NaN ((mask ? a : b): GCC, Clang)
+inline F8 max_of(F8 a, float b) { return a < splat(b) ? splat(b) : a; }
+inline F8 abs_of(F8 a) { return (F8)((I8)a & (I8{} + 0x7fffffff)); }
 
+// exp(x): x = n ln 2 + r, |r| <= ln(2)/2, exp(r) by Cephes' expf polynomial, times 2^n as 2^(n/2) 2^(n - n/2) so
+// that n from -150 (underflow to 0 through the denormals) to 128 (+inf) is exact.
 inline F8 exp_of(F8 x) {
-    x = x < splat(88.3762626647949f) ? x : splat(88.3762626647949f);  // (mask ? a : b) on vectors: GCC, Clang
-    x = x > splat(-87.3365447504f) ? x : splat(-87.3365447504f);
+    x = max_of(min_of(x, 88.8f), -104.0f);
     const F8 fx = x * splat(1.44269504088896341f) + splat(0.5f);
     I8 n = __builtin_convertvector(fx, I8);
     n -= (__builtin_convertvector(n, F8) > fx) ? I8{} + 1 : I8{};  // floor
@@ -215,31 +261,33 @@ inline F8 exp_of(F8 x) {
     y = y * r + splat(1.6666665459e-1f);
     y = y * r + splat(5.0000001201e-1f);
     y = y * r * r + r + splat(1.0f);
-    return y * (F8)((n + 127) << 23);
+    const I8 n1 = n >> 1;
+    return y * (F8)((n1 + 127) << 23) * (F8)((n - n1 + 127) << 23);
 }
 
-inline F8 erf_of(F8 x) {
-    const F8 ax = x < F8{} ? -x : x;
-    const F8 t = splat(1.0f) / (splat(0.3275911f) * ax + splat(1.0f));
-    F8 r = splat(1.061405429f);
-    r = r * t + splat(-1.453152027f);
-    r = r * t + splat(1.421413741f);
-    r = r * t + splat(-0.284496736f);
-    r = r * t + splat(0.254829592f);
-    const F8 v = splat(1.0f) - r * t * exp_of(-(x * x));
-    return x < F8{} ? -v : v;
-}
-
-inline double act_value(int32_t act, double z) {
-    if (act == kGelu) return z * (erf_of(z * 0.70710678118654752) + 1.0) * 0.5;
-    return z / (exp_of(-z) + 1.0);  // kSilu
-}
-
-inline double act_slope(int32_t act, double z) {
-    if (act == kGelu)
-        return (erf_of(z * 0.70710678118654752) + 1.0) * 0.5 + z * exp_of(z * z * -0.5) * 0.3989422804014327;
-    const double s = 1.0 / (exp_of(-z) + 1.0);
-    return s * (z * (1.0 - s) + 1.0);
+// Phi(-t) = erfc(t / sqrt 2) / 2 for t >= 0 (see above); *density = exp(-t^2/2).
+inline F8 lower_tail(F8 t, F8* density) {
+    t = min_of(t, 15.0f);                                  // Phi(-15) = 3.7e-51: 0 in float32
+    const F8 hi = (F8)((I8)t & (I8{} - 4096));             // t = hi + lo, 12 significant bits each
+    const F8 lo = t - hi;
+    F8 s = t * t;
+    opaque(s);                                             // s must stay fl(t t): no FMA fused across it
+    const F8 d = ((hi * hi - s) + hi * lo + hi * lo) + lo * lo;  // t t - s, exactly
+    *density = exp_of(s * splat(-0.5f)) * (splat(1.0f) - d * splat(0.5f));
+    const F8 rt = splat(1.0f) / (t + splat(2.0f));
+    const F8 q = (t - splat(2.0f)) * rt;
+    F8 p = splat(-7.59341346565634e-05f);
+    p = p * q + splat(2.9390879717539065e-05f);
+    p = p * q + splat(7.214319193735719e-04f);
+    p = p * q + splat(8.854009793139994e-04f);
+    p = p * q + splat(-1.8878838745877147e-03f);
+    p = p * q + splat(-6.751852575689554e-03f);
+    p = p * q + splat(-4.841390473302454e-04f);
+    p = p * q + splat(3.67216132581234e-02f);
+    p = p * q + splat(2.8798500075936317e-02f);
+    p = p * q + splat(-3.3140456676483154e-01f);
+    p = p * q + splat(6.724079847335815e-01f);
+    return *density * (p * rt);
 }
 
 template <typename T>
@@ -257,16 +305,28 @@ struct Smooth<double> {
 
 template <>
 struct Smooth<float> {  // eight at a time; the last < 8 through a padded vector
+    static F8 gelu_phi(F8 v, F8* density) {  // Phi(v)
+        const F8 tail = lower_tail(abs_of(v), density);
+        return v < F8{} ? tail : splat(1.0f) - tail;
+    }
+    static F8 silu_s(F8 v, F8* one_minus_s) {
+        const F8 e = exp_of(-abs_of(v));
+        const F8 r = splat(1.0f) / (splat(1.0f) + e);
+        *one_minus_s = v < F8{} ? r : e * r;
+        return v < F8{} ? e * r : r;
+    }
     static F8 value8(int32_t act, F8 v) {
-        return act == kGelu ? v * (erf_of(v * splat(0.70710678118654752f)) + splat(1.0f)) * splat(0.5f)
-                            : v / (exp_of(-v) + splat(1.0f));
+        F8 aux;
+        return v * (act == kGelu ? gelu_phi(v, &aux) : silu_s(v, &aux));
     }
     static F8 slope8(int32_t act, F8 v) {
-        if (act == kGelu)
-            return (erf_of(v * splat(0.70710678118654752f)) + splat(1.0f)) * splat(0.5f) +
-                   v * exp_of(v * v * splat(-0.5f)) * splat(0.3989422804014327f);
-        const F8 sg = splat(1.0f) / (exp_of(-v) + splat(1.0f));
-        return sg * (v * (splat(1.0f) - sg) + splat(1.0f));
+        F8 aux;
+        if (act == kGelu) {
+            const F8 phi = gelu_phi(v, &aux);
+            return phi + v * aux * splat(0.3989422804014327f);
+        }
+        const F8 s = silu_s(v, &aux);
+        return s * (v * aux + splat(1.0f));
     }
     static void value(int32_t act, const float* z, int64_t n, float* y) {
         int64_t i = 0;
