@@ -42,7 +42,7 @@ from dsmpnn.data.dataset import Field, Manifest, median_spacing, write_dataset
 from dsmpnn.data.meshfile import read_mesh
 from dsmpnn.data.sample import MeshSample
 from dsmpnn.data.textfile import brief, read_json
-from dsmpnn.data.untrusted import regular_file
+from dsmpnn.data.untrusted import PATH_WIDTH, regular_file
 from dsmpnn.data.vtp import read_vtp
 from dsmpnn.errors import ConfigError, DatasetError
 
@@ -174,13 +174,13 @@ def _check_case_lists(path: Path, lists: dict[str, list[str]]) -> None:
     seen: dict[str, str] = {}
     for key, cases in lists.items():
         for case in cases:
+            name = brief(case, PATH_WIDTH)
             if case in ("", ".", "..") or "/" in case or "\\" in case or "\0" in case:
-                raise DatasetError(f"{path}: case {brief(case)} in '{key}' is not a folder name; expected the "
-                                   "name of a case folder next to manifest.json (no path separators, not . or ..)")
+                raise DatasetError(f"{path}: case {name} in '{key}' is not a folder name; expected the name of a "
+                                   "case folder next to manifest.json (no path separators, not . or ..)")
             if case in seen:
                 where = f"twice in '{key}'" if seen[case] == key else f"in both '{seen[case]}' and '{key}'"
-                raise DatasetError(f"{path}: case {brief(case)} is listed {where}; expected each case in one "
-                                   "split only")
+                raise DatasetError(f"{path}: case {name} is listed {where}; expected each case in one split only")
             seen[case] = key
 
 
@@ -216,6 +216,6 @@ def confined_dir(root: Path, case: str) -> Path:
     inside = root.resolve()
     real = (inside / case).resolve()
     if not real.is_relative_to(inside):
-        raise DatasetError(f"{root / 'manifest.json'}: case {brief(case)} resolves to {real}, outside {inside}; "
-                           "expected a case folder inside the AirfRANS folder")
+        raise DatasetError(f"{root / 'manifest.json'}: case {brief(case, PATH_WIDTH)} resolves to {real}, outside "
+                           f"{inside}; expected a case folder inside the AirfRANS folder")
     return root / case

@@ -20,14 +20,15 @@ __all__ = ["MAX_TEXT_BYTES", "brief", "read_json", "read_text"]
 MAX_TEXT_BYTES = 256 * 2**20
 """The largest text file read (256 MiB): a manifest of a million samples is about 40 MB."""
 
-_BRIEF = reprlib.Repr()
-_BRIEF.maxstring = _BRIEF.maxother = 60
-_BRIEF.maxlevel = 3
 
 
-def brief(value: object) -> str:
-    """A short ``repr`` of ``value`` (strings, lists and dicts cut with ``...``), built without the full repr."""
-    return _BRIEF.repr(value)
+def brief(value: object, width: int = 60) -> str:
+    """A short ``repr`` of ``value``: strings and other values cut to about ``width`` characters, lists and dicts
+    to their first items, with ``...``; built without the full repr, so cheap for a huge value."""
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = width
+    short.maxlevel = 3
+    return short.repr(value)
 
 
 def read_text(path: str | os.PathLike, what: str = "file", error: type[DsmpnnError] = DatasetError,

@@ -22,10 +22,13 @@ from numpy.lib import format as npy_format
 from dsmpnn.data.textfile import brief
 from dsmpnn.errors import DatasetError
 
-__all__ = ["MAX_DEFLATE_RATIO", "check_npz", "confined_file", "regular_file"]
+__all__ = ["MAX_DEFLATE_RATIO", "PATH_WIDTH", "check_npz", "confined_file", "regular_file"]
 
 MAX_DEFLATE_RATIO = 1032
 """The largest expansion of DEFLATE (258 bytes from 2 bits, 1032:1): a member claiming more is not a real one."""
+
+PATH_WIDTH = 400
+"""Characters of a path from a file quoted in a message (a longer one is cut)."""
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
@@ -51,14 +54,14 @@ def confined_file(root: Path, entry: str, listed_in: Path, what: str = "entry", 
     """The regular file ``root/entry``, where ``entry`` (``what``, as written in ``listed_in``) must be a relative
     path that stays inside ``root`` once symlinks are resolved; a :class:`DatasetError` naming ``listed_in`` and the
     entry otherwise. ``kind`` names the file's role."""
-    where = f"{listed_in}: {what} {brief(entry)}"
+    where = f"{listed_in}: {what} {brief(entry, PATH_WIDTH)}"
     if PurePath(entry).is_absolute():
         raise DatasetError(f"{where} is an absolute path; expected a path relative to {root}")
     inside = root.resolve()
     real = (inside / entry).resolve()
     if not real.is_relative_to(inside):
         raise DatasetError(f"{where} resolves to {real}, outside {inside}; expected a file inside that directory")
-    return regular_file(real, kind, f" ({what} {brief(entry)} of {listed_in})")
+    return regular_file(real, kind, f" ({what} {brief(entry, PATH_WIDTH)} of {listed_in})")
 
 
 def check_npz(path: Path) -> None:

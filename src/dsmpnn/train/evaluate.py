@@ -169,9 +169,9 @@ def predict_file(run_dir: str | Path, input_path: str | Path, out_path: str | Pa
     The output holds the predicted fields under their names and, when the input has targets, ``<name>_true`` and
     ``<name>_error`` (prediction - truth); an .npz also ``pos`` and ``pred [N, T]``, a .vtu the input fields and
     every cell block of the input mesh. Field names that would clash in that layout, and an ``out_path`` that is
-    the input file, are refused before the model runs. In a process group of P > 1 ranks every rank calls this function and
-    reads the input; the mesh is partitioned and predicted by all ranks together, rank 0 writes the file and
-    returns the prediction (None on the other ranks).
+    the input file, are refused before the model runs. In a process group of P > 1 ranks every rank calls this
+    function and reads the input; the mesh is partitioned and predicted by all ranks together, rank 0 writes the
+    file and returns the prediction (None on the other ranks).
     """
     out_path = Path(out_path)
     if out_path.suffix not in (".npz", ".vtu"):
