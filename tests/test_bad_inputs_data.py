@@ -85,6 +85,13 @@ def manifest_bytes(raw: bytes) -> Callable[[World], dict]:
     return setup
 
 
+def fifo_manifest(w: World) -> dict:
+    path = w.copy_data() / "manifest.json"
+    path.unlink()
+    os.mkfifo(path)
+    return {}
+
+
 def forged_header(shape: tuple[int, ...], key: str = "pos") -> Callable[[World], dict]:
     """The first train sample with the ``.npy`` header of ``key`` claiming ``shape`` (the data stays small)."""
     def setup(w: World) -> dict:
@@ -265,6 +272,8 @@ CASES = {
                                manifest_bytes(b"[" * 100_000)),
     "manifest JSON error at line:col": Case(TRAIN_COPY, ["{file}: manifest is not valid JSON at line 2:7"], NEW,
                                             manifest_bytes(b'{"format":\n "x", ]')),
+    "manifest is a FIFO": Case(TRAIN_COPY, ["{tmp}/data/manifest.json: manifest does not exist or is not a regular "
+                                            "file"], NEW, fifo_manifest),
     "manifest duplicate key": Case(TRAIN_COPY, ["{file}: manifest has the key 'dim' twice"], NEW,
                                    manifest_bytes(b'{"dim": 2, "dim": 3}')),
     "manifest duplicate field name": Case(TRAIN_COPY, ["{file}: manifest field name(s) ['a'] appear more than once"],

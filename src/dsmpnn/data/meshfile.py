@@ -21,9 +21,10 @@ from dsmpnn.errors import DatasetError
 __all__ = ["cell_blocks", "point_scalar", "read_mesh"]
 
 
-def read_mesh(path: str | Path, what: str = "mesh file"):  # -> meshio.Mesh (meshio imported on use)
+def read_mesh(path: str | Path, what: str = "mesh file", expected: str = ""):  # -> meshio.Mesh
     """The meshio mesh in the regular file ``path``, with at least one point; a :class:`DatasetError` for a file
-    meshio cannot read."""
+    meshio cannot read. ``what`` names the file's role, ``expected`` (e.g. "expected .vtu or .vtk") ends the
+    message."""
     import meshio
 
     path = regular_file(path, what)
@@ -32,10 +33,12 @@ def read_mesh(path: str | Path, what: str = "mesh file"):  # -> meshio.Mesh (mes
         with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
             mesh = meshio.read(path)
     except SystemExit:  # meshio's "Couldn't read file": its reason went to the silenced output
-        reason = " ".join(said.getvalue().split())[:200]
-        raise DatasetError(f"{path}: cannot read the {what} ({reason or 'meshio gave no reason'})") from None
+        reason = " ".join(said.getvalue().replace("Error:", "").split()) or "no reason given"
+        raise DatasetError(f"{path}: cannot read the {what} (meshio: {reason[:200]}){expected and '; ' + expected}"
+                           ) from None
     except Exception as e:  # meshio and its readers raise many types for a corrupt file
-        raise DatasetError(f"{path}: cannot read the {what} ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        reason = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+        raise DatasetError(f"{path}: cannot read the {what} (meshio: {reason}){expected and '; ' + expected}"
                            ) from None
     if len(mesh.points) == 0:
         raise DatasetError(f"{path}: the {what} has no points")

@@ -147,7 +147,7 @@ def read_mesh_input(path: Path, input_names: list[str], target_names: list[str])
     path = regular_file(path, "input file")
     if path.suffix == ".npz":
         return read_sample_file(path), None
-    mesh = read_mesh(path, "input mesh (expected .npz, .vtu or .vtk)")
+    mesh = read_mesh(path, "input mesh", "expected .npz, .vtu or .vtk")
     missing = [n for n in input_names if n not in mesh.point_data]
     if missing:
         raise DatasetError(f"{path}: point data lacks input field(s) {missing}; it has {sorted(mesh.point_data)}")
