@@ -109,7 +109,8 @@ class Manifest:
             out = []
             for i, f in enumerate(raw):
                 if not isinstance(f, dict) or not isinstance(f.get("name"), str):
-                    raise DatasetError(f"{path}: manifest '{key}[{i}]' is {brief(f)}, expected {{\"name\": str, \"unit\": str}}")
+                    raise DatasetError(f"{path}: manifest '{key}[{i}]' is {brief(f)}, "
+                                       "expected {\"name\": str, \"unit\": str}")
                 out.append(Field(f["name"], str(f.get("unit", ""))))
             if not out:
                 raise DatasetError(f"{path}: manifest '{key}' is empty, expected at least one field")

@@ -71,7 +71,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split:
     """
     ctx = current_context() if ctx is None else ctx
     root = Path(run_dir)
-    run_agreed(lambda: ctx.is_main and _check_evaluation_outputs(root, plots))  # before any work
+    run_agreed(lambda: _check_evaluation_outputs(root, plots) if ctx.is_main else None)  # before any work
     run, cfg, strategy = _open_run(run_dir, ctx, partition, halo_hops)
 
     def open_dataset() -> Dataset:
@@ -116,14 +116,13 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split:
     return metrics
 
 
-def _check_evaluation_outputs(root: Path, plots: bool) -> bool:
+def _check_evaluation_outputs(root: Path, plots: bool) -> None:
     """Refuse a run directory where ``metrics.json`` (or, with ``plots``, the figures) cannot be written, before the
-    model is loaded. True when the outputs can be written."""
+    model is loaded (a missing run directory is reported by the loader)."""
     if root.is_dir():
         check_output_path(root / "metrics.json", "file", "metrics.json (written by evaluate)")
         if plots:
             check_output_path(root / "plots" / "figure.png", "file", "the figures (--no-plots skips them)")
-    return True
 
 
 def _full_graphs(cfg: Config, ctx: DistContext) -> bool:
