@@ -137,7 +137,8 @@ CASES = {
                                       ["{tmp}/airfrans/manifest.json: no AirfRANS manifest.json"], ["{tmp}/o"],
                                       airfrans(None)),
     "airfrans manifest corrupt": Case(["import", "airfrans", "{tmp}/airfrans", "--out", "{tmp}/o"],
-                                      ["{tmp}/airfrans/manifest.json: not valid JSON"], ["{tmp}/o"],
+                                      ["{tmp}/airfrans/manifest.json: AirfRANS manifest is not valid JSON at "
+                                       "line 1:17"], ["{tmp}/o"],
                                       airfrans('{"full_train": [')),
     "airfrans field missing": Case(["import", "airfrans", "{tmp}/airfrans", "--out", "{tmp}/o", "--no-progress"],
                                    ["{case}_internal.vtu: no point data 'nut'"], ["{tmp}/o"],

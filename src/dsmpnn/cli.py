@@ -418,12 +418,12 @@ def _predict_precheck(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from dsmpnn.data.dataset import sample_num_nodes
-    from dsmpnn.data.paths import check_output_path
+    from dsmpnn.train.evaluate import check_predict_paths
     from dsmpnn.train.rundir import RunDir
     from dsmpnn.train.sharding import check_nproc
 
     RunDir(Path(args.run)).read_meta()
-    check_output_path(args.out, "file", "--out")
+    check_predict_paths(args.input, args.out)
     path = Path(args.input)
     if path.suffix == ".npz":  # other formats are read (and checked) by the ranks
         check_nproc(args.nproc, [(path.stem, sample_num_nodes(path))])

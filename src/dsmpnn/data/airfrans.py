@@ -29,7 +29,6 @@ Usage::
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterator
@@ -40,7 +39,10 @@ from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from dsmpnn.data.dataset import Field, Manifest, median_spacing, write_dataset
+from dsmpnn.data.meshfile import read_mesh
 from dsmpnn.data.sample import MeshSample
+from dsmpnn.data.textfile import brief, read_json
+from dsmpnn.data.untrusted import PATH_WIDTH, regular_file
 from dsmpnn.data.vtp import read_vtp
 from dsmpnn.errors import ConfigError, DatasetError
 
@@ -102,20 +104,16 @@ def _cells_2d(path: Path, mesh: object) -> tuple[np.ndarray | None, str | None]:
 
 def read_case(case_dir: str | os.PathLike) -> MeshSample:
     """One AirfRANS case folder -> :class:`MeshSample` with ``x [N, 5]``, ``y [N, 4]`` (see module docstring)."""
-    import meshio
-
     case_dir = Path(case_dir)
     name = case_dir.name
     vtu, vtp = case_dir / f"{name}_internal.vtu", case_dir / f"{name}_aerofoil.vtp"
     speed, aoa = parse_case_name(name)
     for f in (vtu, vtp):
-        if not f.is_file():
+        if not f.exists():
             raise DatasetError(f"{f}: file does not exist (an AirfRANS case folder holds <case>_internal.vtu "
                                "and <case>_aerofoil.vtp)")
-    try:
-        mesh = meshio.read(vtu)
-    except Exception as e:  # meshio raises many types for a corrupt file
-        raise DatasetError(f"{vtu}: cannot read the VTU file ({type(e).__name__}: {e})") from None
+        regular_file(f, "case file")
+    mesh = read_mesh(vtu, "VTU file")
     pos = np.asarray(mesh.points, dtype=np.float64)[:, :2]  # [N, 2]
     n = len(pos)
     vel = _point_field(vtu, mesh.point_data, "U", n, 2)
@@ -155,20 +153,35 @@ def load_task_lists(root: Path, task: str) -> tuple[list[str], list[str]]:
     if task not in TASKS:
         raise ConfigError(f"--task is {task!r}, expected one of {', '.join(TASKS)}")
     path = root / "manifest.json"
-    if not path.is_file():
+    if not path.exists():
         raise DatasetError(f"{path}: no AirfRANS manifest.json (the split lists); point to the dataset folder")
-    try:
-        lists = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    lists = read_json(path, "AirfRANS manifest")
+    keys = (f"{task}_train", f"{'full' if task == 'scarce' else task}_test")
     out = []
-    for key in (f"{task}_train", f"{'full' if task == 'scarce' else task}_test"):
+    for key in keys:
         value = lists.get(key) if isinstance(lists, dict) else None
         if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-            have = sorted(lists) if isinstance(lists, dict) else type(lists).__name__
+            have = brief(sorted(lists)) if isinstance(lists, dict) else type(lists).__name__
             raise DatasetError(f"{path}: key '{key}' must be a list of case names; the file has {have}")
         out.append(value)
+    _check_case_lists(path, dict(zip(keys, out)))
     return out[0], out[1]
+
+
+def _check_case_lists(path: Path, lists: dict[str, list[str]]) -> None:
+    """Each case a plain folder name, listed once in all ``lists`` together (a case in two splits would leak the
+    test set into training)."""
+    seen: dict[str, str] = {}
+    for key, cases in lists.items():
+        for case in cases:
+            name = brief(case, PATH_WIDTH)
+            if case in ("", ".", "..") or "/" in case or "\\" in case or "\0" in case:
+                raise DatasetError(f"{path}: case {name} in '{key}' is not a folder name; expected the name of a "
+                                   "case folder next to manifest.json (no path separators, not . or ..)")
+            if case in seen:
+                where = f"twice in '{key}'" if seen[case] == key else f"in both '{seen[case]}' and '{key}'"
+                raise DatasetError(f"{path}: case {name} is listed {where}; expected each case in one split only")
+            seen[case] = key
 
 
 def import_airfrans(root: str | os.PathLike, out: str | os.PathLike, task: str = "full", val_fraction: float = 0.0,
@@ -191,8 +204,18 @@ def import_airfrans(root: str | os.PathLike, out: str | os.PathLike, task: str =
 
     def samples() -> Iterator[tuple[str, MeshSample]]:
         for split, case in tqdm(jobs, desc=f"importing AirfRANS {task}", unit="case", disable=not progress):
-            yield split, read_case(root / case)
+            yield split, read_case(confined_dir(root, case))
 
     description = (f"AirfRANS (Bonnet et al. 2022) task '{task}' imported from {root}; x = [U cos a, U sin a, "
                    "sdf, n_x, n_y], y = [u, v, p/rho, nu_t]")
     return write_dataset(out, samples(), list(INPUT_FIELDS), list(TARGET_FIELDS), f"airfrans_{task}", description)
+
+
+def confined_dir(root: Path, case: str) -> Path:
+    """``root / case``, whose folder must stay inside ``root`` once symlinks are resolved."""
+    inside = root.resolve()
+    real = (inside / case).resolve()
+    if not real.is_relative_to(inside):
+        raise DatasetError(f"{root / 'manifest.json'}: case {brief(case, PATH_WIDTH)} resolves to {real}, outside "
+                           f"{inside}; expected a case folder inside the AirfRANS folder")
+    return root / case

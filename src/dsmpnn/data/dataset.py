@@ -34,8 +34,10 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from dsmpnn.data.normalize import RunningStats, Stats
-from dsmpnn.data.paths import check_output_path
+from dsmpnn.data.paths import check_output_path, directory_mode
 from dsmpnn.data.sample import MeshSample
+from dsmpnn.data.textfile import brief, read_json
+from dsmpnn.data.untrusted import check_npz, confined_file, regular_file
 from dsmpnn.errors import DatasetError
 
 __all__ = ["FORMAT", "VERSION", "Field", "Manifest", "Dataset", "write_dataset", "read_sample_file",
@@ -44,6 +46,7 @@ __all__ = ["FORMAT", "VERSION", "Field", "Manifest", "Dataset", "write_dataset",
 FORMAT = "dsmpnn-dataset"
 VERSION = 1
 MANIFEST = "manifest.json"
+SAMPLE_KEYS = ("pos", "x", "y", "cells", "cell_type")
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ class Manifest:
             if not isinstance(d[key], kind):
                 names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
                 raise DatasetError(
-                    f"{path}: manifest key '{where}{key}' is {type(d[key]).__name__} {d[key]!r:.60}, expected {names}"
+                    f"{path}: manifest key '{where}{key}' is {type(d[key]).__name__} {brief(d[key])}, expected {names}"
                 )
             return d[key]
 
@@ -106,13 +109,19 @@ class Manifest:
             out = []
             for i, f in enumerate(raw):
                 if not isinstance(f, dict) or not isinstance(f.get("name"), str):
-                    raise DatasetError(f"{path}: manifest '{key}[{i}]' is {f!r:.60}, expected {{\"name\": str, \"unit\": str}}")
+                    raise DatasetError(f"{path}: manifest '{key}[{i}]' is {brief(f)}, "
+                                       "expected {\"name\": str, \"unit\": str}")
                 out.append(Field(f["name"], str(f.get("unit", ""))))
             if not out:
                 raise DatasetError(f"{path}: manifest '{key}' is empty, expected at least one field")
             return tuple(out)
 
         inputs, targets = fields("input_fields"), fields("target_fields")
+        names = [f.name for f in inputs + targets]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise DatasetError(f"{path}: manifest field name(s) {brief(twice)} appear more than once among "
+                               "'input_fields' and 'target_fields'; expected each field to have its own name")
         raw_splits = need(obj, "splits", dict, "")
         splits = {}
         for k, v in raw_splits.items():
@@ -136,13 +145,9 @@ class Dataset:
         path = self.root / MANIFEST
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: dataset directory does not exist")
-        if not path.is_file():
+        if not path.exists():
             raise DatasetError(f"{path}: no manifest; a dataset directory needs manifest.json (see README, 'Dataset format')")
-        try:
-            obj = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{path}: manifest is not valid JSON ({e})") from None
-        self.manifest = Manifest.from_json(obj, path)
+        self.manifest = Manifest.from_json(read_json(path, "manifest"), path)
 
     def split(self, name: str) -> tuple[str, ...]:
         if name not in self.manifest.splits:
@@ -151,12 +156,17 @@ class Dataset:
             )
         return self.manifest.splits[name]
 
+    def file(self, rel: str) -> Path:
+        """The sample file of a split entry: a relative path that stays inside the dataset directory once symlinks
+        are resolved, and a regular file (not a FIFO or device); a :class:`DatasetError` otherwise."""
+        return confined_file(self.root, rel, self.root / MANIFEST, "split entry", "sample file")
+
     def load(self, rel: str) -> MeshSample:
-        return read_sample_file(self.root / rel, self.manifest)
+        return read_sample_file(self.file(rel), self.manifest)
 
     def num_nodes(self, rel: str) -> int:
         """Node count of a sample file, read from the header of its ``pos`` array (the arrays are not loaded)."""
-        return sample_num_nodes(self.root / rel)
+        return sample_num_nodes(self.file(rel))
 
     def load_split(self, name: str) -> list[MeshSample]:
         files = self.split(name)
@@ -166,19 +176,24 @@ class Dataset:
 
 
 def read_sample_file(path: Path, manifest: Manifest | None = None) -> MeshSample:
-    """Read one sample NPZ and check it against the manifest's dimension and field counts."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: sample file does not exist")
+    """Read one sample NPZ and check it against the manifest's dimension and field counts.
+
+    The file must be a regular file whose arrays fit in its bytes (:func:`~dsmpnn.data.untrusted.check_npz`,
+    checked before loading); only the arrays of the format are loaded.
+    """
+    path = regular_file(path, "sample file")
+    check_npz(path)
     try:
         with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
+            data = {k: z[k] for k in z.files if k in SAMPLE_KEYS}
+            others = sorted(set(z.files) - set(SAMPLE_KEYS))
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise DatasetError(f"{path}: cannot read NPZ file, it may be truncated or not an NPZ ({e})") from None
     for key in ("pos", "x"):
         if key not in data:
-            raise DatasetError(f"{path}: missing array '{key}', the file has {sorted(data)}; expected pos, x, y")
-    cell_type = str(data["cell_type"]) if "cell_type" in data else None
+            raise DatasetError(f"{path}: missing array '{key}', the file has {brief(sorted(data) + others)}; "
+                               "expected pos, x, y")
+    cell_type = _cell_type(path, data["cell_type"]) if "cell_type" in data else None
     try:
         sample = MeshSample(data["pos"], data["x"], data.get("y"), data.get("cells"), cell_type, name=path.stem)
     except DatasetError as e:
@@ -202,9 +217,17 @@ def read_sample_file(path: Path, manifest: Manifest | None = None) -> MeshSample
     return sample
 
 
+def _cell_type(path: Path, arr: np.ndarray) -> str:
+    """The cell type name stored as a 0-d string array."""
+    if arr.ndim != 0 or arr.dtype.kind != "U":
+        raise DatasetError(f"{path}: array 'cell_type' has shape {arr.shape} and dtype {arr.dtype}, expected one "
+                           "string such as 'triangle'")
+    return str(arr)
+
+
 def sample_num_nodes(path: Path) -> int:
     """N of a sample NPZ, from the header of ``pos.npy`` only (cheap for huge meshes)."""
-    path = Path(path)
+    path = regular_file(path, "sample file")
     try:
         with zipfile.ZipFile(path) as z, z.open("pos.npy") as f:
             major, _ = np.lib.format.read_magic(f)
@@ -253,6 +276,7 @@ def write_dataset(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        tmp.chmod(directory_mode())  # what mkdir would give, not mkdtemp's 0700
         (tmp / "samples").mkdir()
         splits: dict[str, list[str]] = {}
         run = {"pos": RunningStats(), "x": RunningStats(), "y": RunningStats()}

@@ -29,6 +29,7 @@ import numpy as np
 
 from dsmpnn.data.dataset import Manifest
 from dsmpnn.data.grid import parse_splits, write_grid_dataset
+from dsmpnn.data.untrusted import check_npz, regular_file
 from dsmpnn.errors import DatasetError
 
 __all__ = ["INPUT_KEYS", "TARGET_KEYS", "EXTENSIONS", "load_arrays", "import_grid"]
@@ -44,12 +45,12 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
     ext = path.suffix.lower()
     if ext not in EXTENSIONS:
         raise DatasetError(f"{path}: unknown extension '{path.suffix}', expected one of {', '.join(EXTENSIONS)}")
-    if not path.is_file():
-        raise DatasetError(f"{path}: file does not exist")
+    regular_file(path)
     try:
         if ext == ".mat":
             arrays = _load_mat(path)
         elif ext == ".npz":
+            check_npz(path)
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
         elif ext == ".npy":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dsmpnn.errors import DsmpnnError
 
-__all__ = ["check_output_path"]
+__all__ = ["check_output_path", "directory_mode"]
 
 
 def check_output_path(path: str | os.PathLike, kind: str = "file", what: str = "--out") -> Path:
@@ -29,3 +29,11 @@ def check_output_path(path: str | os.PathLike, kind: str = "file", what: str = "
     if not os.access(parent, os.W_OK | os.X_OK):
         raise DsmpnnError(f"{path}: cannot create {what} here, because {parent} is not writable")
     return path
+
+
+def directory_mode() -> int:
+    """The mode ``mkdir`` gives a new directory under the current umask (``0o777 & ~umask``); for directories made
+    by ``tempfile.mkdtemp`` (always 0700) and renamed into place."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o777 & ~mask

@@ -6,9 +6,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dsmpnn.data.textfile import brief
 from dsmpnn.errors import DatasetError
 
-__all__ = ["MeshSample", "duplicate_positions"]
+__all__ = ["CELL_NODES", "MeshSample", "check_cells", "duplicate_positions"]
+
+CELL_NODES = {"vertex": 1, "line": 2, "triangle": 3, "quad": 4, "tetra": 4, "pyramid": 5, "wedge": 6,
+              "hexahedron": 8, "line3": 3, "triangle6": 6, "quad8": 8, "quad9": 9, "tetra10": 10,
+              "hexahedron20": 20, "hexahedron27": 27}
+"""Nodes per cell of the cell types a sample may carry (meshio's names; each one is written to VTU by meshio)."""
 
 
 @dataclass
@@ -50,17 +56,12 @@ class MeshSample:
             self.y = _float_array(self.y, "y", where)
             if self.y.ndim != 2 or self.y.shape[0] != n:
                 raise DatasetError(f"{where}: field 'y' has shape {self.y.shape}, expected [N, T] with N={n}")
-        if self.cells is not None:
-            self.cells = np.asarray(self.cells)
-            if self.cells.ndim != 2 or not np.issubdtype(self.cells.dtype, np.integer):
-                raise DatasetError(
-                    f"{where}: field 'cells' has shape {self.cells.shape} and dtype {self.cells.dtype}, "
-                    "expected an integer array [M, k]"
-                )
-            if self.cells.size and (self.cells.min() < 0 or self.cells.max() >= n):
-                raise DatasetError(f"{where}: field 'cells' refers to nodes outside [0, {n})")
+        if self.cells is not None or self.cell_type is not None:
+            if self.cells is None:
+                raise DatasetError(f"{where}: 'cell_type' {brief(self.cell_type)} is given without 'cells'")
             if self.cell_type is None:
                 raise DatasetError(f"{where}: field 'cells' is given without 'cell_type' (e.g. 'triangle', 'quad')")
+            self.cells = check_cells(self.cells, self.cell_type, n, where)
 
     @property
     def num_nodes(self) -> int:
@@ -69,6 +70,24 @@ class MeshSample:
     @property
     def dim(self) -> int:
         return int(self.pos.shape[1])
+
+
+def check_cells(cells: object, cell_type: str, n: int, where: str, known: bool = True) -> np.ndarray:
+    """``cells`` as an int64 array ``[M, k]`` of node indices in ``[0, n)``; with ``known``, ``cell_type`` must be
+    one of :data:`CELL_NODES` and ``k`` its node count. ``where`` starts the messages."""
+    if known and cell_type not in CELL_NODES:
+        raise DatasetError(f"{where}: 'cell_type' is {brief(cell_type)}, expected one of {', '.join(CELL_NODES)}")
+    arr = np.asarray(cells)
+    k = CELL_NODES.get(cell_type)
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer) or (known and arr.shape[1] != k):
+        want = f"[M, {k}] ({cell_type})" if known else "[M, k]"
+        raise DatasetError(f"{where}: field 'cells' has shape {arr.shape} and dtype {arr.dtype}, expected an integer "
+                           f"array {want}")
+    if arr.size and (arr.min() < 0 or arr.max() >= n):
+        bad = int(np.count_nonzero((arr < 0) | (arr >= n)))
+        raise DatasetError(f"{where}: field 'cells' has {bad} node indices outside [0, {n}) (smallest {arr.min()}, "
+                           f"largest {arr.max()})")
+    return arr.astype(np.int64, copy=False)
 
 
 def duplicate_positions(pos: np.ndarray) -> tuple[int, tuple[int, int] | None]:

@@ -7,15 +7,19 @@ import io
 import json
 import os
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import meshio
 import numpy as np
+from numpy.lib import format as npy_format
 
 from dsmpnn.data.dataset import Dataset, read_sample_file
+from dsmpnn.data.meshfile import cell_blocks, point_scalar, read_mesh
 from dsmpnn.data.paths import check_output_path
-from dsmpnn.data.sample import MeshSample
+from dsmpnn.data.sample import CELL_NODES, MeshSample
+from dsmpnn.data.untrusted import regular_file
 from dsmpnn.distributed import DistContext, current_context, run_agreed
 from dsmpnn.errors import CheckpointError, ConfigError, DatasetError
 from dsmpnn.train.checkpoint import atomic_write_bytes
@@ -27,7 +31,11 @@ from dsmpnn.train.rundir import load_run
 from dsmpnn.train.strategy import make_strategy
 from dsmpnn.train.trainer import resolve_device
 
-__all__ = ["evaluate_run", "predict_file", "read_mesh_input", "vtu_bytes"]
+__all__ = ["check_output_layout", "check_predict_paths", "evaluate_run", "npz_bytes", "predict_file",
+           "read_mesh_input", "vtu_bytes"]
+
+CellBlocks = list[tuple[str, np.ndarray]] | None
+"""The cell blocks ``(type, cells [M, k])`` of a mesh read from a VTU/VTK file, kept for the predicted .vtu."""
 
 
 def _distributed_overrides(cfg: Config, partition: str | None, halo_hops: int | None) -> Config:
@@ -62,6 +70,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split:
     The metrics equal the single-process ones up to round-off.
     """
     ctx = current_context() if ctx is None else ctx
+    root = Path(run_dir)
+    run_agreed(lambda: _check_evaluation_outputs(root, plots) if ctx.is_main else None)  # before any work
     run, cfg, strategy = _open_run(run_dir, ctx, partition, halo_hops)
 
     def open_dataset() -> Dataset:
@@ -95,7 +105,6 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split:
     if ctx.world_size > 1:
         metrics["ranks"] = ctx.world_size
         metrics["partition"] = cfg.distributed.partition
-    root = Path(run_dir)
     atomic_write_bytes(root / "metrics.json", json.dumps(metrics, indent=1).encode())
     if plots and man.dim in (2, 3):
         for k in range(min(cfg.eval.plot_samples, len(samples))):
@@ -105,6 +114,15 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split:
     echo(f"{split}: {len(samples)} meshes, relative L2 {metrics['rel_l2']:.4f}, RMSE {rmse}")
     strategy.barrier()
     return metrics
+
+
+def _check_evaluation_outputs(root: Path, plots: bool) -> None:
+    """Refuse a run directory where ``metrics.json`` (or, with ``plots``, the figures) cannot be written, before the
+    model is loaded (a missing run directory is reported by the loader)."""
+    if root.is_dir():
+        check_output_path(root / "metrics.json", "file", "metrics.json (written by evaluate)")
+        if plots:
+            check_output_path(root / "plots" / "figure.png", "file", "the figures (--no-plots skips them)")
 
 
 def _full_graphs(cfg: Config, ctx: DistContext) -> bool:
@@ -121,28 +139,25 @@ def _warn_isolated(strategy, cfg: Config, graphs: str) -> None:
         warnings.warn(message, stacklevel=3)
 
 
-def read_mesh_input(path: Path, input_names: list[str], target_names: list[str]) -> MeshSample:
+def read_mesh_input(path: Path, input_names: list[str], target_names: list[str]) -> tuple[MeshSample, CellBlocks]:
     """A mesh to predict on: a dsmpnn sample NPZ, or a VTU/VTK file whose point data holds the input fields
-    (and, optionally, the target fields for comparison)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: input file does not exist")
+    (and, optionally, the target fields for comparison), each one value per node. Returns the sample and, for a
+    VTU/VTK file, all its cell blocks (None for an NPZ: the sample's own cells)."""
+    path = regular_file(path, "input file")
     if path.suffix == ".npz":
-        return read_sample_file(path)
-    try:
-        mesh = meshio.read(path)
-    except Exception as e:
-        raise DatasetError(f"{path}: cannot read mesh ({type(e).__name__}: {e}); expected .npz, .vtu or .vtk") from None
+        return read_sample_file(path), None
+    mesh = read_mesh(path, "input mesh", "expected .npz, .vtu or .vtk")
     missing = [n for n in input_names if n not in mesh.point_data]
     if missing:
         raise DatasetError(f"{path}: point data lacks input field(s) {missing}; it has {sorted(mesh.point_data)}")
-    col = lambda n: np.asarray(mesh.point_data[n], dtype=np.float64).reshape(len(mesh.points), -1)[:, 0]  # noqa: E731
-    x = np.stack([col(n) for n in input_names], axis=1)
-    y = np.stack([col(n) for n in target_names], axis=1) if all(n in mesh.point_data for n in target_names) else None
-    dim = 3 if np.ptp(mesh.points[:, 2]) > 0 else 2
-    block = mesh.cells[0] if mesh.cells else None
-    return MeshSample(mesh.points[:, :dim], x, y, None if block is None else block.data,
-                      None if block is None else block.type, name=path.stem)
+    x = np.stack([point_scalar(path, mesh, n) for n in input_names], axis=1)
+    has_targets = all(n in mesh.point_data for n in target_names)
+    y = np.stack([point_scalar(path, mesh, n) for n in target_names], axis=1) if has_targets else None
+    points = np.asarray(mesh.points, dtype=np.float64)
+    dim = 3 if points.shape[1] == 3 and np.ptp(points[:, 2]) > 0 else 2
+    blocks = cell_blocks(path, mesh)
+    single = blocks[0] if len(blocks) == 1 and blocks[0][0] in CELL_NODES else (None, None)
+    return MeshSample(points[:, :dim], x, y, single[1], single[0], name=path.stem), blocks
 
 
 def predict_file(run_dir: str | Path, input_path: str | Path, out_path: str | Path,
@@ -151,21 +166,24 @@ def predict_file(run_dir: str | Path, input_path: str | Path, out_path: str | Pa
     """Predict the target fields of the mesh in ``input_path``; write ``out_path`` (.npz or .vtu) atomically.
 
     The output holds the predicted fields under their names and, when the input has targets, ``<name>_true`` and
-    ``<name>_error`` (prediction - truth). In a process group of P > 1 ranks every rank calls this function and
-    reads the input; the mesh is partitioned and predicted by all ranks together, rank 0 writes the file and
-    returns the prediction (None on the other ranks).
+    ``<name>_error`` (prediction - truth); an .npz also ``pos`` and ``pred [N, T]``, a .vtu the input fields and
+    every cell block of the input mesh. Field names that would clash in that layout, and an ``out_path`` that is
+    the input file, are refused before the model runs. In a process group of P > 1 ranks every rank calls this
+    function and reads the input; the mesh is partitioned and predicted by all ranks together, rank 0 writes the
+    file and returns the prediction (None on the other ranks).
     """
     out_path = Path(out_path)
     if out_path.suffix not in (".npz", ".vtu"):
         raise DatasetError(f"{out_path}: output must end in .npz or .vtu")
     ctx = current_context() if ctx is None else ctx
-    run_agreed(lambda: check_output_path(out_path, "file", "--out"))
+    run_agreed(lambda: check_predict_paths(input_path, out_path))
     run, cfg, strategy = _open_run(run_dir, ctx, partition, halo_hops)
     man = run.fmap.manifest
     inputs, targets = [f.name for f in man.input_fields], [f.name for f in man.target_fields]
+    strategy.agreed(lambda: check_output_layout(out_path, inputs, targets))
 
-    def read() -> MeshSample:
-        sample = read_mesh_input(Path(input_path), inputs, targets)
+    def read() -> tuple[MeshSample, CellBlocks]:
+        sample, blocks = read_mesh_input(Path(input_path), inputs, targets)
         if sample.dim != man.dim or sample.x.shape[1] != len(inputs):
             raise DatasetError(f"{input_path}: mesh has dim {sample.dim} and {sample.x.shape[1]} input fields, the "
                                f"model expects dim {man.dim} and {inputs}")
@@ -173,9 +191,9 @@ def predict_file(run_dir: str | Path, input_path: str | Path, out_path: str | Pa
         check_graph_size(sample, cfg.graph.radius, cfg.graph.max_neighbors, cfg.graph.max_edges,
                          "prediction on the full mesh" if full else "prediction on sampled graphs",
                          None if full else cfg.graph.sample_nodes)
-        return sample
+        return sample, blocks
 
-    sample = strategy.agreed(read)
+    sample, blocks = strategy.agreed(read)
     strategy.graph_stats = GraphStats()
     pred = strategy.predict(run.model, strategy.hold(sample))
     _warn_isolated(strategy, cfg, f"mesh '{sample.name}'")
@@ -187,25 +205,81 @@ def predict_file(run_dir: str | Path, input_path: str | Path, out_path: str | Pa
         for t, n in enumerate(targets):
             fields[f"{n}_true"] = sample.y[:, t]
             fields[f"{n}_error"] = pred[:, t] - sample.y[:, t]
-    buf = io.BytesIO()
     if out_path.suffix == ".npz":
-        np.savez(buf, pos=sample.pos, pred=pred, **fields)
+        payload = npz_bytes({"pos": sample.pos, "pred": pred, **fields})
     else:
         point_data = dict(fields)
         point_data.update({n: sample.x[:, k] for k, n in enumerate(inputs)})
-        buf.write(vtu_bytes(sample, point_data, out_path))
-    atomic_write_bytes(out_path, buf.getvalue())
+        payload = vtu_bytes(sample, point_data, out_path, blocks)
+    atomic_write_bytes(out_path, payload)
     echo(f"wrote {out_path} ({sample.num_nodes} nodes, fields {list(fields)})")
     strategy.barrier()
     return pred
 
 
-def vtu_bytes(sample: MeshSample, point_data: dict[str, np.ndarray], near: Path) -> bytes:
-    """The VTU file of ``sample``'s mesh (its cells, or one vertex cell per node) with ``point_data``; written
-    through a temporary file next to ``near`` (meshio writes files, not buffers)."""
+def check_predict_paths(input_path: str | Path, out_path: str | Path) -> None:
+    """Refuse an ``out_path`` that cannot be created (:func:`check_output_path`) or that is the input file (after
+    resolving symlinks, or a hard link to it): predict never overwrites its input."""
+    src, dst = Path(input_path), check_output_path(out_path, "file", "--out")
+    if src.resolve() == dst.resolve() or (src.exists() and dst.exists() and os.path.samefile(src, dst)):
+        raise DatasetError(f"{dst}: --out is the --input file {src}; predict does not overwrite its input, choose "
+                           "another --out")
+
+
+def _output_keys(suffix: str, inputs: list[str], targets: list[str]) -> list[tuple[str, str]]:
+    """(key, what it holds) of every array of a prediction file: an .npz or .vtu (point data) ``suffix``."""
+    keys = [("pos", "the node positions"), ("pred", "the predictions [N, T]")] if suffix == ".npz" else []
+    for n in targets:
+        keys += [(n, f"the prediction of target field '{n}'"), (f"{n}_true", f"the true values of '{n}'"),
+                 (f"{n}_error", f"the error of '{n}'")]
+    if suffix == ".vtu":
+        keys += [(n, f"input field '{n}'") for n in inputs]
+    return keys
+
+
+def _first_clash(suffix: str, inputs: list[str], targets: list[str]) -> tuple[str, str, str] | None:
+    """(key, first meaning, second meaning) of the first key a prediction file would hold twice, or None."""
+    seen: dict[str, str] = {}
+    for key, what in _output_keys(suffix, inputs, targets):
+        if key in seen:
+            return key, seen[key], what
+        seen[key] = what
+    return None
+
+
+def check_output_layout(out_path: str | Path, inputs: list[str], targets: list[str]) -> None:
+    """Refuse field names that would give two arrays of the output file the same key (e.g. a target named 'pos'
+    in an .npz), naming the key and suggesting the other format where it has no clash."""
+    suffix = Path(out_path).suffix
+    clash = _first_clash(suffix, inputs, targets)
+    if clash is None:
+        return
+    other = ".vtu" if suffix == ".npz" else ".npz"
+    hint = (f"write a {other} file instead" if _first_clash(other, inputs, targets) is None else
+            "rename the field in the dataset manifest and train again")
+    key, first, second = clash
+    raise DatasetError(f"{out_path}: the output would hold the key {key!r} twice, for {first} and for {second}; "
+                       f"{hint}")
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An uncompressed NPZ archive of ``arrays`` (as ``numpy.savez`` writes, for any key: savez's own parameter
+    names such as ``file`` cannot be keys of its ``**kwds``)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        for key, a in arrays.items():
+            with z.open(f"{key}.npy", "w", force_zip64=True) as f:
+                npy_format.write_array(f, np.asanyarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def vtu_bytes(sample: MeshSample, point_data: dict[str, np.ndarray], near: Path,
+              blocks: CellBlocks = None) -> bytes:
+    """The VTU file of a mesh with ``point_data``: its cell ``blocks`` when given, else ``sample``'s cells, else one
+    vertex cell per node; written through a temporary file next to ``near`` (meshio writes files, not buffers)."""
     points = sample.pos if sample.dim == 3 else np.column_stack([sample.pos, np.zeros(sample.num_nodes)])
-    cells = ([(sample.cell_type, sample.cells)] if sample.cells is not None
-             else [("vertex", np.arange(sample.num_nodes)[:, None])])
+    cells = blocks or ([(sample.cell_type, sample.cells)] if sample.cells is not None
+                       else [("vertex", np.arange(sample.num_nodes)[:, None])])
     near.parent.mkdir(parents=True, exist_ok=True)
     tmp = near.with_name(f".{near.name}.{os.getpid()}.tmp.vtu")
     try:
