@@ -14,7 +14,6 @@ Command-line overrides use dotted keys: ``train.epochs=5 model.hidden=16 graph.m
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 import warnings
@@ -28,6 +27,7 @@ from dsmpnn.errors import ConfigError
 from dsmpnn.graph.partition import DEFAULT_PARTITION_METHOD, PARTITION_METHODS
 from dsmpnn.graph.radius import DEFAULT_MAX_EDGES
 from dsmpnn.messages import brief
+from dsmpnn.ranges import SEED_MAX, Rule
 
 __all__ = ["ModelConfig", "GraphConfig", "TrainConfig", "EvalConfig", "DistributedConfig", "Config", "Rule",
            "load_config", "apply_overrides", "read_config_file", "MAX_CONFIG_BYTES"]
@@ -40,57 +40,9 @@ MAX_YAML_DEPTH = 32
 """Deepest nesting of lists and mappings a YAML document may have."""
 MAX_OVERRIDE_CHARS = 4096
 """Longest ``section.key=value`` override accepted."""
-SEED_MAX = 2**32 - 1
 
 
-# --- the values each key accepts ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Rule:
-    """The values a config key accepts (besides null where its type allows it), and the words that say so.
-
-    ``kind``: "int" (``lo <= v <= hi``), "float" (finite, ``lo <= v`` or ``lo < v`` with ``lo_open``, and
-    ``v <= hi`` unless ``hi`` is None), "choice" (one of ``choices``) or "list" (``lo`` to ``hi`` items, each
-    checked by ``item``).
-    """
-
-    kind: str
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    choices: tuple = ()
-    item: Rule | None = None
-
-    def describe(self) -> str:
-        """"an integer in [1, 1000]", "a finite number > 0", "one of ['mean', 'sum']"..."""
-        if self.kind == "choice":
-            return f"one of {list(self.choices)}"
-        if self.kind == "int":
-            return f"an integer in [{self.lo}, {self.hi}]"
-        if self.kind == "list":
-            return f"a list of {self.lo} to {self.hi} items, each {self.item.describe()}"
-        low = f"{'>' if self.lo_open else '>='} {self.lo:g}"
-        return f"a finite number {low}" if self.hi is None else f"a number {low} and <= {self.hi:g}"
-
-    def accepts(self, value: Any) -> bool:
-        if self.kind == "choice":
-            return any(type(value) is type(c) and value == c for c in self.choices)
-        if self.kind == "list":
-            return (isinstance(value, list) and self.lo <= len(value) <= self.hi
-                    and all(self.item.accepts(v) for v in value))
-        if isinstance(value, bool) or not isinstance(value, int if self.kind == "int" else (int, float)):
-            return False
-        if self.kind == "float" and not math.isfinite(value):
-            return False
-        above = value > self.lo if self.lo_open else value >= self.lo
-        return above and (self.hi is None or value <= self.hi)
-
-    def check(self, key: str, value: Any, nullable: bool) -> None:
-        """Raise ConfigError ``KEY is VALUE, expected ...`` unless the value is accepted."""
-        if (value is None and nullable) or self.accepts(value):
-            return
-        raise ConfigError(f"{key} is {brief(value)}, expected {self.describe()}{' or null' if nullable else ''}")
+# --- the values each key accepts (one Rule per field) ------------------------------------------------------
 
 
 def _key(default: Any, rule: Rule) -> Any:
