@@ -90,7 +90,8 @@ def _ranged(kind: str, lo: float, hi: float | None = None, lo_open: bool = False
     def convert(text: str) -> float | int:
         value = _parse_number(text, kind == "int")
         if value is None or not rule.accepts(value):
-            raise argparse.ArgumentTypeError(f"is {brief(text)}, expected {rule.describe()}")
+            shown = brief(text) if value is None else text.strip()  # a number as typed, anything else quoted
+            raise argparse.ArgumentTypeError(f"is {shown}, expected {rule.describe()}")
         return value
 
     convert.__name__ = "integer" if kind == "int" else "number"
