@@ -77,7 +77,7 @@ CASES = {
                                                                "section.key=value"], NEW),
     "override of unknown section": Case([*TRAIN, "trian.epochs=3"], ["unknown key(s) ['trian'] in the top level"],
                                         NEW),
-    "timeout not positive": Case([*TRAIN, "distributed.timeout_s=0"], ["distributed.timeout_s must be > 0"], NEW),
+    "timeout not positive": Case([*TRAIN, "distributed.timeout_s=0"], ["distributed.timeout_s is 0.0, expected a number > 0"], NEW),
     # paths
     "run dir missing": Case(["evaluate", "{tmp}/norun"], ["{tmp}/norun: run directory does not exist"],
                             ["{tmp}/norun"]),

@@ -12,12 +12,16 @@ the same entry point with ``torchrun ... -m dsmpnn.cli train ...`` directly.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+import typing
 from typing import TYPE_CHECKING
 
 from dsmpnn.errors import DsmpnnError, Interrupted
+from dsmpnn.messages import brief
+from dsmpnn.ranges import SEED_MAX, Rule
 
 if TYPE_CHECKING:
     from dsmpnn.data.dataset import Manifest
@@ -27,8 +31,23 @@ __all__ = ["main", "build_parser"]
 Handler = Callable[[argparse.Namespace], int | None]
 
 
+class UsageError(Exception):
+    """A command line argparse refuses (unknown option, missing argument, value out of range)."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are raised (:class:`UsageError`) for :func:`main` to print as one line."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UsageError(self.prog, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dsmpnn", description=__doc__.splitlines()[0],
+    parser = _Parser(prog="dsmpnn", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     gen = sub.add_parser("generate", help="generate a PDE dataset with a numerical solver")
@@ -47,6 +66,61 @@ def _formatter() -> type[argparse.HelpFormatter]:
     return argparse.ArgumentDefaultsHelpFormatter
 
 
+# --- option values --------------------------------------------------------------------------------------------
+
+
+def _parse_number(text: str, integer: bool) -> float | int | None:
+    """``text`` as an int (``1e6`` too, when whole) or a float; None when it is neither."""
+    try:
+        return int(text) if integer else float(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if integer and value.is_integer() else None
+
+
+def _ranged(kind: str, lo: float, hi: float | None = None, lo_open: bool = False) -> Callable[[str], float | int]:
+    """An argparse ``type=`` that parses a number and checks it against ``Rule(kind, lo, hi, lo_open)``; argparse
+    names the option in the message (``--seed is -1, expected an integer in [0, 4294967295]``)."""
+    rule = Rule(kind, lo, hi, lo_open)
+
+    def convert(text: str) -> float | int:
+        value = _parse_number(text, kind == "int")
+        if value is None or not rule.accepts(value):
+            shown = brief(text) if value is None else text.strip()  # a number as typed, anything else quoted
+            raise argparse.ArgumentTypeError(f"is {shown}, expected {rule.describe()}")
+        return value
+
+    convert.__name__ = "integer" if kind == "int" else "number"
+    return convert
+
+
+_SEED = _ranged("int", 0, SEED_MAX)
+_THREADS = _ranged("int", 1, 4096)
+_NPROC = _ranged("int", 1, 4096)
+_HALO_HOPS = _ranged("int", 1, 1000)
+_RADIUS = _ranged("float", 0.0, None, lo_open=True)
+_WIDTH = _ranged("int", 1, 65536)
+
+
+def _device(text: str) -> str:
+    """``cpu`` or ``cuda[:k]`` of a CUDA device this machine has."""
+    match = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"is {brief(text)}, expected cpu, cuda or cuda:K")
+    if match.group(1) == "cuda":
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(match.group(2) or 0)
+        if index >= count:
+            raise argparse.ArgumentTypeError(f"is {brief(text)}, but this machine has {count} CUDA device(s)")
+    return text.strip()
+
+
 # --- generate darcy -------------------------------------------------------------------------------------------
 
 
@@ -55,12 +129,12 @@ def _add_generate_darcy(sub: argparse._SubParsersAction) -> None:
                        description="Generate Darcy flow samples: a = 12/3 thresholded Gaussian random field, "
                                    "u = 0 on the boundary, f = 1; inputs [a, boundary], target [u].",
                        formatter_class=_formatter())
-    p.add_argument("--n", type=int, default=1000, help="number of samples")
-    p.add_argument("--resolution", type=int, default=64, metavar="S",
+    p.add_argument("--n", type=_ranged("int", 1, 10**9), default=1000, help="number of samples")
+    p.add_argument("--resolution", type=_ranged("int", 3, 10**6), default=64, metavar="S",
                    help="grid nodes per side, boundary included (spacing 1/(S-1) on the unit square)")
     p.add_argument("--out", required=True, default=argparse.SUPPRESS, metavar="DIR",
                    help="output dataset directory (must not exist or be empty)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (sample k is reproducible from seed and k)")
+    p.add_argument("--seed", type=_SEED, default=0, help="random seed (sample k is reproducible from seed and k)")
     p.add_argument("--split", default="0.8,0.1,0.1", metavar="TRAIN,VAL,TEST",
                    help="fractions of samples in the train/val/test splits, summing to 1")
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
@@ -106,7 +180,7 @@ def _add_import_grid(sub: argparse._SubParsersAction) -> None:
                    help="a separate file with the targets (required when FILE is .npy); None: targets are in FILE")
     p.add_argument("--split", default="0.8,0.1,0.1", metavar="TRAIN,VAL,TEST",
                    help="fractions of samples in the train/val/test splits, summing to 1")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random split assignment")
+    p.add_argument("--seed", type=_SEED, default=0, help="seed of the random split assignment")
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     p.set_defaults(handler=_import_grid)
 
@@ -139,7 +213,7 @@ def _add_generate_airfoil(sub: argparse._SubParsersAction) -> None:
                                    "settings are refused. Inputs [inlet_u, inlet_v, sdf, normal_x, normal_y], "
                                    "targets [u, v, p].",
                        formatter_class=_formatter())
-    p.add_argument("--n", type=int, default=100, help="number of samples")
+    p.add_argument("--n", type=_ranged("int", 1, 10**6), default=100, help="number of samples")
     p.add_argument("--fidelity", choices=("low", "high"), default="low",
                    help="mesh: low = size 0.03 at the airfoil, 0.4 far (~800 nodes); high = 0.015 / 0.2 (~2,900)")
     _add_solver_run_options(p)
@@ -153,8 +227,8 @@ def _add_generate_step3d(sub: argparse._SubParsersAction) -> None:
                                    "(nu = 0.02), Taylor-Hood P2-P1 tetrahedra and Newton; unconverged settings "
                                    "are refused. Inputs [inlet_speed, step_height, wall], targets [u, v, w, p].",
                        formatter_class=_formatter())
-    p.add_argument("--n", type=int, default=50, help="number of samples")
-    p.add_argument("--resolution", type=int, default=6, metavar="R",
+    p.add_argument("--n", type=_ranged("int", 1, 10**6), default=50, help="number of samples")
+    p.add_argument("--resolution", type=_ranged("int", 2, 64), default=6, metavar="R",
                    help="tetrahedra across the channel height (mesh size 1/R m)")
     _add_solver_run_options(p)
     p.set_defaults(handler=_generate_step3d)
@@ -163,10 +237,10 @@ def _add_generate_step3d(sub: argparse._SubParsersAction) -> None:
 def _add_solver_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, default=argparse.SUPPRESS, metavar="DIR",
                    help="output dataset directory (must not exist or be empty)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (attempt k is reproducible from seed and k)")
+    p.add_argument("--seed", type=_SEED, default=0, help="random seed (attempt k is reproducible from seed and k)")
     p.add_argument("--split", default="0.8,0.1,0.1", metavar="TRAIN,VAL,TEST",
                    help="fractions of samples in the train/val/test splits, summing to 1")
-    p.add_argument("--max-newton", type=int, default=15, help="Newton iterations before a setting is refused")
+    p.add_argument("--max-newton", type=_ranged("int", 1, 1000), default=15, help="Newton iterations before a setting is refused")
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
 
 
@@ -202,10 +276,10 @@ def _add_import_airfrans(sub: argparse._SubParsersAction) -> None:
                    help="output dataset directory (must not exist or be empty)")
     p.add_argument("--task", choices=("full", "scarce", "reynolds", "aoa"), default="full",
                    help="AirfRANS task whose train/test lists are imported")
-    p.add_argument("--val-fraction", type=float, default=0.0, metavar="F",
+    p.add_argument("--val-fraction", type=_ranged("float", 0.0, 0.99), default=0.0, metavar="F",
                    help="share of the train cases moved to a 'val' split (seeded)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the val selection")
-    p.add_argument("--limit", type=int, default=None, metavar="K",
+    p.add_argument("--seed", type=_SEED, default=0, help="seed of the val selection")
+    p.add_argument("--limit", type=_ranged("int", 1, 10**6), default=None, metavar="K",
                    help="import only the first K cases of each list; None: all")
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     p.set_defaults(handler=_import_airfrans)
@@ -228,35 +302,21 @@ def _import_airfrans(args: argparse.Namespace) -> int:
 # --- train / evaluate / predict -------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def _nonnegative_int(text: str) -> int:
-    return 0 if text.strip() == "0" else _positive_int(text)
-
-
 def _add_ds_options(p: argparse.ArgumentParser, config_default: bool) -> None:
     """--nproc, --partition, --halo-hops, --max-restarts of the commands that run on P ranks."""
     from dsmpnn.graph.partition import PARTITION_METHODS
 
     src = "the config's distributed.partition" if config_default else "the run's distributed.partition"
     g = p.add_argument_group("domain decomposition (DS-MPNN)")
-    g.add_argument("--nproc", type=_positive_int, default=None, metavar="P",
+    g.add_argument("--nproc", type=_NPROC, default=None, metavar="P",
                    help="run as P local ranks, launched like torchrun --standalone; omit it under torchrun "
                         "(the ranks then come from torchrun). None: one process")
     g.add_argument("--partition", choices=PARTITION_METHODS, default=None,
                    help=f"how each mesh is split over the ranks; None: {src} (metis unless set)")
-    g.add_argument("--halo-hops", type=_positive_int, default=None, metavar="K",
+    g.add_argument("--halo-hops", type=_HALO_HOPS, default=None, metavar="K",
                    help="halo width in graph hops; the halo exchange runs before every K-th layer; None: "
                         + src.replace("partition", "halo_hops") + " (1 unless set)")
-    g.add_argument("--max-restarts", type=_nonnegative_int, default=0, metavar="N",
+    g.add_argument("--max-restarts", type=_ranged("int", 0, 1000), default=0, metavar="N",
                    help="with --nproc: restart all ranks up to N times after one fails (train resumes from the "
                         "newest checkpoint)")
 
@@ -449,13 +509,13 @@ def _add_mesh_decomposition_args(p: argparse.ArgumentParser, nproc_default: int 
     from dsmpnn.graph.partition import DEFAULT_PARTITION_METHOD, PARTITION_METHODS
 
     p.add_argument("--data", required=True, help="dataset directory (with manifest.json)")
-    p.add_argument("--nproc", type=_positive_int, required=nproc_default is None, default=nproc_default,
+    p.add_argument("--nproc", type=_NPROC, required=nproc_default is None, default=nproc_default,
                    metavar="P", help="number of subdomains (ranks)")
     p.add_argument("--partition", "--method", dest="partition", choices=PARTITION_METHODS,
                    default=DEFAULT_PARTITION_METHOD, help="partitioner")
-    p.add_argument("--halo-hops", type=_positive_int, default=1, metavar="K", help="halo width in graph hops")
+    p.add_argument("--halo-hops", type=_HALO_HOPS, default=1, metavar="K", help="halo width in graph hops")
     p.add_argument("--split", default="train", help="dataset split to take the mesh from")
-    p.add_argument("--sample", type=_nonnegative_int, default=0, metavar="K", help="which mesh of the split")
+    p.add_argument("--sample", type=_ranged("int", 0, 10**9), default=0, metavar="K", help="which mesh of the split")
 
 
 def _add_partition(sub: argparse._SubParsersAction) -> None:
@@ -465,7 +525,7 @@ def _add_partition(sub: argparse._SubParsersAction) -> None:
                                    "per-rank owned/halo/cut-edge counts and the imbalance, and draw the subdomains "
                                    "and halos (2D: PNG; any mesh: VTU with 'owner' and 'halo_count' point fields).")
     _add_mesh_decomposition_args(p, nproc_default=None)
-    p.add_argument("--radius", type=float, default=None, metavar="R",
+    p.add_argument("--radius", type=_RADIUS, default=None, metavar="R",
                    help="radius of the graph (mesh length unit); None: graph.radius of --config or the default")
     p.add_argument("--config", help="YAML config whose graph.radius and graph.max_neighbors are used")
     p.add_argument("--plot", default=None, metavar="FILE",
@@ -477,6 +537,7 @@ def _partition(args: argparse.Namespace) -> int:
     from dsmpnn.train import load_config
     from dsmpnn.train.decomposition import inspect_partition, write_partition_figure
 
+    _check_output_files(args, "plot")
     cfg = load_config(args.config)
     view = inspect_partition(args.data, args.nproc, args.partition, cfg, args.halo_hops, args.radius, args.split,
                              args.sample)
@@ -525,17 +586,17 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                              description="N random nodes in the unit square, radius graph, one ECConv and one PyG "
                                          "NNConv with the same weights; forward, backward, inference times (min and "
                                          "median of interleaved rounds) and peak memory; prints a table, writes JSON.")
-    c.add_argument("--nodes", type=_positive_int, default=20_000, help="random nodes in the unit square")
-    c.add_argument("--radius", type=float, default=0.02, help="graph radius (unit square)")
-    c.add_argument("--channels", type=_positive_int, default=32, help="input = output channels")
-    c.add_argument("--hidden", type=_positive_int, default=64, help="kernel MLP hidden width H")
+    c.add_argument("--nodes", type=_ranged("int", 2, 10**9), default=20_000, help="random nodes in the unit square")
+    c.add_argument("--radius", type=_ranged("float", 0.0, 1.5, lo_open=True), default=0.02, help="graph radius (unit square)")
+    c.add_argument("--channels", type=_WIDTH, default=32, help="input = output channels")
+    c.add_argument("--hidden", type=_WIDTH, default=64, help="kernel MLP hidden width H")
     c.add_argument("--aggr", choices=["mean", "sum"], default="mean", help="aggregation")
     c.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="precision")
-    c.add_argument("--repeats", type=_positive_int, default=3, help="timed rounds")
-    c.add_argument("--edge-chunk", type=_positive_int, default=None, help="ECConv edges per chunk; None: the library's")
-    c.add_argument("--dense-size", type=_positive_int, default=4096, help="size of the reference dense matmul")
-    c.add_argument("--threads", type=_positive_int, default=None, help="torch threads; None: torch's setting")
-    c.add_argument("--device", default="cpu", help="torch device")
+    c.add_argument("--repeats", type=_ranged("int", 1, 1000), default=3, help="timed rounds")
+    c.add_argument("--edge-chunk", type=_ranged("int", 1, 2**31 - 1), default=None, help="ECConv edges per chunk; None: the library's")
+    c.add_argument("--dense-size", type=_ranged("int", 1, 65536), default=4096, help="size of the reference dense matmul")
+    c.add_argument("--threads", type=_THREADS, default=None, help="torch threads; None: torch's setting")
+    c.add_argument("--device", type=_device, default="cpu", help="torch device: cpu, cuda or cuda:K")
     c.add_argument("--no-nnconv", action="store_true", help="skip PyG NNConv (no ratios)")
     c.add_argument("--with-bmm", action="store_true",
                    help="also time ECConv with the fused CPU kernels off (its PyTorch bmm path), in the same rounds")
@@ -551,24 +612,33 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--nodes", type=_node_list, default=[10_000, 100_000, 1_000_000], metavar="N1,N2,...",
                    help="comma-separated node counts, e.g. 1e4,1e5,1e6")
     s.add_argument("--dim", type=int, choices=(2, 3), default=2, help="unit square (2) or unit cube (3)")
-    s.add_argument("--neighbors", type=float, default=25, help="mean neighbours per node (sets the radius)")
-    s.add_argument("--channels", type=_positive_int, default=32, help="MPNN latent channels")
-    s.add_argument("--layers", type=_positive_int, default=4, help="MPNN message-passing layers")
-    s.add_argument("--threads", type=_positive_int, default=None, help="torch threads; None: torch's setting")
-    s.add_argument("--seed", type=int, default=0, help="seed of the points and weights")
+    s.add_argument("--neighbors", type=_ranged("float", 0.0, 10_000.0, lo_open=True), default=25, help="mean neighbours per node (sets the radius)")
+    s.add_argument("--channels", type=_WIDTH, default=32, help="MPNN latent channels")
+    s.add_argument("--layers", type=_ranged("int", 1, 1000), default=4, help="MPNN message-passing layers")
+    s.add_argument("--threads", type=_THREADS, default=None, help="torch threads; None: torch's setting")
+    s.add_argument("--seed", type=_SEED, default=0, help="seed of the points and weights")
     s.add_argument("--out", default=None, metavar="FILE.json", help="write the result as JSON (atomically)")
     s.add_argument("--plot", default=None, metavar="FILE.png", help="log-log plot of time and memory against N")
     s.set_defaults(handler=_bench_scale)
 
 
 def _node_list(text: str) -> list[int]:
-    try:
-        values = [int(float(v)) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated node counts like 1e4,1e5, got {text!r}") from None
-    if not values or min(values) < 2:
-        raise argparse.ArgumentTypeError(f"expected node counts of at least 2, got {text!r}")
+    """Comma-separated node counts, each an integer in [2, 10^9] (``1e4,1e5`` is fine)."""
+    count = _ranged("int", 2, 10**9)
+    values = [count(v) for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"is {brief(text)}, expected comma-separated node counts like 1e4,1e5")
     return values
+
+
+def _check_output_files(args: argparse.Namespace, *options: str) -> None:
+    """Refuse, before any work, output-file options (``--out``, ``--plot``) that name a directory or cannot be
+    created."""
+    from dsmpnn.data.paths import check_output_path
+
+    for name in options:
+        if getattr(args, name) is not None:
+            check_output_path(getattr(args, name), "file", f"--{name}")
 
 
 def _bench_conv(args: argparse.Namespace) -> int:
@@ -577,6 +647,7 @@ def _bench_conv(args: argparse.Namespace) -> int:
     from dsmpnn.bench import bench_conv, format_table
     from dsmpnn.bench.scale import write_json
 
+    _check_output_files(args, "out")
     kwargs = {} if args.edge_chunk is None else {"edge_chunk": args.edge_chunk}
     result = bench_conv(args.nodes, args.radius, args.channels, args.hidden, args.repeats, args.device,
                         aggr=args.aggr, dtype=getattr(torch, args.dtype), dense_size=args.dense_size,
@@ -590,6 +661,7 @@ def _bench_conv(args: argparse.Namespace) -> int:
 def _bench_scale(args: argparse.Namespace) -> int:
     from dsmpnn.bench.scale import bench_scale, format_scale_table, plot_scale, write_json
 
+    _check_output_files(args, "out", "plot")
     result = bench_scale(args.nodes, args.dim, args.neighbors, args.channels, args.layers, args.seed, args.threads)
     print(format_scale_table(result))
     if args.out:
@@ -629,12 +701,26 @@ def _user_warnings(command: str) -> Iterator[None]:
         warnings.showwarning = original
 
 
+def _usage_line(error: UsageError, limit: int = 400) -> str:
+    """``dsmpnn generate: error: --seed is '-1', expected ...; see `dsmpnn generate darcy --help```: argparse's
+    message on one line, the option first, cut to ``limit`` characters."""
+    command = " ".join(error.prog.split()[:2])
+    message = re.sub(r"^argument ([^:]+): is ", r"\1 is ", " ".join(str(error)[: limit * 2].split()))
+    if len(message) > limit:
+        message = message[: limit - 3] + "..."
+    return f"{command}: error: {message}; see `{error.prog} --help`"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``dsmpnn ARGV``; the exit status: 0 done, 1 a run failed (a peer rank hung or died: a one-line message;
     anything else: a traceback), 2 bad input (a one-line message naming the file, field or option), 130 interrupted
     (a checkpoint to continue from was saved)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        print(_usage_line(e), file=sys.stderr)
+        return 2
     with _user_warnings(args.command):
         try:
             if _launched_here(args):

@@ -1,7 +1,12 @@
+import dataclasses
+import math
+import time
+import typing
+
 import pytest
 
 from dsmpnn.errors import ConfigError
-from dsmpnn.train.config import Config, load_config
+from dsmpnn.train.config import MAX_CONFIG_BYTES, Config, Rule, load_config
 
 
 def test_defaults_and_overrides():
@@ -26,7 +31,7 @@ def test_yaml_file(tmp_path):
     ("model:\n  hidden: eight\n", r"model.hidden is str 'eight', expected int"),
     ("model:\n  hidden: true\n", r"model.hidden is bool True, expected int"),
     ("model:\n  aggr: max\n", r"model.aggr is 'max', expected one of \['mean', 'sum'\]"),
-    ("graph:\n  radius: -1\n", r"graph.radius must be > 0"),
+    ("graph:\n  radius: -1\n", r"graph.radius is -1.0, expected a finite number > 0"),
     ("graph:\n  max_neighbors: 2.5\n", r"graph.max_neighbors is float 2.5, expected int or null"),
     ("train: 3\n", r"section 'train' must be a mapping"),
     ("- a\n- b\n", r"expected a mapping of sections"),
@@ -41,7 +46,7 @@ def test_bad_config_names_file_and_key(tmp_path, text, match):
 
 
 @pytest.mark.parametrize("item,match", [("train.epochs", "section.key=value"), ("epochs=3", "section.key"),
-                                        ("train.epochs=-1", "positive")])
+                                        ("train.epochs=-1", r"train.epochs is -1, expected an integer in \[1, ")])
 def test_bad_overrides(item, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, [item])
@@ -50,3 +55,97 @@ def test_bad_overrides(item, match):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def _just_outside(rule: Rule) -> list:
+    """Values a key with ``rule`` must refuse: each side of its range (or a value not among its choices)."""
+    if rule.kind == "choice":
+        return ["banana"] if isinstance(rule.choices[0], str) else [2]
+    if rule.kind == "list":
+        return [[1] * (rule.hi + 1), [0], *([[]] if rule.lo > 0 else [])]
+    if rule.kind == "int":
+        return [rule.lo - 1, rule.hi + 1]
+    below = rule.lo if rule.lo_open else math.nextafter(rule.lo, -math.inf)
+    return [below, math.nan, math.inf] + ([] if rule.hi is None else [math.nextafter(rule.hi, math.inf)])
+
+
+def _keys():
+    for section in dataclasses.fields(Config):
+        cls = typing.get_type_hints(Config)[section.name]
+        for f in dataclasses.fields(cls):
+            yield section.name, cls, f
+
+
+def test_every_key_declares_its_range_and_accepts_its_default():
+    for section, cls, f in _keys():
+        assert isinstance(f.metadata.get("rule"), Rule), f"{section}.{f.name} has no Rule"
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        cfg = load_config(None, [f"{section}.{f.name}={'null' if default is None else default}"])
+        assert getattr(getattr(cfg, section), f.name) == default
+
+
+@pytest.mark.parametrize("section,key,value", [(s, f.name, v) for s, _, f in _keys()
+                                               for v in _just_outside(f.metadata["rule"])])
+def test_every_key_refuses_a_value_just_outside_its_range(section, key, value):
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}.* expected "):
+        Config.from_dict({section: {key: value}})
+
+
+@pytest.mark.parametrize("value,match", [
+    ("-1", r"train.seed is -1, expected an integer in \[0, 4294967295\]"),
+    (str(2**70), r"train.seed is 1180591620717411303424, expected"),
+])
+def test_seed_range(value, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [f"train.seed={value}"])
+
+
+@pytest.mark.parametrize("text,match", [
+    ("a: &a [1, 2]\nb: *a\n", r"line 2: YAML alias \*a is not allowed"),
+    ("train:\n  epochs: 3\n  lr: 0.1\n  epochs: 4\n", r"line 4: duplicate key 'epochs'"),
+    ("train: {epochs: 3}\ntrain: {lr: 0.1}\n", r"line 2: duplicate key 'train'"),
+    ("model:\n  kernel_hidden: " + "[" * 40 + "]" * 40 + "\n", r"nested deeper than 32 levels"),
+    ("model:\n  kernel_hidden: [" + ", ".join(["1"] * 20_000) + "]\n", r"more than 10,000 YAML values"),
+    ("train:\n  seed: " + "9" * 5000 + "\n", r"not valid YAML \(Exceeds the limit"),
+])
+def test_yaml_that_a_config_never_needs_is_refused_fast(tmp_path, text, match):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=match):
+        load_config(p)
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_alias_bomb_is_refused_at_the_first_alias(tmp_path):
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi")]
+    p = tmp_path / "bomb.yaml"
+    p.write_text("\n".join(lines) + "\n")
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match="line 2: YAML alias"):
+        load_config(p)
+    assert time.perf_counter() - t0 < 0.5
+
+
+def test_config_file_size_utf8_and_kind(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * MAX_CONFIG_BYTES + "\n")
+    with pytest.raises(ConfigError, match="more than a config may have"):
+        load_config(big)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"model:\n  act: r\xe9lu\n")
+    with pytest.raises(ConfigError, match=r"not UTF-8 text: invalid byte 0xe9 at byte offset 15"):
+        load_config(latin)
+    with pytest.raises(ConfigError, match="is a directory, expected a YAML config file"):
+        load_config(tmp_path)
+
+
+def test_error_messages_cut_huge_values_before_formatting():
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError) as e:
+        Config.from_dict({"model": {"hidden": "x" * 10**7}})
+    with pytest.raises(ConfigError) as e2:
+        Config.from_dict({"model": {"kernel_hidden": list(range(10**5))}})
+    assert time.perf_counter() - t0 < 0.5
+    assert len(str(e.value)) < 200 and len(str(e2.value)) < 200

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["scale_radius", "run_point", "bench_scale", "fit_slopes", "format_scale_table", "plot_scale",
+__all__ = ["scale_radius", "run_point", "scale_bytes", "bench_scale", "fit_slopes", "format_scale_table", "plot_scale",
            "write_json"]
 
 MIB = 2**20
@@ -128,13 +128,24 @@ def _run_isolated(nodes: int, dim: int, neighbors: float, channels: int, layers:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def scale_bytes(nodes: int, dim: int, neighbors: float, channels: int, layers: int) -> int:
+    """A lower estimate of the peak memory of one point: building its radius graph (:func:`graph_bytes`) plus
+    the float32 node activations forward keeps for backward (about 4 per channel, node and layer)."""
+    from dsmpnn.graph.radius import graph_bytes  # noqa: PLC0415
+
+    return graph_bytes(int(nodes * neighbors), dim, nodes) + 16 * layers * nodes * channels
+
+
 def bench_scale(nodes: Sequence[int], dim: int = 2, neighbors: float = 25, channels: int = 32, layers: int = 4,
                 seed: int = 0, threads: int | None = None, isolate: bool = True,
                 echo: Callable[[str], None] | None = print, timeout_s: float | None = None) -> dict:
     """Measure every N of ``nodes`` (each in a fresh process unless ``isolate`` is False); returns
     ``{"points": [...], "slopes": {...}, "machine": {...}, "settings": {...}}``."""
     from dsmpnn.bench.conv import machine_info  # noqa: PLC0415
+    from dsmpnn.resources import check_resources  # noqa: PLC0415
 
+    largest = max(int(n) for n in nodes)
+    check_resources(f"--nodes {largest:,}", scale_bytes(largest, dim, neighbors, channels, layers))
     points = []
     for n in nodes:
         if isolate:

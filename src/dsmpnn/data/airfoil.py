@@ -39,7 +39,7 @@ from dsmpnn.data.meshing import airfoil_box_mesh, check_mesh
 from dsmpnn.data.naca import naca_polygon, polygon_signed_distance, random_naca_code
 from dsmpnn.data.navier_stokes import FlowSolution, require_converged, solve_navier_stokes
 from dsmpnn.data.sample import MeshSample
-from dsmpnn.data.solver_runs import GenerationReport, write_converged_runs
+from dsmpnn.data.solver_runs import GenerationReport, check_solver_options, write_converged_runs
 from dsmpnn.errors import ConfigError
 
 __all__ = ["NU", "BOX", "FIDELITY", "AirfoilCase", "random_case", "boundary_vertex_normals", "airfoil_flow",
@@ -133,6 +133,7 @@ def generate_airfoil(out: str | os.PathLike, n: int, fidelity: str = "low", seed
     """
     if fidelity not in FIDELITY:
         raise ConfigError(f"--fidelity is {fidelity!r}, expected one of {', '.join(FIDELITY)}")
+    check_solver_options(seed, max_newton)
     description = (f"steady Navier-Stokes past NACA airfoils, nu = {NU}, Re = 50-200, alpha in [-5, 15] deg, "
                    f"box {BOX}, fidelity {fidelity} (h = {FIDELITY[fidelity][0]} at the airfoil), "
                    f"Taylor-Hood P2-P1 + Newton; seed {seed}")

@@ -21,8 +21,9 @@ from dsmpnn.data.grid import assign_splits
 from dsmpnn.data.navier_stokes import ConvergenceError, FlowSolution
 from dsmpnn.data.sample import MeshSample
 from dsmpnn.errors import ConfigError
+from dsmpnn.ranges import SEED_MAX
 
-__all__ = ["GenerationReport", "attempt_rng", "write_converged_runs"]
+__all__ = ["GenerationReport", "attempt_rng", "check_solver_options", "write_converged_runs"]
 
 Attempt = Callable[[np.random.Generator], tuple[MeshSample, FlowSolution]]
 
@@ -48,6 +49,14 @@ class GenerationReport:
 def attempt_rng(seed: int, index: int) -> np.random.Generator:
     """Generator of attempt ``index``: independent of how many samples are drawn with the same seed."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
+
+
+def check_solver_options(seed: int, max_newton: int) -> None:
+    """Refuse (ConfigError) a seed outside [0, SEED_MAX] or fewer than one Newton iteration, before any solve."""
+    if not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"--seed is {seed}, expected an integer in [0, {SEED_MAX}]")
+    if max_newton < 1:
+        raise ConfigError(f"--max-newton is {max_newton}, expected at least 1 Newton iteration")
 
 
 def write_converged_runs(out: str | os.PathLike, n: int, attempt: Attempt, input_fields: Sequence[Field],

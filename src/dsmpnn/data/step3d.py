@@ -34,7 +34,7 @@ from dsmpnn.data.dataset import Field, Manifest
 from dsmpnn.data.meshing import check_mesh, step_channel_mesh
 from dsmpnn.data.navier_stokes import FlowSolution, require_converged, solve_navier_stokes
 from dsmpnn.data.sample import MeshSample
-from dsmpnn.data.solver_runs import GenerationReport, write_converged_runs
+from dsmpnn.data.solver_runs import GenerationReport, check_solver_options, write_converged_runs
 from dsmpnn.errors import ConfigError
 
 __all__ = ["NU", "LENGTH", "HEIGHT", "WIDTH", "STEP_LENGTH", "StepCase", "random_case", "step_flow",
@@ -98,6 +98,7 @@ def generate_step3d(out: str | os.PathLike, n: int, resolution: int = 8, seed: i
     """Generate ``n`` converged backward-facing-step samples and write them as a dataset."""
     if resolution < 2:
         raise ConfigError(f"--resolution is {resolution}, expected at least 2 cells across the channel height")
+    check_solver_options(seed, max_newton)
     description = (f"steady 3D Navier-Stokes over a backward-facing step, channel {LENGTH}x{HEIGHT}x{WIDTH}, "
                    f"nu = {NU}, U in [0.2, 1], h_s in [0.2, 0.5], mesh size {HEIGHT / resolution:g}, "
                    f"Taylor-Hood P2-P1 tetrahedra + Newton; seed {seed}")

@@ -15,6 +15,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from dsmpnn.errors import GraphError
+from dsmpnn.resources import available_memory
 
 __all__ = ["Graph", "radius_graph", "edge_attributes", "build_graph", "estimate_edges", "graph_bytes",
            "available_memory", "DEFAULT_MAX_EDGES"]
@@ -61,18 +62,6 @@ def graph_bytes(num_edges: int, dim: int, num_nodes: int = 0) -> int:
     """
     held = num_edges * (2 * 8 + (dim + 1) * 4)
     return held + num_edges * 40 + num_nodes * 24 * dim
-
-
-def available_memory() -> int | None:
-    """``MemAvailable`` of /proc/meminfo in bytes (None where there is no such file)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def _check_size(pos: np.ndarray, radius: float, tree: cKDTree, max_edges: int, max_bytes: int | None) -> None:

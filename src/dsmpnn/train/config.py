@@ -14,26 +14,83 @@ Command-line overrides use dotted keys: ``train.epochs=5 model.hidden=16 graph.m
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from dsmpnn.errors import ConfigError
 from dsmpnn.graph.partition import DEFAULT_PARTITION_METHOD, PARTITION_METHODS
 from dsmpnn.graph.radius import DEFAULT_MAX_EDGES
+from dsmpnn.messages import brief
+from dsmpnn.ranges import SEED_MAX, Rule
 
-__all__ = ["ModelConfig", "GraphConfig", "TrainConfig", "EvalConfig", "DistributedConfig", "Config", "load_config",
-           "apply_overrides"]
+__all__ = ["ModelConfig", "GraphConfig", "TrainConfig", "EvalConfig", "DistributedConfig", "Config", "Rule",
+           "load_config", "apply_overrides", "read_config_file", "MAX_CONFIG_BYTES"]
+
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file larger than this (1 MiB) is refused unread; real configs are under 2 KB."""
+MAX_YAML_NODES = 10_000
+"""A YAML document (config file or override value) with more nodes (scalars, lists, mappings) is refused."""
+MAX_YAML_DEPTH = 32
+"""Deepest nesting of lists and mappings a YAML document may have."""
+MAX_OVERRIDE_CHARS = 4096
+"""Longest ``section.key=value`` override accepted."""
+
+
+# --- the values each key accepts (one Rule per field) ------------------------------------------------------
+
+
+def _key(default: Any, rule: Rule) -> Any:
+    """A dataclass field with its :class:`Rule` (lists get a fresh copy of ``default`` per instance)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"rule": rule})
+    return field(default=default, metadata={"rule": rule})
+
+
+def _int(default: int | None, lo: int, hi: int) -> Any:
+    return _key(default, Rule("int", lo, hi))
+
+
+def _num(default: float | None, lo: float, hi: float | None = None, lo_open: bool = False) -> Any:
+    return _key(default, Rule("float", lo, hi, lo_open))
+
+
+def _pick(default: Any, choices: tuple) -> Any:
+    return _key(default, Rule("choice", choices=tuple(choices)))
+
+
+def _flag(default: bool) -> Any:
+    return _pick(default, (False, True))
+
+
+def _sizes(default: list[int], min_items: int) -> Any:
+    """A list of layer widths."""
+    return _key(default, Rule("list", min_items, 16, item=Rule("int", 1, 65536)))
+
+
+class _Section:
+    """Base of the config sections: every field carries a :class:`Rule`, all checked by one loop."""
+
+    section: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            nullable = type(None) in typing.get_args(hints[f.name])
+            f.metadata["rule"].check(f"{self.section}.{f.name}", getattr(self, f.name), nullable)
+        self.check_together()
+
+    def check_together(self) -> None:
+        """Rules that relate several keys of the section (none unless a section says so)."""
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_Section):
     """The MPNN: encoder MLP -> ``layers`` edge-conditioned convolutions -> decoder MLP.
 
     ``kind: gcn`` swaps the convolutions for GCNConv (:class:`dsmpnn.nn.GCN`, single process only) of width
@@ -42,134 +99,92 @@ class ModelConfig:
     (``torch.utils.checkpoint``; same results, less memory on big graphs, about one more forward per step).
     """
 
-    kind: str = "mpnn"
-    hidden: int = 32
-    layers: int = 4
-    kernel_hidden: list[int] = field(default_factory=lambda: [64])
-    encoder_hidden: list[int] = field(default_factory=lambda: [64])
-    decoder_hidden: list[int] = field(default_factory=lambda: [64])
-    aggr: str = "mean"
-    act: str = "gelu"
-    residual: bool = True
-    layer_norm: bool = False
-    use_pos: bool = True
-    gcn_hidden: int | None = None
-    checkpoint_layers: bool = False
-
-    def __post_init__(self) -> None:
-        _choice("model.kind", self.kind, ("mpnn", "gcn"))
-        _choice("model.aggr", self.aggr, ("mean", "sum"))
-        _choice("model.act", self.act, ("relu", "gelu", "silu", "tanh", "elu"))
-        _positive("model.hidden", self.hidden)
-        _positive("model.layers", self.layers)
-        if self.gcn_hidden is not None:
-            _positive("model.gcn_hidden", self.gcn_hidden)
-        for name in ("kernel_hidden", "encoder_hidden", "decoder_hidden"):
-            for v in getattr(self, name):
-                _positive(f"model.{name}", v)
-        if not self.kernel_hidden:
-            raise ConfigError("model.kernel_hidden must list at least one hidden size, e.g. [64]")
+    section: ClassVar[str] = "model"
+    kind: str = _pick("mpnn", ("mpnn", "gcn"))
+    hidden: int = _int(32, 1, 65536)
+    layers: int = _int(4, 1, 1000)
+    kernel_hidden: list[int] = _sizes([64], 1)
+    encoder_hidden: list[int] = _sizes([64], 0)
+    decoder_hidden: list[int] = _sizes([64], 0)
+    aggr: str = _pick("mean", ("mean", "sum"))
+    act: str = _pick("gelu", ("relu", "gelu", "silu", "tanh", "elu"))
+    residual: bool = _flag(True)
+    layer_norm: bool = _flag(False)
+    use_pos: bool = _flag(True)
+    gcn_hidden: int | None = _int(None, 1, 65536)
+    checkpoint_layers: bool = _flag(False)
 
 
 @dataclass
-class GraphConfig:
+class GraphConfig(_Section):
     """Radius graph and Nyström sampling (radius in the mesh's length unit).
 
     ``max_edges``: a graph estimated to have more edges is refused before it is built (a radius too large for the
     mesh would otherwise exhaust memory).
     """
 
-    radius: float = 0.1
-    max_neighbors: int | None = None
-    sample_nodes: int = 1024
-    samples_per_mesh: int = 2
-    max_edges: int = DEFAULT_MAX_EDGES
-
-    def __post_init__(self) -> None:
-        if not (self.radius > 0 and math.isfinite(self.radius)):
-            raise ConfigError(f"graph.radius must be > 0 and finite, got {self.radius}")
-        _positive("graph.max_edges", self.max_edges)
-        _positive("graph.sample_nodes", self.sample_nodes)
-        _positive("graph.samples_per_mesh", self.samples_per_mesh)
-        if self.max_neighbors is not None:
-            _positive("graph.max_neighbors", self.max_neighbors)
+    section: ClassVar[str] = "graph"
+    radius: float = _num(0.1, 0.0, lo_open=True)
+    max_neighbors: int | None = _int(None, 1, 100_000)
+    sample_nodes: int = _int(1024, 1, 10**9)
+    samples_per_mesh: int = _int(2, 1, 10**6)
+    max_edges: int = _int(DEFAULT_MAX_EDGES, 1, 10**12)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     """Optimisation: Adam on the MSE of normalised targets over sampled graphs."""
 
-    epochs: int = 50
-    batch_graphs: int = 4
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    scheduler: str = "cosine"
-    warmup_epochs: int = 0
-    min_lr_ratio: float = 0.01
-    grad_clip: float | None = None
-    seed: int = 0
-    dtype: str = "float32"
-    threads: int | None = None
-    eval_every: int = 10
-    checkpoint_every: int = 5
-    keep_checkpoints: int = 3
-
-    def __post_init__(self) -> None:
-        _positive("train.epochs", self.epochs)
-        _positive("train.batch_graphs", self.batch_graphs)
-        _positive("train.checkpoint_every", self.checkpoint_every)
-        _positive("train.keep_checkpoints", self.keep_checkpoints)
-        _positive("train.eval_every", self.eval_every)
-        if not self.lr > 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
-        _choice("train.scheduler", self.scheduler, ("cosine", "constant", "step"))
-        _choice("train.dtype", self.dtype, ("float32", "float64"))
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+    section: ClassVar[str] = "train"
+    epochs: int = _int(50, 1, 10**6)
+    batch_graphs: int = _int(4, 1, 100_000)
+    lr: float = _num(1e-3, 0.0, 1e3, lo_open=True)
+    weight_decay: float = _num(0.0, 0.0, 1e3)
+    scheduler: str = _pick("cosine", ("cosine", "constant", "step"))
+    warmup_epochs: int = _int(0, 0, 10**6)
+    min_lr_ratio: float = _num(0.01, 0.0, 1.0)
+    grad_clip: float | None = _num(None, 0.0, lo_open=True)
+    seed: int = _int(0, 0, SEED_MAX)
+    dtype: str = _pick("float32", ("float32", "float64"))
+    threads: int | None = _int(None, 1, 4096)
+    eval_every: int = _int(10, 1, 10**6)
+    checkpoint_every: int = _int(5, 1, 10**6)
+    keep_checkpoints: int = _int(3, 1, 10_000)
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(_Section):
     """Evaluation: on the full mesh graph, or the mean of ``samples`` sampled predictions covering every node."""
 
-    mode: str = "full"
-    samples: int = 8
-    plot_samples: int = 3
-
-    def __post_init__(self) -> None:
-        _choice("eval.mode", self.mode, ("full", "sampled"))
-        _positive("eval.samples", self.samples)
+    section: ClassVar[str] = "eval"
+    mode: str = _pick("full", ("full", "sampled"))
+    samples: int = _int(8, 1, 10_000)
+    plot_samples: int = _int(3, 0, 1000)
 
 
 @dataclass
-class DistributedConfig:
+class DistributedConfig(_Section):
     """Domain decomposition over P ranks (``dsmpnn train --nproc P`` or torchrun); ignored by one process.
 
     ``partition``: how each mesh is split (slab / rcb / metis, see :mod:`dsmpnn.graph.partition`);
     ``halo_hops``: halo width in graph hops, the halo exchange runs before every ``halo_hops``-th layer;
-    ``timeout_s``: seconds a collective waits for the other ranks before the run fails;
+    ``timeout_s``: seconds a collective waits for the other ranks before the run fails (at most a week);
     ``overlap``: null = the exact graph halo (``halo_hops``); a distance l (mesh length unit) = the paper's
     geometric overlap, halo = nodes within l of a subdomain, exchange before every layer. l >= graph.radius is
     exact; l < radius drops edges, so the run differs from one process (a warning says so).
     """
 
-    partition: str = DEFAULT_PARTITION_METHOD
-    halo_hops: int = 1
-    timeout_s: float = 300.0
-    overlap: float | None = None
+    section: ClassVar[str] = "distributed"
+    partition: str = _pick(DEFAULT_PARTITION_METHOD, PARTITION_METHODS)
+    halo_hops: int = _int(1, 1, 1000)
+    timeout_s: float = _num(300.0, 0.0, 7 * 24 * 3600.0, lo_open=True)
+    overlap: float | None = _num(None, 0.0)
 
-    def __post_init__(self) -> None:
-        _choice("distributed.partition", self.partition, PARTITION_METHODS)
-        _positive("distributed.halo_hops", self.halo_hops)
-        if not self.timeout_s > 0:
-            raise ConfigError(f"distributed.timeout_s must be > 0 seconds, got {self.timeout_s}")
-        if self.overlap is not None:
-            if not (self.overlap >= 0 and math.isfinite(self.overlap)):
-                raise ConfigError(f"distributed.overlap must be a finite distance >= 0 or null, got {self.overlap}")
-            if self.halo_hops != 1:
-                raise ConfigError(f"distributed.overlap ({self.overlap:g}) and distributed.halo_hops "
-                                  f"({self.halo_hops}) exclude each other: the geometric overlap exchanges before "
-                                  "every layer; set halo_hops to 1 or overlap to null")
+    def check_together(self) -> None:
+        if self.overlap is not None and self.halo_hops != 1:
+            raise ConfigError(f"distributed.overlap ({self.overlap:g}) and distributed.halo_hops "
+                              f"({self.halo_hops}) exclude each other: the geometric overlap exchanges before "
+                              "every layer; set halo_hops to 1 or overlap to null")
 
 
 @dataclass
@@ -202,12 +217,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     if path is not None:
         path = Path(path)
         where = str(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        raw = read_config_file(path) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of sections (model, graph, train, eval, distributed), "
                               f"got {type(raw).__name__}")
@@ -215,25 +225,121 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     return Config.from_dict(raw, where)
 
 
+def read_config_file(path: Path) -> Any:
+    """The YAML document of a config file (or RUN/config.yaml), read with every check of :class:`_ConfigLoader`:
+    a regular file of at most :data:`MAX_CONFIG_BYTES`, UTF-8, no aliases, no duplicate keys, bounded size."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, expected a YAML config file")
+    if not path.exists():
+        raise ConfigError(f"{path}: config file does not exist")
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a regular file, expected a YAML config file")
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {size:,} bytes, more than a config may have ({MAX_CONFIG_BYTES:,} bytes)")
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text: invalid byte 0x{data[e.start]:02x} at byte offset {e.start:,}; "
+                          "save the config as UTF-8") from None
+    try:
+        return _load_yaml(text)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except (yaml.YAMLError, ValueError) as e:
+        raise ConfigError(f"{path}: not valid YAML ({_one_line(e)})") from None
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Return a copy of ``raw`` with each ``section.key=value`` set (value parsed as YAML)."""
+    """Return a copy of ``raw`` with each ``section.key=value`` set (value parsed as YAML, with the checks of
+    config files; text that is not valid YAML is taken as a string)."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     for item in overrides:
+        if len(item) > MAX_OVERRIDE_CHARS:
+            raise ConfigError(f"override {brief(item)} has {len(item):,} characters, more than the "
+                              f"{MAX_OVERRIDE_CHARS:,} an override may have")
         if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like section.key=value, e.g. train.epochs=10")
+            raise ConfigError(f"override {brief(item)} must look like section.key=value, e.g. train.epochs=10")
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
         if len(parts) != 2:
-            raise ConfigError(f"override '{item}': key must be section.key (e.g. model.hidden), got '{key}'")
+            raise ConfigError(f"override {brief(item)}: key must be section.key (e.g. model.hidden), got "
+                              f"{brief(key)}")
         try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
+            parsed = _load_yaml(value)
+        except ConfigError as e:
+            raise ConfigError(f"override {brief(item)}: {e}") from None
+        except (yaml.YAMLError, ValueError):
             parsed = value
         section = out.setdefault(parts[0], {})
         if not isinstance(section, dict):
-            raise ConfigError(f"override '{item}': '{parts[0]}' is not a section")
+            raise ConfigError(f"override {brief(item)}: {brief(parts[0])} is not a section")
         section[parts[1]] = parsed
     return out
+
+
+# --- YAML with bounds -----------------------------------------------------------------------------------------
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """A SafeLoader for configs: refuses aliases (a 400-byte alias bomb would expand to gigabytes; configs never
+    need them), duplicate mapping keys (the later one would silently win), more than :data:`MAX_YAML_NODES`
+    nodes and nesting deeper than :data:`MAX_YAML_DEPTH`. Refusals are ConfigErrors naming the line."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._nodes = 0
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent):
+            raise ConfigError(f"line {line}: YAML alias *{event.anchor[:30]} is not allowed in a config "
+                              "(write the value out)")
+        self._nodes += 1
+        if self._nodes > MAX_YAML_NODES:
+            raise ConfigError(f"line {line}: more than {MAX_YAML_NODES:,} YAML values, more than a config may have")
+        if self._depth >= MAX_YAML_DEPTH:
+            raise ConfigError(f"line {line}: nested deeper than {MAX_YAML_DEPTH} levels")
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise ConfigError(f"line {key_node.start_mark.line + 1}: duplicate key {brief(key, 40)}")
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _load_yaml(text: str) -> Any:
+    """One YAML document through :class:`_ConfigLoader`; raises ConfigError (refused), YAMLError or ValueError
+    (not valid: e.g. an integer of more than 4,300 digits)."""
+    loader = _ConfigLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _one_line(error: Exception, limit: int = 300) -> str:
+    """An exception's message on one line, at most ``limit`` characters."""
+    text = " ".join(str(error)[: limit * 4].split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- from a mapping to the dataclasses ------------------------------------------------------------------------
 
 
 def _build(cls: type, obj: Any, where: str, section: str) -> Any:
@@ -241,11 +347,12 @@ def _build(cls: type, obj: Any, where: str, section: str) -> Any:
         obj = {}
     what = f"section '{section}'" if section else "the top level"
     if not isinstance(obj, dict):
-        raise ConfigError(f"{where}: {what} must be a mapping, got {type(obj).__name__} {obj!r:.40}")
+        raise ConfigError(f"{where}: {what} must be a mapping, got {type(obj).__name__} {brief(obj, 40)}")
     known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(obj) - set(known))
+    unknown = sorted((k for k in obj if k not in known), key=str)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown} in {what}; valid keys are {sorted(known)}")
+        listed = ", ".join(brief(k, 40) for k in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise ConfigError(f"{where}: unknown key(s) [{listed}] in {what}; valid keys are {sorted(known)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in obj.items():
@@ -259,9 +366,7 @@ def _build(cls: type, obj: Any, where: str, section: str) -> Any:
                 raise ConfigError(f"{where}: {e}") from None
     try:
         return cls(**kwargs)
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
-    except TypeError as e:
+    except (ConfigError, TypeError) as e:
         raise ConfigError(f"{where}: {e}") from None
 
 
@@ -277,31 +382,25 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
             except ConfigError:
                 pass
         names = " or ".join("null" if h is type(None) else getattr(h, "__name__", str(h)) for h in args)
-        raise ConfigError(f"{where} is {type(value).__name__} {value!r}, expected {names}")
+        raise ConfigError(f"{where} is {type(value).__name__} {brief(value)}, expected {names}")
     if hint is type(None):
-        raise ConfigError(f"{where} is {value!r}, expected null")
+        raise ConfigError(f"{where} is {brief(value)}, expected null")
     if origin is list:
         (inner,) = typing.get_args(hint)
         if not isinstance(value, list):
-            raise ConfigError(f"{where} is {type(value).__name__} {value!r}, expected a list of {inner.__name__}")
+            raise ConfigError(f"{where} is {type(value).__name__} {brief(value)}, expected a list of "
+                              f"{inner.__name__}")
         return [_check_type(v, inner, where) for v in value]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{where} is {brief(value)}, too large for a float") from None
+    if hint is float and isinstance(value, str) and len(value) < 100:
         try:
             return float(value)  # YAML 1.1 reads 1e-3 as a string
         except ValueError:
             pass
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{where} is {type(value).__name__} {value!r}, expected {hint.__name__}")
+        raise ConfigError(f"{where} is {type(value).__name__} {brief(value)}, expected {hint.__name__}")
     return value
-
-
-def _positive(name: str, v: int) -> None:
-    if v <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {v}")
-
-
-def _choice(name: str, v: str, options: tuple[str, ...]) -> None:
-    if v not in options:
-        raise ConfigError(f"{name} is {v!r}, expected one of {list(options)}")

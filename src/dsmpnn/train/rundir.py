@@ -22,7 +22,7 @@ import dsmpnn
 from dsmpnn.data.dataset import Manifest
 from dsmpnn.errors import CheckpointError
 from dsmpnn.train.checkpoint import atomic_write_bytes, load_checkpoint, load_state
-from dsmpnn.train.config import Config
+from dsmpnn.train.config import Config, read_config_file
 from dsmpnn.train.factory import build_model
 from dsmpnn.train.features import FeatureMap
 
@@ -54,11 +54,7 @@ class RunDir:
             if not (self.root / name).is_file():
                 raise CheckpointError(f"{self.root}: not a dsmpnn run directory (no {name}); pass the --out of `dsmpnn train`")
         cfg_path, meta_path = self.root / "config.yaml", self.root / "dataset.json"
-        try:
-            raw = yaml.safe_load(cfg_path.read_text())
-        except yaml.YAMLError as e:
-            raise CheckpointError(f"{cfg_path}: not valid YAML ({' '.join(str(e).split())})") from None
-        cfg = Config.from_dict(raw, str(cfg_path))
+        cfg = Config.from_dict(read_config_file(cfg_path), str(cfg_path))
         try:
             meta = json.loads(meta_path.read_text())
         except json.JSONDecodeError as e:
