@@ -76,22 +76,24 @@ CASES = {
                              config_file("model:\n  kernel_hidden: " + "[" * 500 + "]" * 500 + "\n")),
     "too many YAML values": Case(CONFIG, ["{tmp}/c.yaml: line 2: more than 10,000 YAML values"], NEW,
                                  config_file("model:\n  kernel_hidden: [" + ", ".join(["8"] * 20_000) + "]\n")),
-    "config file too large": Case(CONFIG, ["{tmp}/c.yaml: 2,000,002 bytes, more than a config may have"], NEW,
+    "config file too large": Case(CONFIG, ["{tmp}/c.yaml: config file has 2,000,002 bytes, more than the 1,048,576"], NEW,
                                   config_file("#" + "x" * 2_000_000 + "\n")),
     "integer of 5000 digits": Case(CONFIG, ["{tmp}/c.yaml: not valid YAML", "4300 digits"], NEW,
                                    config_file("train:\n  seed: " + "7" * 5000 + "\n")),
     # files that are not UTF-8 text or not files
-    "config file not UTF-8": Case(CONFIG, ["{tmp}/c.yaml: not UTF-8 text: invalid byte 0xe9 at byte offset 15"],
-                                  NEW, config_bytes(b"model:\n  act: r\xe9lu\n")),
-    "RUN/config.yaml not UTF-8 (evaluate)": Case(EVALUATE, ["{file}: not UTF-8 text: invalid byte 0xff at byte "
-                                                            "offset 0"], ["{tmp}/run"], run_config_bytes(b"\xff\xfe")),
+    "config file not UTF-8": Case(CONFIG, ["{tmp}/c.yaml: config file is not valid UTF-8 text (byte 0xe9 at byte "
+                                           "offset 15)"], NEW, config_bytes(b"model:\n  act: r\xe9lu\n")),
+    "RUN/config.yaml not UTF-8 (evaluate)": Case(EVALUATE, ["{file}: config file is not valid UTF-8 text (byte 0xff "
+                                                            "at byte offset 0"], ["{tmp}/run"],
+                                                 run_config_bytes(b"\xff\xfe")),
     "RUN/config.yaml not UTF-8 (predict)": Case(["predict", "{tmp}/run", "--input", "{sample}", "--out",
-                                                 "{tmp}/p.npz"], ["{file}: not UTF-8 text"], ["{tmp}/run", "{tmp}/p.npz"],
+                                                 "{tmp}/p.npz"], ["{file}: config file is not valid UTF-8 text"],
+                                                ["{tmp}/run", "{tmp}/p.npz"],
                                                 run_config_bytes(b"model:\n  hidden: 8\xc3\n")),
-    "RUN/config.yaml not UTF-8 (resume)": Case(RESUME, ["{file}: not UTF-8 text"], ["{tmp}/run"],
+    "RUN/config.yaml not UTF-8 (resume)": Case(RESUME, ["{file}: config file is not valid UTF-8 text"], ["{tmp}/run"],
                                                run_config_bytes(b"train: {epochs: \x80}\n")),
-    "config path is a directory": Case(CONFIG, ["{tmp}/c.yaml: is a directory, expected a YAML config file"], NEW,
-                                       config_dir),
+    "config path is a directory": Case(CONFIG, ["{tmp}/c.yaml: config file is a directory, expected a regular "
+                                               "file"], NEW, config_dir),
     # a huge value is cut before it is formatted
     "huge value in a message": Case([*TRAIN, "model.act=" + "x" * 4000], ["model.act is 'xxxx", "...",
                                                                           "expected one of ['relu'"], NEW),

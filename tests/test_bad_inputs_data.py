@@ -26,7 +26,7 @@ from numpy.lib import format as npy_format
 from dsmpnn.cli import main
 from dsmpnn.data import Dataset
 from tests.helpers.cli_cases import (NEW, TRAIN_COPY, Case, World, airfrans, break_sample, edit_manifest,
-                                     first_train_file, rewrite_npz, run_case)
+                                     first_train_file, run_case)
 
 CASE_SECONDS = 120
 
@@ -272,8 +272,8 @@ CASES = {
                                manifest_bytes(b"[" * 100_000)),
     "manifest JSON error at line:col": Case(TRAIN_COPY, ["{file}: manifest is not valid JSON at line 2:7"], NEW,
                                             manifest_bytes(b'{"format":\n "x", ]')),
-    "manifest is a FIFO": Case(TRAIN_COPY, ["{tmp}/data/manifest.json: manifest does not exist or is not a regular "
-                                            "file"], NEW, fifo_manifest),
+    "manifest is a FIFO": Case(TRAIN_COPY, ["{tmp}/data/manifest.json: manifest is a FIFO (named pipe), expected a "
+                                            "regular file"], NEW, fifo_manifest),
     "manifest duplicate key": Case(TRAIN_COPY, ["{file}: manifest has the key 'dim' twice"], NEW,
                                    manifest_bytes(b'{"dim": 2, "dim": 3}')),
     "manifest duplicate field name": Case(TRAIN_COPY, ["{file}: manifest field name(s) ['a'] appear more than once"],

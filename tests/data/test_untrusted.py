@@ -38,13 +38,15 @@ def test_check_npz_leaves_a_non_zip_to_the_reader(tmp_path):
 def test_read_text_bounds_size_and_names_the_bad_byte(tmp_path):
     path = tmp_path / "m.json"
     path.write_bytes(b'{"a": 1}')
-    with pytest.raises(ConfigError, match=r"m\.json: config is larger than 0 MiB"):
+    with pytest.raises(ConfigError, match=r"m\.json: config has 8 bytes, more than the 4 dsmpnn reads"):
         read_text(path, "config", ConfigError, limit=4)
     path.write_bytes(b'{"a": "\xe9t\xe9"}')
     with pytest.raises(DatasetError, match="byte 0xe9 at byte offset 7"):
         read_json(path)
-    with pytest.raises(DatasetError, match="does not exist or is not a regular file"):
+    with pytest.raises(DatasetError, match="file is a directory, expected a regular file"):
         read_json(tmp_path)
+    with pytest.raises(DatasetError, match="nothing.json: file does not exist"):
+        read_json(tmp_path / "nothing.json")
 
 
 def test_read_json_refuses_duplicate_keys_at_any_depth(tmp_path):

@@ -41,10 +41,11 @@ from tqdm import tqdm
 from dsmpnn.data.dataset import Field, Manifest, median_spacing, write_dataset
 from dsmpnn.data.meshfile import read_mesh
 from dsmpnn.data.sample import MeshSample
-from dsmpnn.data.textfile import brief, read_json
+from dsmpnn.data.textfile import read_json
 from dsmpnn.data.untrusted import PATH_WIDTH, regular_file
 from dsmpnn.data.vtp import read_vtp
 from dsmpnn.errors import ConfigError, DatasetError
+from dsmpnn.messages import brief
 
 __all__ = ["TASKS", "INPUT_FIELDS", "TARGET_FIELDS", "airfoil_inputs", "parse_case_name", "read_case",
            "import_airfrans"]

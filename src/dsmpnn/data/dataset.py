@@ -36,9 +36,10 @@ from scipy.spatial import cKDTree
 from dsmpnn.data.normalize import RunningStats, Stats
 from dsmpnn.data.paths import check_output_path, directory_mode
 from dsmpnn.data.sample import MeshSample
-from dsmpnn.data.textfile import brief, read_json
+from dsmpnn.data.textfile import read_json
 from dsmpnn.data.untrusted import check_npz, confined_file, regular_file
 from dsmpnn.errors import DatasetError
+from dsmpnn.messages import brief
 
 __all__ = ["FORMAT", "VERSION", "Field", "Manifest", "Dataset", "write_dataset", "read_sample_file",
            "sample_num_nodes", "write_sample_file"]

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from dsmpnn.data.sample import check_cells
-from dsmpnn.data.textfile import brief
 from dsmpnn.data.untrusted import regular_file
 from dsmpnn.errors import DatasetError
+from dsmpnn.messages import brief
 
 __all__ = ["cell_blocks", "point_scalar", "read_mesh"]
 

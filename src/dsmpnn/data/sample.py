@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dsmpnn.data.textfile import brief
 from dsmpnn.errors import DatasetError
+from dsmpnn.messages import brief
 
 __all__ = ["CELL_NODES", "MeshSample", "check_cells", "duplicate_positions"]
 

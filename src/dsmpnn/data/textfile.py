@@ -3,45 +3,37 @@ a one-line :class:`~dsmpnn.errors.DsmpnnError` naming the file and the place (by
 
 Used for dataset manifests and the AirfRANS ``manifest.json``; ``error`` picks the exception class, so a reader of
 configs or run files can raise its own (:class:`~dsmpnn.errors.ConfigError`, :class:`~dsmpnn.errors.CheckpointError`).
-:func:`brief` cuts a value before formatting it, so that an error message about a huge value stays short and cheap.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import reprlib
-from pathlib import Path
 
+from dsmpnn.data.untrusted import regular_file
 from dsmpnn.errors import DatasetError, DsmpnnError
+from dsmpnn.messages import brief
 
-__all__ = ["MAX_TEXT_BYTES", "brief", "read_json", "read_text"]
+__all__ = ["MAX_TEXT_BYTES", "read_json", "read_text"]
 
 MAX_TEXT_BYTES = 256 * 2**20
 """The largest text file read (256 MiB): a manifest of a million samples is about 40 MB."""
 
 
 
-def brief(value: object, width: int = 60) -> str:
-    """A short ``repr`` of ``value``: strings and other values cut to about ``width`` characters, lists and dicts
-    to their first items, with ``...``; built without the full repr, so cheap for a huge value."""
-    short = reprlib.Repr()
-    short.maxstring = short.maxother = width
-    short.maxlevel = 3
-    return short.repr(value)
-
-
 def read_text(path: str | os.PathLike, what: str = "file", error: type[DsmpnnError] = DatasetError,
               limit: int = MAX_TEXT_BYTES) -> str:
     """The UTF-8 text of the regular file ``path``; refuses a larger file than ``limit`` bytes or invalid UTF-8
     (naming the byte offset). ``what`` names the file's role in messages ("manifest", "config")."""
-    path = Path(path)
-    if not path.is_file():
-        raise error(f"{path}: {what} does not exist or is not a regular file")
-    with open(path, "rb") as f:
-        raw = f.read(limit + 1)
-    if len(raw) > limit:
-        raise error(f"{path}: {what} is larger than {limit // 2**20} MiB, the most dsmpnn reads for a text file")
+    path = regular_file(path, what, error=error)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            raw = f.read(limit + 1) if size <= limit else b""
+    except OSError as e:
+        raise error(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    if size > limit or len(raw) > limit:
+        raise error(f"{path}: {what} has {max(size, len(raw)):,} bytes, more than the {limit:,} dsmpnn reads for it")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -19,8 +19,8 @@ from pathlib import Path, PurePath
 import numpy as np
 from numpy.lib import format as npy_format
 
-from dsmpnn.data.textfile import brief
-from dsmpnn.errors import DatasetError
+from dsmpnn.errors import DatasetError, DsmpnnError
+from dsmpnn.messages import brief
 
 __all__ = ["MAX_DEFLATE_RATIO", "PATH_WIDTH", "check_npz", "confined_file", "regular_file"]
 
@@ -34,19 +34,20 @@ _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
-def regular_file(path: str | os.PathLike, what: str = "file", context: str = "") -> Path:
-    """``Path(path)`` if it is (a symlink to) a regular file; else a :class:`DatasetError` saying what it is.
-    ``what`` names the file's role, ``context`` (e.g. " (split entry ...)") ends the message."""
+def regular_file(path: str | os.PathLike, what: str = "file", context: str = "",
+                 error: type[DsmpnnError] = DatasetError) -> Path:
+    """``Path(path)`` if it is (a symlink to) a regular file; else ``error`` saying what it is. ``what`` names the
+    file's role, ``context`` (e.g. " (split entry ...)") ends the message."""
     path = Path(path)
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise DatasetError(f"{path}: {what} does not exist{context}") from None
+        raise error(f"{path}: {what} does not exist{context}") from None
     except OSError as e:
-        raise DatasetError(f"{path}: cannot read the {what} ({e.strerror}){context}") from None
+        raise error(f"{path}: cannot read the {what} ({e.strerror}){context}") from None
     if not stat.S_ISREG(mode):
         kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
-        raise DatasetError(f"{path}: {what} is {kind}, expected a regular file{context}")
+        raise error(f"{path}: {what} is {kind}, expected a regular file{context}")
     return path
 
 

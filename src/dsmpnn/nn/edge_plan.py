@@ -160,7 +160,6 @@ class EdgePlan:
         if order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
         src, dst = edge_index[0].long(), edge_index[1].long()
-        num_edges = int(src.shape[0])
         out_degree = torch.bincount(src, minlength=num_src)  # [num_src] (raises on negative ids)
         in_degree = torch.bincount(dst, minlength=num_nodes)  # [num_nodes]
         if out_degree.shape[0] != num_src or in_degree.shape[0] != num_nodes:

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import yaml
 
+from dsmpnn.data.textfile import read_text
 from dsmpnn.errors import ConfigError
 from dsmpnn.graph.partition import DEFAULT_PARTITION_METHOD, PARTITION_METHODS
 from dsmpnn.graph.radius import DEFAULT_MAX_EDGES
@@ -228,24 +229,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
 def read_config_file(path: Path) -> Any:
     """The YAML document of a config file (or RUN/config.yaml), read with every check of :class:`_ConfigLoader`:
     a regular file of at most :data:`MAX_CONFIG_BYTES`, UTF-8, no aliases, no duplicate keys, bounded size."""
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a directory, expected a YAML config file")
-    if not path.exists():
-        raise ConfigError(f"{path}: config file does not exist")
-    if not path.is_file():
-        raise ConfigError(f"{path}: not a regular file, expected a YAML config file")
-    try:
-        size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{path}: {size:,} bytes, more than a config may have ({MAX_CONFIG_BYTES:,} bytes)")
-        data = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text: invalid byte 0x{data[e.start]:02x} at byte offset {e.start:,}; "
-                          "save the config as UTF-8") from None
+    text = read_text(path, "config file", ConfigError, MAX_CONFIG_BYTES)
     try:
         return _load_yaml(text)
     except ConfigError as e:
