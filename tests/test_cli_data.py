@@ -46,3 +46,25 @@ def test_bad_input_exits_2_with_message(tmp_path, capsys, argv, fragments):
         assert frag in err, (frag, err)
     assert "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_sigterm_during_generate_leaves_nothing_behind(tmp_path):
+    """`kill` (SIGTERM) while a dataset is being written: exit 130, no dataset and no temporary directory."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "d"
+    proc = subprocess.Popen([sys.executable, "-m", "dsmpnn.cli", "generate", "darcy", "--n", "100000",
+                             "--resolution", "16", "--no-progress", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".d.tmp-*/samples/*.npz")) and time.monotonic() < deadline:
+        time.sleep(0.1)  # until samples are being written
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "dsmpnn generate: interrupted" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import sys
+import threading
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-import typing
 from typing import TYPE_CHECKING
 
 from dsmpnn.errors import DsmpnnError, Interrupted
@@ -701,6 +703,25 @@ def _user_warnings(command: str) -> Iterator[None]:
         warnings.showwarning = original
 
 
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (``kill``, ``timeout``, a batch scheduler) raises KeyboardInterrupt like Ctrl-C, so that a command
+    stopped that way cleans up what it was writing (a dataset's temporary directory, say) and exits 130. ``train``
+    installs its own handlers while it trains (it stops after the current step and checkpoints)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):  # noqa: ANN001 - signal handler signature
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def _usage_line(error: UsageError, limit: int = 400) -> str:
     """``dsmpnn generate: error: --seed is '-1', expected ...; see `dsmpnn generate darcy --help```: argparse's
     message on one line, the option first, cut to ``limit`` characters."""
@@ -721,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(_usage_line(e), file=sys.stderr)
         return 2
-    with _user_warnings(args.command):
+    with _user_warnings(args.command), _sigterm_interrupts():
         try:
             if _launched_here(args):
                 from dsmpnn.distributed import launch_module
