@@ -108,8 +108,8 @@ CASES = {
                                            ["the checkpoint's model does not fit the model of {file}",
                                             "size mismatch"], ["{tmp}/run"], edit_run_config("model", "hidden", 16)),
     "resume with an incompatible model": Case([*RESUME, "model.hidden=16"],
-                                              ["the checkpoint's model does not fit the model of the configuration "
-                                               "of this --resume", "size mismatch"], ["{tmp}/run"],
+                                              ["--resume changes model.hidden from 8 (the run's config.yaml) to 16",
+                                               "changes what the checkpoints mean"], ["{tmp}/run"],
                                               lambda w: (w.copy_run(), {})[1]),
     "resume without run directory": Case([*RESUME[:6], "{tmp}/new", *RESUME[7:]],
                                          ["{tmp}/new: --resume needs a run directory with config.yaml"], NEW),
