@@ -32,7 +32,7 @@ from torch import nn
 import dsmpnn
 from dsmpnn.data.dataset import Manifest
 from dsmpnn.errors import CheckpointError
-from dsmpnn.train.checkpoint import atomic_write_bytes, load_checkpoint, load_state
+from dsmpnn.train.checkpoint import atomic_write_bytes, load_checkpoint, load_state, write_error
 from dsmpnn.train.config import Config
 from dsmpnn.train.factory import build_model
 from dsmpnn.train.features import FeatureMap
@@ -209,26 +209,35 @@ class RunLock:
                 raise CheckpointError(f"{self.root}: run directory in use by {_holder(holder)} (lock "
                                       f"{self.path}); wait for it to end, or choose another --out") from None
             if _same_file(fd, self.path):
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()} {host}\n".encode(), 0)
-                os.fsync(fd)
                 self._fd = fd
+                self._write(f"{os.getpid()} {host}\n")
             else:  # its previous holder removed the file: lock the new one
                 os.close(fd)
         return self
+
+    def _write(self, text: str) -> None:
+        try:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, text.encode(), 0)
+            os.fsync(self._fd)
+        except OSError as e:
+            self.release()
+            raise write_error(self.path, e) from None
 
     def release(self) -> None:
         """Drop the lock; clear the file, or remove it (and RUN, if this lock made it) when RUN holds nothing else."""
         if self._fd is None:
             return
-        if [p.name for p in self.root.iterdir()] == [LOCK_NAME]:
-            self.path.unlink()
-            if self._made_dir:
-                self.root.rmdir()
-        else:
-            os.ftruncate(self._fd, 0)
-        os.close(self._fd)
-        self._fd = None
+        try:
+            if [p.name for p in self.root.iterdir()] == [LOCK_NAME]:
+                self.path.unlink()
+                if self._made_dir:
+                    self.root.rmdir()
+            else:
+                os.ftruncate(self._fd, 0)
+        finally:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
