@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,7 +34,7 @@ def hold_lock(run: Path) -> subprocess.Popen:
     return proc
 
 
-def user_dir(**files: str):
+def user_dir(**files: str) -> Callable[[World], dict]:
     """--out is a directory of someone else's files."""
     def setup(w: World) -> dict:
         (w.tmp / "new").mkdir()
@@ -50,7 +50,7 @@ def run_in_use(w: World) -> dict:
     return {"pid": str(w.holder.pid)}
 
 
-def moved_data_with(change) -> callable:
+def moved_data_with(change: Callable[[dict], None]) -> Callable[[World], dict]:
     """The shared dataset copied, its manifest changed by ``change``."""
     def setup(w: World) -> dict:
         w.copy_run()
@@ -62,7 +62,7 @@ def moved_data_with(change) -> callable:
     return setup
 
 
-def run_file(name: str, content: bytes):
+def run_file(name: str, content: bytes) -> Callable[[World], dict]:
     """A copy of the shared run whose ``name`` holds ``content``."""
     def setup(w: World) -> dict:
         (w.copy_run() / name).write_bytes(content)
@@ -77,7 +77,6 @@ def with_copy(w: World) -> dict:
 
 RESUME_COPY = [*RESUME[:4], "{tmp}/data", *RESUME[5:]]
 MORE = [*RESUME, "train.epochs=2"]  # the shared run is complete after 1 epoch
-STATS = "stats"
 
 CASES = {
     # ownership of --out
@@ -108,7 +107,7 @@ CASES = {
     "resume on data with other stats": Case(RESUME_COPY, ["--resume on another dataset: manifest 'stats.y.std' is",
                                                           "in {tmp}/data", "resume with --data "],
                                             ["{tmp}/run"],
-                                            moved_data_with(lambda m: m[STATS]["y"].update(std=[2.0]))),
+                                            moved_data_with(lambda m: m["stats"]["y"].update(std=[2.0]))),
     "resume on data with other splits": Case(RESUME_COPY, ["manifest 'splits.train' is"], ["{tmp}/run"],
                                              moved_data_with(lambda m: m["splits"]["train"].pop())),
     "resume after config.yaml was edited": Case([*RESUME[:7], "train.epochs=2"],
