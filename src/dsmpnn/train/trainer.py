@@ -189,10 +189,10 @@ def _train_claimed(cfg: Config, data: Dataset, data_dir: Path, rd: RunDir, resum
         strategy.same_everywhere((path.name, start, resume_batch), "the checkpoint to resume from")
         say(f"resuming from {path} (epoch {start} done" + (f", {resume_batch} graphs into epoch {start + 1})"
                                                            if resume_batch else ")"))
+    if main and not resume:
+        rd.write_meta(cfg, data_dir, man)  # first: it makes the directory a run (rundir.is_run_dir)
     logger = strategy.agreed(lambda: MetricsLogger(rd.root, resume_epoch=start if resume else None) if main
                              else None)
-    if main and not resume:
-        rd.write_meta(cfg, data_dir, man)
     if changes:
         say("changed by this --resume (recorded in the run's config.yaml with its first checkpoint): "
             + "; ".join(changes))
