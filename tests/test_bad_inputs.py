@@ -108,8 +108,8 @@ CASES = {
                                            ["the checkpoint's model does not fit the model of {file}",
                                             "size mismatch"], ["{tmp}/run"], edit_run_config("model", "hidden", 16)),
     "resume with an incompatible model": Case([*RESUME, "model.hidden=16"],
-                                              ["the checkpoint's model does not fit the model of the configuration "
-                                               "of this --resume", "size mismatch"], ["{tmp}/run"],
+                                              ["--resume changes model.hidden from 8 (the run's config.yaml) to 16",
+                                               "changes what the checkpoints mean"], ["{tmp}/run"],
                                               lambda w: (w.copy_run(), {})[1]),
     "resume without run directory": Case([*RESUME[:6], "{tmp}/new", *RESUME[7:]],
                                          ["{tmp}/new: --resume needs a run directory with config.yaml"], NEW),
@@ -121,7 +121,8 @@ CASES = {
     "checkpoint of another major version": Case(["evaluate", "{tmp}/run"],
                                                 ["ckpt_epoch_000001.pt: written by dsmpnn 9.0.0, this is dsmpnn "],
                                                 ["{tmp}/run"], future_checkpoint),
-    "run metadata corrupt": Case(["evaluate", "{tmp}/run"], ["{tmp}/run/dataset.json: not valid JSON"],
+    "run metadata corrupt": Case(["evaluate", "{tmp}/run"], ["{tmp}/run/dataset.json: run file",
+                                                             "is not valid JSON at line 1:10"],
                                  ["{tmp}/run"], corrupt_run_meta),
     "split unknown": Case(["evaluate", "{run}", "--split", "holdout"], ["no split 'holdout'"], ["{run}"]),
     # importers

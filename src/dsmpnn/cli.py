@@ -18,7 +18,7 @@ import sys
 import threading
 import typing
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING
 
 from dsmpnn.errors import DsmpnnError, Interrupted
@@ -351,27 +351,46 @@ def _train_config(args: argparse.Namespace):
     if args.halo_hops is not None:
         overrides.append(f"distributed.halo_hops={args.halo_hops}")
     if args.resume:
+        from dsmpnn.train.rundir import RunDir
+
         stored = Path(args.out) / "config.yaml"
         if not stored.is_file():
             raise DsmpnnError(f"{args.out}: --resume needs a run directory with config.yaml")
+        RunDir(Path(args.out)).read_meta()  # the run's own files are readable (UTF-8, YAML, JSON)
         return load_config(args.config or stored, overrides)
     return load_config(args.config, overrides)
 
 
 def _train_precheck(args: argparse.Namespace) -> None:
-    """Before launching P ranks: the config parses and every training mesh has at least P nodes."""
-    from pathlib import PurePath
+    """Before launching P ranks: the config parses, --out may be written (a new or empty directory, or a run; on
+    --resume one this config and dataset may continue) and every training mesh has at least P nodes."""
+    from pathlib import Path, PurePath
 
     from dsmpnn.data.dataset import Dataset
     from dsmpnn.data.paths import check_output_path
+    from dsmpnn.train.rundir import RunDir, check_out_dir, resume_changes
     from dsmpnn.train.sharding import check_nproc
-
     from dsmpnn.train.strategy import check_decomposable
 
-    check_decomposable(_train_config(args), args.nproc)
+    cfg = _train_config(args)
+    check_decomposable(cfg, args.nproc)
     check_output_path(args.out, "directory", "the run directory (--out)")
     data = Dataset(args.data)
+    if args.resume:
+        resume_changes(RunDir(Path(args.out)), cfg, Path(args.data), data.manifest)
+    else:
+        check_out_dir(Path(args.out))
     check_nproc(args.nproc, [(PurePath(f).stem, data.num_nodes(f)) for f in data.split("train")])
+
+
+def _launcher_lock(args: argparse.Namespace) -> AbstractContextManager:
+    """What the launcher of P ranks holds while they run: the run directory's lock for `train` (rank 0 sees that
+    its parent holds it, and restarted ranks too), nothing for the other commands."""
+    from pathlib import Path
+
+    from dsmpnn.train.rundir import RunLock
+
+    return RunLock(Path(args.out)) if args.command == "train" else nullcontext()
 
 
 def _join_group(args: argparse.Namespace, timeout_s: float):
@@ -405,8 +424,8 @@ def _train(args: argparse.Namespace) -> int:
         record = train(cfg, args.data, args.out, resume=resume, progress=not args.no_progress, ctx=ctx)
     finally:
         destroy_process_group()
-    if ctx.is_main:
-        print(f"done: epoch {record.get('epoch')}, train loss {record.get('train_loss', float('nan')):.4g}; "
+    if ctx.is_main and record:  # empty: the run was complete already (train said so)
+        print(f"done: epoch {record['epoch']}, train loss {record['train_loss']:.4g}; "
               f"run in {RunDir(Path(args.out)).root}")
     return 0
 
@@ -733,8 +752,8 @@ def _usage_line(error: UsageError, limit: int = 400) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``dsmpnn ARGV``; the exit status: 0 done, 1 a run failed (a peer rank hung or died: a one-line message;
-    anything else: a traceback), 2 bad input (a one-line message naming the file, field or option), 130 interrupted
+    """Run ``dsmpnn ARGV``; the exit status: 0 done, 1 a run failed (a peer rank hung or died, training diverged,
+    a file could not be written: a one-line message; anything else: a traceback), 2 bad input (a one-line message naming the file, field or option), 130 interrupted
     (a checkpoint to continue from was saved)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -748,7 +767,8 @@ def main(argv: list[str] | None = None) -> int:
                 from dsmpnn.distributed import launch_module
 
                 args.precheck(args)  # refuse bad input once, before starting P processes
-                return launch_module("dsmpnn.cli", argv, args.nproc, args.max_restarts)
+                with _launcher_lock(args):
+                    return launch_module("dsmpnn.cli", argv, args.nproc, args.max_restarts)
             code = args.handler(args)
         except Interrupted as e:
             if not e.quiet:

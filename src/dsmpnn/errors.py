@@ -3,13 +3,14 @@
 Every error a user can cause (bad file, bad field, bad config, bad option) is raised as a subclass of
 :class:`DsmpnnError`. The CLI prints its message without a traceback and exits with the error's ``exit_code``:
 2 for bad input, 1 when a run failed for another reason it can explain (a peer rank hung or died,
-:class:`CommunicationError`), 130 after an interruption (:class:`Interrupted`).
+:class:`CommunicationError`; the loss diverged, :class:`TrainingDiverged`; a file could not be written,
+:class:`WriteError`), 130 after an interruption (:class:`Interrupted`).
 """
 
 from __future__ import annotations
 
 __all__ = ["DsmpnnError", "DatasetError", "ConfigError", "GraphError", "CheckpointError", "CommunicationError",
-           "Interrupted"]
+           "TrainingDiverged", "WriteError", "Interrupted"]
 
 
 class DsmpnnError(Exception):
@@ -44,6 +45,20 @@ class CommunicationError(DsmpnnError, RuntimeError):
     """A collective did not complete: a peer rank did not answer within ``distributed.timeout_s`` or its connection
     closed (it died). Not the user's input, so the CLI exits 1; ``dsmpnn train --max-restarts N`` restarts the
     ranks, which resume from the newest checkpoint."""
+
+    exit_code = 1
+
+
+class TrainingDiverged(DsmpnnError, RuntimeError):
+    """The loss, a gradient or a parameter became NaN/Inf; training stopped without saving the broken state, so
+    the newest checkpoint is the last good one. The CLI exits 1."""
+
+    exit_code = 1
+
+
+class WriteError(DsmpnnError, OSError):
+    """A file could not be written (disk full, quota exceeded, read-only file system...); the file it would have
+    replaced, and every earlier one, is unchanged. An ``OSError`` too, with the original ``errno``. The CLI exits 1."""
 
     exit_code = 1
 

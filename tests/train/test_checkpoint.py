@@ -92,3 +92,64 @@ def test_metrics_log_resume_drops_later_epochs_and_a_line_cut_short(tmp_path):
     assert [r["epoch"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3]
     logger = MetricsLogger(tmp_path, resume_epoch=1, tensorboard=False)
     assert read_jsonl(tmp_path / "metrics.jsonl") == [{"epoch": 1, "loss": 0.5}]
+
+
+def test_retention_counts_only_verified_checkpoints_and_keeps_the_one_just_written(tmp_path):
+    """A corrupt file named like a later checkpoint is neither counted nor deleted (with a warning); the valid
+    checkpoints beyond ``keep`` are deleted, the one just written never."""
+    save_checkpoint(tmp_path, 1, {"epoch": 1}, keep=1)
+    (tmp_path / "ckpt_epoch_000009.pt").write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match=r"ckpt_epoch_000009\.pt: not a valid checkpoint .* neither counted nor "
+                                         r"deleted"):
+        save_checkpoint(tmp_path, 2, {"epoch": 2}, keep=1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_epoch_000002.pt", "ckpt_epoch_000009.pt"]
+    with pytest.warns(UserWarning, match="falling back"):
+        state, used = load_checkpoint(tmp_path)
+    assert state["epoch"] == 2 and used.name == "ckpt_epoch_000002.pt"
+
+
+def test_a_valid_foreign_checkpoint_sorting_last_does_not_push_out_the_one_just_written(tmp_path):
+    save_checkpoint(tmp_path, 9, {"epoch": 9}, keep=1)
+    save_checkpoint(tmp_path, 1, {"epoch": 1}, keep=1)
+    save_checkpoint(tmp_path, 2, {"epoch": 2}, keep=1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_epoch_000002.pt", "ckpt_epoch_000009.pt"]
+
+
+def test_mid_epoch_checkpoint_has_its_own_name_and_sorts_between_epochs(tmp_path):
+    save_checkpoint(tmp_path, 1, {"epoch": 1}, keep=5)
+    save_checkpoint(tmp_path, 1, {"epoch": 1, "batch": 4}, keep=5, graphs=4)
+    save_checkpoint(tmp_path, 1, {"epoch": 1, "batch": 12}, keep=5, graphs=12)
+    save_checkpoint(tmp_path, 2, {"epoch": 2}, keep=5)
+    (tmp_path / ".ckpt_epoch_000003_graphs_000002.pt.abc").write_bytes(b"half")  # a killed writer's
+    save_checkpoint(tmp_path, 1000000, {"epoch": 1000000}, keep=4)
+    assert [p.name for p in list_checkpoints(tmp_path)] == [
+        "ckpt_epoch_000001_graphs_000004.pt", "ckpt_epoch_000001_graphs_000012.pt", "ckpt_epoch_000002.pt",
+        "ckpt_epoch_1000000.pt"]
+    assert load_checkpoint(tmp_path)[0]["epoch"] == 1000000
+    assert not list(tmp_path.glob(".*"))
+
+
+def test_failed_write_is_a_write_error_naming_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from dsmpnn.errors import WriteError
+
+    path = save_checkpoint(tmp_path, 1, {"epoch": 1})
+    old = path.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(WriteError, match=r"ckpt_epoch_000001\.pt: cannot write the file: Disk quota exceeded "
+                                         r"\(EDQUOT\)") as info:
+        save_checkpoint(tmp_path, 1, {"epoch": 1, "w": torch.ones(3)})
+    assert info.value.errno == errno.EDQUOT and info.value.exit_code == 1
+    assert path.read_bytes() == old and not list(tmp_path.glob(".*"))
+
+
+def test_corrupt_metrics_line_is_a_checkpoint_error_naming_file_and_line(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epo\n{"epoch": 3}\n')
+    with pytest.raises(CheckpointError, match=r"metrics\.jsonl: line 2 is not a JSON object"):
+        MetricsLogger(tmp_path, resume_epoch=2, tensorboard=False)

@@ -38,7 +38,7 @@ def read_text(path: str | os.PathLike, what: str = "file", error: type[DsmpnnErr
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise error(f"{path}: {what} is not valid UTF-8 text (byte 0x{raw[e.start]:02x} at byte offset "
-                    f"{e.start}); save it as UTF-8") from None
+                    f"{e.start})") from None
 
 
 def read_json(path: str | os.PathLike, what: str = "file", error: type[DsmpnnError] = DatasetError,

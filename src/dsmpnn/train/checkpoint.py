@@ -8,6 +8,11 @@ inside an interrupted epoch), ``step`` (optimizer steps taken) and ``config``; :
 previous one is used, with a warning; a checkpoint of another major version, or one whose state does not fit the
 model (:func:`load_state`), is refused with a :class:`~dsmpnn.errors.CheckpointError`.
 
+Names: ``ckpt_epoch_{E:06d}.pt`` after E epochs; ``ckpt_epoch_{E:06d}_graphs_{G:06d}.pt`` after E epochs and G
+graphs of epoch E + 1 (written when a run is interrupted inside an epoch). :func:`list_checkpoints` orders them by
+(E, G). Retention counts only checkpoints whose checksum verifies: a corrupt or foreign file with a checkpoint's
+name is neither counted nor deleted (a warning names it), so it can never push a valid checkpoint out.
+
 RNG states and ranks: the Nyström samples and their order come from ``numpy.random.default_rng((seed, epoch))``,
 not from a global generator, so a resumed run draws exactly what an uninterrupted one would without them. The
 global generators are saved and restored anyway (for models or options that draw from them). In a run on P ranks
@@ -16,6 +21,7 @@ every rank seeds them identically and makes the same draws, so rank 0's states, 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -30,13 +36,13 @@ import numpy as np
 import torch
 
 import dsmpnn
-from dsmpnn.errors import CheckpointError
+from dsmpnn.errors import CheckpointError, WriteError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "atomic_write_bytes", "load_state", "rng_state",
-           "set_rng_state"]
+__all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "checkpoint_name", "atomic_write_bytes",
+           "write_error", "load_state", "rng_state", "set_rng_state"]
 
-_NAME = re.compile(r"^ckpt_epoch_(\d{6})\.pt$")
-_TEMP = re.compile(r"^\.ckpt_epoch_(\d{6})\.pt\.")  # a temporary file left by a process killed while writing
+_NAME = re.compile(r"^ckpt_epoch_(\d{6,})(?:_graphs_(\d{6,}))?\.pt$")
+_TEMP = re.compile(r"^\.ckpt_epoch_\d{6,}(?:_graphs_\d{6,})?\.pt\.")  # left by a process killed while writing
 
 
 def _file_mode() -> int:
@@ -49,10 +55,16 @@ _FILE_MODE = _file_mode()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see either the old file or the complete new one."""
+    """Write ``data`` to ``path`` so readers see either the old file or the complete new one.
+
+    A failed write (disk full, quota, read-only file system...) leaves the old file and no temporary file, and
+    raises :class:`~dsmpnn.errors.WriteError` naming ``path`` and the system's reason."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as e:
+        raise write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), _FILE_MODE)  # what open() would give, not mkstemp's 0600
@@ -60,35 +72,81 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise write_error(path, e) from None
         raise
 
 
+def write_error(path: Path, e: OSError) -> WriteError:
+    """``e`` (from writing ``path``) as a one-line :class:`WriteError` naming ``path`` (keeping its errno)."""
+    code = errno.errorcode.get(e.errno, "") if e.errno is not None else ""
+    reason = f"{e.strerror or e} ({code})" if code else str(e.strerror or e)
+    err = WriteError(f"{path}: cannot write the file: {reason}; the previous version, if any, is unchanged")
+    err.errno = e.errno
+    return err
+
+
+def checkpoint_name(epoch: int, graphs: int = 0) -> str:
+    """File name of the checkpoint after ``epoch`` epochs and ``graphs`` graphs of the next one."""
+    return f"ckpt_epoch_{epoch:06d}" + (f"_graphs_{graphs:06d}" if graphs else "") + ".pt"
+
+
+def _order(path: Path) -> tuple[int, int]:
+    epoch, graphs = _NAME.match(path.name).groups()
+    return int(epoch), int(graphs or 0)
+
+
 def list_checkpoints(directory: Path) -> list[Path]:
-    """Checkpoint files in ``directory``, oldest epoch first."""
+    """Checkpoint files in ``directory``, oldest first (by epochs, then graphs of an interrupted epoch)."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    return sorted((p for p in directory.iterdir() if _NAME.match(p.name)), key=lambda p: p.name)
+    return sorted((p for p in directory.iterdir() if _NAME.match(p.name)), key=_order)
 
 
-def save_checkpoint(directory: Path, epoch: int, state: dict[str, Any], keep: int = 3) -> Path:
-    """Save ``state`` (plus ``version``, the package version) as ``directory/ckpt_epoch_{epoch:06d}.pt`` atomically
-    and delete all but the last ``keep``, and temporary files that a killed writer left behind."""
+def save_checkpoint(directory: Path, epoch: int, state: dict[str, Any], keep: int = 3, graphs: int = 0) -> Path:
+    """Save ``state`` (plus ``version``, the package version) atomically as ``directory/`` :func:`checkpoint_name`
+    (``epoch``, ``graphs``); then keep it and the newest ``keep`` verified checkpoints, delete the other verified
+    ones, and remove temporary files that a killed writer left behind. A file that does not verify is left alone
+    and not counted (with a warning): it may be a damaged or foreign file, not ours to delete."""
     buf = io.BytesIO()
     torch.save({**state, "version": dsmpnn.__version__}, buf)
     payload = buf.getvalue()
     out = io.BytesIO()
     torch.save({"sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}, out)
-    path = Path(directory) / f"ckpt_epoch_{epoch:06d}.pt"
+    path = Path(directory) / checkpoint_name(epoch, graphs)
     atomic_write_bytes(path, out.getvalue())
-    for old in list_checkpoints(directory)[:-keep]:
-        old.unlink(missing_ok=True)
+    _prune(Path(directory), path, keep)
     for tmp in Path(directory).iterdir():
         if _TEMP.match(tmp.name):
             tmp.unlink(missing_ok=True)
     return path
+
+
+def _prune(directory: Path, written: Path, keep: int) -> None:
+    """Delete the verified checkpoints other than ``written`` and the ``keep`` newest verified ones."""
+    kept = 0
+    for old in reversed(list_checkpoints(directory)):
+        if old == written:
+            kept += 1
+        elif not _verifies(old):
+            warnings.warn(f"{old}: not a valid checkpoint (checksum or format), so it is neither counted nor "
+                          "deleted by train.keep_checkpoints; move it away if it is not yours", stacklevel=3)
+        elif kept < keep:
+            kept += 1
+        else:
+            old.unlink(missing_ok=True)
+
+
+def _verifies(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint whose payload matches its checksum."""
+    try:
+        outer = torch.load(path, map_location="cpu", weights_only=True)
+        return hashlib.sha256(outer["payload"]).hexdigest() == outer["sha256"]
+    except Exception:  # truncated zip, unpickling error, wrong structure
+        return False
 
 
 def _read(path: Path) -> dict[str, Any]:

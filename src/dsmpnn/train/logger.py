@@ -7,7 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dsmpnn.train.checkpoint import atomic_write_bytes
+from dsmpnn.data.textfile import read_text
+from dsmpnn.errors import CheckpointError
+from dsmpnn.train.checkpoint import atomic_write_bytes, write_error
 
 __all__ = ["MetricsLogger", "read_jsonl"]
 
@@ -34,10 +36,14 @@ class MetricsLogger:
             self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_epoch)
 
     def log(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """Append ``record`` as one line; a :class:`~dsmpnn.errors.WriteError` when it cannot be written."""
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise write_error(self.path, e) from None
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "epoch":
@@ -49,19 +55,22 @@ class MetricsLogger:
 
 
 def read_jsonl(path: Path, complete_only: bool = False) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file. ``complete_only``: skip a last line without its newline (the write of a
-    process killed mid-line) and lines that do not parse, instead of raising."""
-    text = Path(path).read_text()
+    """The records (JSON objects) of a JSON-lines file. ``complete_only``: skip a last line without its newline
+    (the write of a process killed mid-line). A :class:`~dsmpnn.errors.CheckpointError` naming the file (and line)
+    when it is not UTF-8 or a line is not a JSON object."""
+    text = read_text(path, "metrics log (`dsmpnn train` writes one JSON object a line)", CheckpointError)
     lines = text.splitlines()
     if complete_only and text and not text.endswith("\n"):
         lines = lines[:-1]
-    out = []
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if not complete_only:
-                raise
-    return out
+    return [_record(path, number, line) for number, line in enumerate(lines, 1) if line.strip()]
+
+
+def _record(path: Path, number: int, line: str) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        record = None
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{path}: line {number} is not a JSON object ({line[:40]!r}); `dsmpnn train` writes "
+                              "one a line: restore the file from a copy, or delete the line")
+    return record

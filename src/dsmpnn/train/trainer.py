@@ -32,17 +32,18 @@ from tqdm.auto import tqdm
 from dsmpnn.data.dataset import Dataset
 from dsmpnn.data.paths import check_output_path
 from dsmpnn.distributed import DistContext, current_context, run_agreed
-from dsmpnn.errors import CheckpointError, Interrupted
+from dsmpnn.errors import CheckpointError, Interrupted, TrainingDiverged
 from dsmpnn.graph import sample_nodes
 from dsmpnn.train.checkpoint import (list_checkpoints, load_checkpoint, load_state, rng_state, save_checkpoint,
                                      set_rng_state)
 from dsmpnn.train.config import Config
+from dsmpnn.train.divergence import diverged_message, non_finite, non_finite_parameters
 from dsmpnn.train.factory import build_model
 from dsmpnn.train.features import FeatureMap, GraphStats, check_split_graphs
 from dsmpnn.train.logger import MetricsLogger, read_jsonl
 from dsmpnn.train.metrics import compute_metrics
 from dsmpnn.train.plots import plot_loss_curve
-from dsmpnn.train.rundir import RunDir
+from dsmpnn.train.rundir import RunDir, RunLock, check_out_dir, resume_changes
 from dsmpnn.train.strategy import make_strategy
 
 __all__ = ["train", "lr_factor", "resolve_device", "StopRequest"]
@@ -98,28 +99,24 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
     With ``resume`` the newest readable checkpoint of ``run_dir`` is loaded and training continues from there.
     ``ctx``: the process group to train in (default: the one this process belongs to, if any). With two or more
     ranks the run is domain-decomposed (:class:`~dsmpnn.train.strategy.DomainDecomposed`): every rank calls this
-    function, the result equals the single-process run up to round-off, and only rank 0 writes the run directory.
-    Returns the last epoch's record (without validation metrics on ranks other than 0).
+    function, the result equals the single-process run up to round-off, and only rank 0 writes the run directory,
+    holding its lock (:class:`~dsmpnn.train.rundir.RunLock`) meanwhile. Returns the last epoch's record (without
+    validation metrics on ranks other than 0); an empty one when a resumed run is already complete.
+    Raises :class:`~dsmpnn.errors.TrainingDiverged` when the loss or the parameters stop being finite.
     """
     ctx = current_context() if ctx is None else ctx
-    main = ctx.is_main
-    say = echo if main else (lambda s: None)
     tc, gc = cfg.train, cfg.graph
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
-    dtype = getattr(torch, tc.dtype)
-    device = ctx.device if ctx.world_size > 1 else resolve_device()
     rd = RunDir(Path(run_dir))
 
-    def open_dataset() -> Dataset:
+    def open_dataset() -> tuple[Dataset, list[str]]:
         check_output_path(rd.root, "directory", "the run directory (--out)")
+        if not resume:
+            check_out_dir(rd.root)
         data = Dataset(data_dir)
-        if list_checkpoints(rd.checkpoints) and not resume:
-            raise CheckpointError(f"{rd.root}: already holds a trained run; pass --resume to continue it or choose "
-                                  "another --out")
-        if resume and not list_checkpoints(rd.checkpoints):
-            raise CheckpointError(f"{rd.root}: --resume given but there is no checkpoint to resume from")
+        changes = resume_changes(rd, cfg, Path(data_dir), data.manifest) if resume else []
         # refuse a graph too large for memory now, before anything is written (the largest mesh of each use;
         # METIS partitions the whole mesh's graph, which holds every sampled one)
         metis = ctx.world_size > 1 and cfg.distributed.partition == "metis"
@@ -130,9 +127,41 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
         check_split_graphs(data, data.manifest.splits.get("val", ())[:VAL_SAMPLES], cfg.graph,
                            "validation on the full mesh" if full_val else "validation on sampled graphs",
                            None if full_val else gc.sample_nodes)
-        return data
+        return data, changes
 
-    data = run_agreed(open_dataset)  # the same error on every rank (plain call without a process group)
+    data, changes = run_agreed(open_dataset)  # the same error on every rank (plain call without a process group)
+    lock = RunLock(rd.root)
+
+    def claim() -> None:
+        if ctx.is_main:
+            lock.acquire()
+        if list_checkpoints(rd.checkpoints) and not resume:
+            raise CheckpointError(f"{rd.root}: already holds a trained run; pass --resume to continue it or choose "
+                                  "another --out")
+        if resume and not list_checkpoints(rd.checkpoints):
+            raise CheckpointError(f"{rd.root}: --resume given but there is no checkpoint to resume from")
+
+    try:
+        run_agreed(claim)
+        return _train_claimed(cfg, data, Path(data_dir), rd, resume, changes, progress, echo, ctx)
+    finally:
+        lock.release()
+
+
+def _train_claimed(cfg: Config, data: Dataset, data_dir: Path, rd: RunDir, resume: bool, changes: list[str],
+                   progress: bool, echo: Callable[[str], None], ctx: DistContext) -> dict:
+    """:func:`train` once the run directory is known to be usable and this run holds it."""
+    main = ctx.is_main
+    say = echo if main else (lambda s: None)
+    tc, gc = cfg.train, cfg.graph
+    state, path = run_agreed(lambda: load_checkpoint(rd.checkpoints)) if resume else ({}, None)
+    start, resume_batch = int(state.get("epoch", 0)), int(state.get("batch", 0))
+    if resume and start >= tc.epochs and not resume_batch:
+        say(f"run {rd.root} is complete: {start} of {tc.epochs} epochs; raise train.epochs to continue "
+            f"(e.g. train.epochs={start + tc.epochs}), nothing was written")
+        return {}
+    dtype = getattr(torch, tc.dtype)
+    device = ctx.device if ctx.world_size > 1 else resolve_device()
     man = data.manifest
     fmap = FeatureMap(man, cfg.model.use_pos)
     strategy = make_strategy(ctx, cfg, fmap, dtype, device)
@@ -147,10 +176,8 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, total, tc.warmup_epochs * steps_per_epoch, tc.scheduler, tc.min_lr_ratio))
 
-    start, resume_batch, partial = 0, 0, (0.0, 0)
+    partial = (0.0, 0)
     if resume:
-        state, path = strategy.agreed(lambda: load_checkpoint(rd.checkpoints))  # every rank reads it
-
         def restore() -> None:
             against = "the configuration of this --resume (config file and overrides)"
             for key, target in (("model", model), ("optimizer", opt), ("scheduler", sched)):
@@ -158,28 +185,38 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
 
         strategy.agreed(restore)
         set_rng_state(state.get("rng"))  # rank 0's generators, which are every rank's (see checkpoint.py)
-        start, resume_batch = int(state["epoch"]), int(state.get("batch", 0))
         partial = tuple(state.get("partial", (0.0, 0)))
         strategy.same_everywhere((path.name, start, resume_batch), "the checkpoint to resume from")
         say(f"resuming from {path} (epoch {start} done" + (f", {resume_batch} graphs into epoch {start + 1})"
                                                            if resume_batch else ")"))
-    elif main:
-        rd.write_meta(cfg, Path(data_dir), man)
-    logger = MetricsLogger(rd.root, resume_epoch=start if resume else None) if main else None
+    if main and not resume:
+        rd.write_meta(cfg, data_dir, man)  # first: it makes the directory a run (rundir.is_run_dir)
+    logger = strategy.agreed(lambda: MetricsLogger(rd.root, resume_epoch=start if resume else None) if main
+                             else None)
+    if changes:
+        say("changed by this --resume (recorded in the run's config.yaml with its first checkpoint): "
+            + "; ".join(changes))
     n_params = sum(p.numel() for p in model.parameters())
     where = (f"{ctx.world_size} ranks ({cfg.distributed.partition} partition, halo_hops "
              f"{cfg.distributed.halo_hops}), device {device}" if ctx.world_size > 1 else f"device {device}")
     say(f"training {n_params:,} parameters on {len(train_set)} meshes x {gc.samples_per_mesh} samples of "
         f"{gc.sample_nodes} nodes, {steps_per_epoch} steps/epoch, epochs {start + 1}..{tc.epochs}, {where}")
+    saved = [path.name if path is not None else None]  # the newest checkpoint of this run
+    unrecorded = [bool(changes)]  # the run directory describes what produced its checkpoints
 
     def checkpoint(epoch: int, batch: int = 0, part: tuple[float, int] = (0.0, 0)) -> Path | None:
         """``epoch`` epochs done, plus ``batch`` graphs of the next one (an interrupted epoch). Rank 0 writes."""
         if not main:
             return None
-        return save_checkpoint(rd.checkpoints, epoch, {
+        if unrecorded[0]:
+            rd.write_meta(cfg, data_dir, man)
+            unrecorded[0] = False
+        written = save_checkpoint(rd.checkpoints, epoch, {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "rng": rng_state(), "epoch": epoch, "batch": batch, "partial": list(part), "step": sched.last_epoch,
-            "config": cfg.to_dict()}, keep=tc.keep_checkpoints)
+            "config": cfg.to_dict()}, keep=tc.keep_checkpoints, graphs=batch)
+        saved[0] = written.name
+        return written
 
     record: dict = {}
     bar = tqdm(range(start + 1, tc.epochs + 1), desc="train", unit="epoch", disable=not (progress and main),
@@ -200,17 +237,23 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
                     opt.zero_grad(set_to_none=True)
                     loss, n, stopping = strategy.step(model, [items[i] for i in order[b:b + tc.batch_graphs]],
                                                       stop.requested)
-                    if tc.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                    opt.step()
-                    sched.step()
+                    grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                                 if tc.grad_clip else None)
+                    problem = non_finite(loss, grad_norm)
+                    if problem is None:
+                        opt.step()
+                        sched.step()
+                        problem = non_finite_parameters(model)
+                    if problem is not None:  # every rank sees the same loss, gradients and parameters
+                        raise strategy.error(TrainingDiverged(diverged_message(
+                            problem, epoch, b // tc.batch_graphs + 1, steps_per_epoch, saved[0], cfg, man)))
                     loss_sum += loss * n
                     nodes += n
                     if stopping:
-                        path = checkpoint(epoch - 1, b + tc.batch_graphs, (loss_sum, nodes))
+                        written = checkpoint(epoch - 1, b + tc.batch_graphs, (loss_sum, nodes))
                         strategy.barrier()
                         raise strategy.error(Interrupted(
-                            f"interrupted during epoch {epoch}; saved {path}; continue with --resume"))
+                            f"interrupted during epoch {epoch}; saved {written}; continue with --resume"))
                 record = {"epoch": epoch, "step": epoch * steps_per_epoch, "train_loss": loss_sum / nodes,
                           "lr": opt.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0}
                 stats = strategy.take_graph_stats()  # every rank: a collective in DS mode
