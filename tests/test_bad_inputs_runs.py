@@ -184,17 +184,19 @@ def test_huge_lr_stops_at_the_step_that_diverges_exit_1_without_nan_anywhere(sha
     assert not list_checkpoints(run / "checkpoints") and (run / "metrics.jsonl").read_text() == ""
 
 
-def test_tiny_std_in_the_manifest_is_named_as_the_likely_cause(shared, tmp_path, capsys):
+def test_tiny_std_in_the_manifest_is_refused_before_training(shared, tmp_path, capsys):
+    """A std of 1e-300 in the manifest's statistics makes the normalised targets overflow float32: bad input,
+    found when the training split is read, before anything is written."""
     w = World(*shared, tmp_path)
     path = w.copy_data() / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest["stats"]["y"]["std"] = [1e-300]
     path.write_text(json.dumps(manifest))
     argv = ["train", "--no-progress", "--data", str(path.parent), "--out", str(tmp_path / "run"), *TINY]
-    assert main(argv) == 1
+    assert main(argv) == 2
     line = one_error_line(capsys.readouterr().err)
-    assert "training diverged at epoch 1, step 1 of 2: the loss is inf" in line
-    assert line.endswith("likely cause: the manifest's stats.y.std[0] = 1e-300 is tiny, so normalised values overflow")
+    assert "field 'y' column 0 at node 0 is" in line and "std 1e-300) beyond the torch.float32 range" in line, line
+    assert not (tmp_path / "run").exists()
 
 
 def test_divergence_after_a_checkpoint_keeps_it_and_logs_no_nan(shared, tmp_path, capsys):

@@ -9,7 +9,11 @@ import numpy as np
 from dsmpnn.errors import DatasetError
 from dsmpnn.messages import brief
 
-__all__ = ["CELL_NODES", "MeshSample", "check_cells", "duplicate_positions"]
+__all__ = ["CELL_NODES", "MAX_COORDINATE", "MeshSample", "check_cells", "duplicate_positions"]
+
+MAX_COORDINATE = 1e15
+"""The largest node coordinate (in magnitude) a sample may have: beyond it float64 no longer resolves unit
+spacings, and squared distances in the neighbour search overflow long before float64's 1.8e308."""
 
 CELL_NODES = {"vertex": 1, "line": 2, "triangle": 3, "quad": 4, "tetra": 4, "pyramid": 5, "wedge": 6,
               "hexahedron": 8, "line3": 3, "triangle6": 6, "quad8": 8, "quad9": 9, "tetra10": 10,
@@ -44,6 +48,11 @@ class MeshSample:
         n = self.pos.shape[0]
         if n == 0:
             raise DatasetError(f"{where}: the mesh is empty (field 'pos' has 0 nodes)")
+        far = float(np.abs(self.pos).max())
+        if far > MAX_COORDINATE:
+            node = int(np.abs(self.pos).max(axis=1).argmax())
+            raise DatasetError(f"{where}: field 'pos' has a coordinate of {far:.3g} (node {node}), expected "
+                               f"coordinates within ±{MAX_COORDINATE:.0e}; a node that far is a broken mesh file")
         count, pair = duplicate_positions(self.pos)
         if count:
             i, j = pair

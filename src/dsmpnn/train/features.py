@@ -10,7 +10,7 @@ import torch
 
 from dsmpnn.data.dataset import Dataset, Manifest
 from dsmpnn.data.sample import MeshSample
-from dsmpnn.errors import GraphError
+from dsmpnn.errors import DatasetError, GraphError
 from dsmpnn.graph import Graph, build_graph, estimate_edges
 from dsmpnn.graph.radius import DEFAULT_MAX_EDGES
 from dsmpnn.train.config import GraphConfig
@@ -42,14 +42,35 @@ class FeatureMap:
 
     def inputs(self, sample: MeshSample, dtype: torch.dtype) -> torch.Tensor:
         """[N, in_channels] normalised node inputs."""
-        st = self.manifest.stats
-        parts = [st["pos"].normalize(sample.pos)] if self.use_pos else []
-        parts.append(st["x"].normalize(sample.x))
-        return torch.from_numpy(np.concatenate(parts, axis=1)).to(dtype)
+        fields = (["pos"] if self.use_pos else []) + ["x"]
+        parts = [self._normalized(sample, f, dtype) for f in fields]
+        return torch.cat(parts, dim=1)
 
     def targets(self, sample: MeshSample, dtype: torch.dtype) -> torch.Tensor:
         """[N, out_channels] normalised targets."""
-        return torch.from_numpy(self.manifest.stats["y"].normalize(sample.y)).to(dtype)
+        return self._normalized(sample, "y", dtype)
+
+    def check(self, sample: MeshSample, dtype: torch.dtype) -> MeshSample:
+        """``sample``, once its inputs (and targets) are known to normalise to finite ``dtype`` values."""
+        self.inputs(sample, dtype)
+        if sample.y is not None:
+            self.targets(sample, dtype)
+        return sample
+
+    def _normalized(self, sample: MeshSample, field: str, dtype: torch.dtype) -> torch.Tensor:
+        """(v - mean) / std of one field in ``dtype``; a DatasetError when a value leaves its range (a value far
+        outside the statistics the run was trained with, or statistics whose std is tiny)."""
+        stats = self.manifest.stats[field]
+        z = torch.from_numpy(stats.normalize(getattr(sample, field))).to(dtype)  # [N, C]
+        bad = ~torch.isfinite(z)
+        if bool(bad.any()):
+            node, col = (int(i) for i in bad.nonzero()[0])
+            value = getattr(sample, field)[node, col]
+            raise DatasetError(
+                f"sample '{sample.name}': field '{field}' column {col} at node {node} is {value:.6g}, which normalises "
+                f"(mean {stats.mean[col]:.6g}, std {stats.std[col]:.6g}) beyond the {dtype} range; expected values "
+                "of the scale of the manifest's statistics")
+        return z
 
     def to_physical(self, y_norm: torch.Tensor) -> np.ndarray:
         """Denormalise model outputs: [N, T] -> physical units (float64 numpy)."""

@@ -70,7 +70,7 @@ class SingleProcess:
         return err
 
     def load(self, data: Dataset, split: str, limit: int | None = None, keep_full: bool = False) -> list[MeshSample]:
-        return [data.load(f) for f in _files(data, split, limit)]
+        return [self.fmap.check(data.load(f), self.dtype) for f in _files(data, split, limit)]
 
     def hold(self, sample: MeshSample) -> MeshSample:
         """The mesh as this strategy keeps it (for one mesh read from elsewhere, e.g. ``dsmpnn predict``)."""
