@@ -14,7 +14,13 @@ Manifest (JSON)::
      "stats": {"computed_on": "train", "pos": {"mean": [...], "std": [...]},
                "x": {"mean": [...], "std": [...]}, "y": {"mean": [...], "std": [...]}},
      "spacing": 0.0159,                                            # median nearest-neighbour distance
-     "description": "..."}
+     "description": "...",
+     "grid": {"coords": "endpoint", "bbox": [0, 1, 0, 1], "shape": [H, W], ...}}   # optional: regular grids
+
+``stats.computed_on`` is ``"train"`` except for a dataset written without a train split (a test-only import): its
+statistics are then those of the samples it has, for reference only; a trained run normalises every dataset it
+evaluates with its own training statistics (``RUN/dataset.json``). ``grid`` is written by the regular-grid writers
+(:mod:`dsmpnn.data.grid`): where the nodes of the ``[H, W]`` arrays sit; it is informational and kept as it is.
 
 Writers are atomic: the directory is built under a temporary name and renamed when complete.
 """
@@ -68,9 +74,11 @@ class Manifest:
     stats: dict[str, Stats]
     spacing: float
     description: str = ""
+    stats_on: str = "train"  # the split(s) the statistics were computed on ("train" unless there is no train split)
+    grid: dict | None = None  # regular grids: where the nodes sit (see dsmpnn.data.grid.GridLayout.to_json)
 
     def to_json(self) -> dict:
-        return {
+        obj = {
             "format": FORMAT,
             "version": VERSION,
             "name": self.name,
@@ -78,10 +86,13 @@ class Manifest:
             "input_fields": [{"name": f.name, "unit": f.unit} for f in self.input_fields],
             "target_fields": [{"name": f.name, "unit": f.unit} for f in self.target_fields],
             "splits": {k: list(v) for k, v in self.splits.items()},
-            "stats": {"computed_on": "train", **{k: s.to_json() for k, s in self.stats.items()}},
+            "stats": {"computed_on": self.stats_on, **{k: s.to_json() for k, s in self.stats.items()}},
             "spacing": self.spacing,
             "description": self.description,
         }
+        if self.grid is not None:
+            obj["grid"] = self.grid
+        return obj
 
     @staticmethod
     def from_json(obj: object, path: Path) -> "Manifest":
@@ -134,8 +145,16 @@ class Manifest:
         stats = {k: Stats.from_json(need(raw_stats, k, dict, "stats."), size, f"{path}: manifest 'stats.{k}'")
                  for k, size in sizes.items()}
         spacing = float(need(obj, "spacing", (int, float), ""))
+        stats_on = raw_stats.get("computed_on", "train")
+        if not isinstance(stats_on, str):
+            raise DatasetError(f"{path}: manifest 'stats.computed_on' is {brief(stats_on)}, expected a split name "
+                               "such as \"train\"")
+        grid = obj.get("grid")
+        if grid is not None and not isinstance(grid, dict):
+            raise DatasetError(f"{path}: manifest 'grid' is {type(grid).__name__} {brief(grid)}, expected an object "
+                               "(where the grid nodes sit) or no key")
         return Manifest(str(obj.get("name", path.parent.name)), dim, inputs, targets, splits, stats, spacing,
-                        str(obj.get("description", "")))
+                        str(obj.get("description", "")), stats_on, grid)
 
 
 class Dataset:
@@ -151,6 +170,12 @@ class Dataset:
         self.manifest = Manifest.from_json(read_json(path, "manifest"), path)
 
     def split(self, name: str) -> tuple[str, ...]:
+        if name == "train" and name not in self.manifest.splits and self.manifest.stats_on != "train":
+            raise DatasetError(
+                f"{self.root / MANIFEST}: no split 'train', this dataset has only {sorted(self.manifest.splits)} "
+                "(imported without a train split); train on a dataset with one, and evaluate this one with "
+                f"`dsmpnn evaluate RUN --data {self.root} --split {sorted(self.manifest.splits)[0]}`"
+            )
         if name not in self.manifest.splits:
             raise DatasetError(
                 f"{self.root / MANIFEST}: no split '{name}', the manifest has {sorted(self.manifest.splits)}"
@@ -263,10 +288,15 @@ def write_dataset(
     name: str,
     description: str = "",
     overwrite: bool = False,
+    stats_on: str = "train",
+    grid: dict | None = None,
 ) -> Manifest:
     """Write ``(split, sample)`` pairs as a dataset directory; statistics come from the ``train`` split.
 
-    The directory appears only when complete (built under a temporary name, then renamed).
+    ``stats_on`` names the split the statistics come from: ``"train"`` (a train split is then required), or, for a
+    dataset without one (a test-only import), another split name or ``"all"`` (every sample), recorded as
+    ``stats.computed_on``. ``grid`` is stored as the manifest's ``grid`` entry. The directory appears only when
+    complete (built under a temporary name, then renamed).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -296,17 +326,21 @@ def write_dataset(
             rel = f"samples/{s.name}_{i:05d}.npz"
             write_sample_file(tmp / rel, s)
             splits.setdefault(split, []).append(rel)
-            if split == "train":
+            if split == stats_on or stats_on == "all":
                 run["pos"].update(s.pos)
                 run["x"].update(s.x)
                 run["y"].update(s.y)
             if len(spacings) < 16:
                 spacings.append(median_spacing(s.pos))
-        if "train" not in splits:
+        if stats_on == "train" and "train" not in splits:
             raise DatasetError(f"{out}: no sample was assigned to the 'train' split")
+        if stats_on != "all" and stats_on not in splits:
+            raise DatasetError(f"{out}: no sample was assigned to the '{stats_on}' split, which the statistics "
+                               "come from")
         manifest = Manifest(name, dim, tuple(input_fields), tuple(target_fields),
                             {k: tuple(v) for k, v in splits.items()},
-                            {k: r.finish() for k, r in run.items()}, float(np.median(spacings)), description)
+                            {k: r.finish() for k, r in run.items()}, float(np.median(spacings)), description,
+                            stats_on, grid)
         (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1))
         if out.exists():
             shutil.rmtree(out)
