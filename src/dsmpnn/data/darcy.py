@@ -31,7 +31,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.sparse.linalg import splu
 
 from dsmpnn.data.dataset import Field, Manifest
-from dsmpnn.data.grid import boundary_mask, write_grid_samples
+from dsmpnn.data.grid import GridLayout, write_grid_samples
 from dsmpnn.errors import ConfigError, DatasetError
 from dsmpnn.ranges import SEED_MAX
 from dsmpnn.resources import check_resources
@@ -172,7 +172,8 @@ def generate_darcy(
         raise ConfigError(f"--seed is {seed}, expected an integer in [0, {SEED_MAX}]")
     memory, disk = darcy_bytes(n, resolution)
     check_resources(f"--n {n} at --resolution {resolution}", memory, disk, out)
-    bnd = boundary_mask(resolution, resolution)
+    layout = GridLayout()  # endpoint nodes on the unit square: the solver's Dirichlet rows are the walls
+    bnd = layout.boundary(resolution, resolution)
 
     def grids() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for k in range(n):
@@ -183,4 +184,4 @@ def generate_darcy(
     description = (f"Darcy flow -div(a grad u) = 1, u = 0 on the boundary of the unit square; {resolution}x"
                    f"{resolution} grid; a = 12/3 thresholded GRF(alpha=2, tau=3) (Li et al. 2020); seed {seed}")
     return write_grid_samples(out, grids(), n, INPUT_FIELDS, TARGET_FIELDS, "darcy", splits, seed, description,
-                              progress)
+                              progress, layout, (resolution, resolution))
