@@ -138,7 +138,8 @@ def _add_generate_darcy(sub: argparse._SubParsersAction) -> None:
                    help="output dataset directory (must not exist or be empty)")
     p.add_argument("--seed", type=_SEED, default=0, help="random seed (sample k is reproducible from seed and k)")
     p.add_argument("--split", default="0.8,0.1,0.1", metavar="TRAIN,VAL,TEST",
-                   help="fractions of samples in the train/val/test splits, summing to 1")
+                   help="fractions of samples in the train/val/test splits, summing to 1 (0,0,1: a test-only set "
+                        "to evaluate a run on, e.g. at another resolution)")
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     p.set_defaults(handler=_generate_darcy)
 
@@ -150,7 +151,7 @@ def _generate_darcy(args: argparse.Namespace) -> int:
     from dsmpnn.data.grid import parse_splits
 
     t0 = time.perf_counter()
-    m = generate_darcy(args.out, args.n, args.resolution, args.seed, parse_splits(args.split),
+    m = generate_darcy(args.out, args.n, args.resolution, args.seed, parse_splits(args.split, need_train=False),
                        progress=not args.no_progress)
     counts = _split_counts(m)
     print(f"wrote {args.n} Darcy samples at {args.resolution}x{args.resolution} ({counts}) to {args.out} "
@@ -169,8 +170,16 @@ def _split_counts(manifest: Manifest) -> str:
 def _add_import_grid(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("grid", help="regular-grid arrays [samples, H, W(, C)] from .mat/.npz/.npy/.pt",
                        description="Convert regular-grid arrays [samples, H, W] or [samples, H, W, C] (axis 1 "
-                                   "along y, axis 2 along x) into a dataset on the unit square. Keys are found "
-                                   "among x/a/coeff/input(s) and y/u/sol/output(s)/solution unless given.",
+                                   "along y, axis 2 along x) into a dataset of quad meshes. Keys are found "
+                                   "among x/a/coeff/input(s) and y/u/sol/output(s)/solution unless given. Bool "
+                                   "arrays become 0/1 and integer arrays float (the manifest description says so). "
+                                   "Node (i, j) sits at (x_j, y_i) in the --bbox [xmin, xmax] x [ymin, ymax]: "
+                                   "endpoint: x_j = xmin + j (xmax - xmin) / (W - 1), both walls are nodes; "
+                                   "stride: x_j = xmin + j (xmax - xmin) / W, the far walls are not (a vertex grid "
+                                   "subsampled by striding: a 32x32 file and its [::2, ::2] 16x16 version agree on "
+                                   "the shared nodes); y_i alike with i and H. --stride-of N: the arrays are an "
+                                   "N-node grid of that convention taken [::k] (k with ceil(N / k) = W): "
+                                   "x_j = xmin + j k (xmax - xmin) / (N - 1) (endpoint) or / N (stride).",
                        formatter_class=_formatter())
     p.add_argument("file", metavar="FILE", help="inputs (and targets unless --y): .mat, .npz, .npy, .pt or .pth")
     p.add_argument("--out", required=True, default=argparse.SUPPRESS, metavar="DIR",
@@ -181,10 +190,45 @@ def _add_import_grid(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--y", dest="y_file", default=None, metavar="FILE",
                    help="a separate file with the targets (required when FILE is .npy); None: targets are in FILE")
     p.add_argument("--split", default="0.8,0.1,0.1", metavar="TRAIN,VAL,TEST",
-                   help="fractions of samples in the train/val/test splits, summing to 1")
+                   help="fractions of samples in the train/val/test splits, summing to 1; 0,0,1 imports a test-only "
+                        "set for `dsmpnn evaluate RUN --data DIR` (normalised with the run's training statistics)")
     p.add_argument("--seed", type=_SEED, default=0, help="seed of the random split assignment")
+    p.add_argument("--coords", choices=("endpoint", "stride"), default="endpoint",
+                   help="where the nodes sit: endpoint x_j = xmin + j (xmax - xmin) / (W - 1) (both walls are nodes); "
+                        "stride x_j = xmin + j (xmax - xmin) / W (the last row/column is one spacing short of the "
+                        "far wall); y_i alike")
+    p.add_argument("--bbox", type=_bbox, default="0,1,0,1", metavar="XMIN,XMAX,YMIN,YMAX",
+                   help="the box the grid spans: x in [XMIN, XMAX] along axis 2, y in [YMIN, YMAX] along axis 1")
+    p.add_argument("--stride-of", type=_stride_of, default=None, metavar="N|NH,NW",
+                   help="the arrays are an N x N (NH x NW) grid of the --coords convention taken [::k], k the "
+                        "integer with ceil(N / k) = W; None: the arrays are the grid itself")
+    p.add_argument("--boundary", action="store_true",
+                   help="add an input field 'boundary': 1 on the nodes on the box's edges (from the positions: with "
+                        "stride the last row and column are not on the wall), 0 elsewhere")
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     p.set_defaults(handler=_import_grid)
+
+
+def _bbox(text: str) -> tuple[float, float, float, float]:
+    """``xmin,xmax,ymin,ymax``: four finite numbers with xmin < xmax and ymin < ymax."""
+    from dsmpnn.data.sample import MAX_COORDINATE
+
+    values = [_parse_number(v.strip(), False) for v in text.split(",")]
+    if len(values) != 4 or any(v is None or not abs(v) <= MAX_COORDINATE for v in values):
+        raise argparse.ArgumentTypeError(f"is {brief(text)}, expected four numbers XMIN,XMAX,YMIN,YMAX (e.g. 0,1,0,1)")
+    if not (values[0] < values[1] and values[2] < values[3]):
+        raise argparse.ArgumentTypeError(f"is {brief(text)}, expected XMIN,XMAX,YMIN,YMAX with XMIN < XMAX and "
+                                         "YMIN < YMAX")
+    return tuple(values)
+
+
+def _stride_of(text: str) -> tuple[int, int]:
+    """``N`` or ``NH,NW``: node counts (at least 2) of the grid the arrays were taken from."""
+    values = [_parse_number(v.strip(), True) for v in text.split(",")]
+    if len(values) not in (1, 2) or any(v is None or not 2 <= v <= 10**9 for v in values):
+        raise argparse.ArgumentTypeError(f"is {brief(text)}, expected N or NH,NW: node counts per side in "
+                                         "[2, 1000000000]")
+    return (values[0], values[-1])
 
 
 def _import_grid(args: argparse.Namespace) -> int:
@@ -195,7 +239,8 @@ def _import_grid(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     m = import_grid(args.file, args.out, x_key=args.x_key, y_key=args.y_key, y_path=args.y_file,
-                    splits=parse_splits(args.split), seed=args.seed, progress=not args.no_progress)
+                    splits=parse_splits(args.split, need_train=False), seed=args.seed, progress=not args.no_progress,
+                    coords=args.coords, bbox=args.bbox, stride_of=args.stride_of, boundary=args.boundary)
     counts = _split_counts(m)
     x = ", ".join(f.name for f in m.input_fields)
     y = ", ".join(f.name for f in m.target_fields)

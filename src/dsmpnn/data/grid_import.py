@@ -1,4 +1,4 @@
-"""Import regular-grid arrays ``[samples, H, W]`` or ``[samples, H, W, C]`` as a dataset on the unit square.
+"""Import regular-grid arrays ``[samples, H, W]`` or ``[samples, H, W, C]`` as a dataset of quad meshes.
 
 Sources (by extension):
 
@@ -13,10 +13,33 @@ targets ``y, u, sol, output, outputs, solution``. A file with a single array nee
 the key names (``key_0, key_1, ...`` for C > 1 channels; the file stem for ``.npy``). Axis 1 of the arrays is
 along y and axis 2 along x (see :mod:`dsmpnn.data.grid`).
 
+Values: float arrays are stored as float64; bool arrays (masks) become 0/1 and integer arrays (labels, int16
+fields) float64, and the manifest description says so (``x: bool cast to 0/1``). Targets may be bool or integer
+too (a 0/1 mask is regressed like any field). Complex, string, object and structured arrays are refused.
+
+Where the nodes sit (``coords``, ``bbox``, ``stride_of``; the formulas are in :mod:`dsmpnn.data.grid`): with
+``bbox = (xmin, xmax, ymin, ymax)``, node ``(i, j)`` of an ``H x W`` array is at
+
+- ``endpoint`` (default): ``x_j = xmin + j (xmax - xmin) / (W - 1)``, ``y_i = ymin + i (ymax - ymin) / (H - 1)``,
+  both walls are nodes;
+- ``stride``: ``x_j = xmin + j (xmax - xmin) / W``, ``y_i = ymin + i (ymax - ymin) / H``, the far walls are not
+  nodes (a vertex grid subsampled by striding: a 32 x 32 file and its ``[::2, ::2]`` 16 x 16 version agree on
+  their shared nodes);
+- ``stride_of = (NH, NW)``: the arrays are an ``NH x NW`` grid of that convention taken ``[::k]``, ``k`` the one
+  integer with ``ceil(N / k) = W``: ``x_j = xmin + j k (xmax - xmin) / (N - 1)`` (endpoint) or ``/ N`` (stride).
+
+The manifest records the layout (its ``grid`` entry and the description). ``boundary=True`` adds an input field
+``boundary``: 1 on the nodes on the box's edges (from the positions, so with ``stride`` the last row and column
+are not boundary nodes), 0 elsewhere. Splits may give the train split nothing (``0,0,1``): a test-only dataset for
+``dsmpnn evaluate RUN --data DIR``, whose statistics (``computed_on: test``) are for reference only; a run
+normalises with its own training statistics.
+
 Usage::
 
     dsmpnn import grid piececonst_r421_N1024_smooth1.mat --out data/darcy421
     dsmpnn import grid inputs.npy --y targets.npy --out data/mygrid --split 0.9,0.1,0
+    dsmpnn import grid darcy_16.pt --coords stride --boundary --out data/d16
+    dsmpnn import grid darcy_32.pt --coords stride --boundary --split 0,0,1 --out data/d32_test
 """
 
 from __future__ import annotations
@@ -27,10 +50,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dsmpnn.data.dataset import Manifest
-from dsmpnn.data.grid import parse_splits, write_grid_dataset
+from dsmpnn.data.dataset import Field, Manifest
+from dsmpnn.data.grid import UNIT_SQUARE, GridLayout, parse_splits, write_grid_samples
 from dsmpnn.data.untrusted import check_npz, regular_file
-from dsmpnn.errors import DatasetError
+from dsmpnn.errors import ConfigError, DatasetError
 
 __all__ = ["INPUT_KEYS", "TARGET_KEYS", "EXTENSIONS", "load_arrays", "import_grid"]
 
@@ -76,15 +99,24 @@ def import_grid(
     splits: Sequence[float] | str = (0.8, 0.1, 0.1),
     seed: int = 0,
     progress: bool = False,
+    coords: str = "endpoint",
+    bbox: Sequence[float] = UNIT_SQUARE,
+    stride_of: int | Sequence[int] | None = None,
+    boundary: bool = False,
 ) -> Manifest:
     """Convert regular-grid arrays into a dataset directory ``out`` and return its manifest.
 
     ``path`` holds the inputs (and the targets unless ``y_path`` is given). ``x_key``/``y_key`` pick the
     arrays; by default they are found among :data:`INPUT_KEYS` / :data:`TARGET_KEYS`. Samples are split by a
-    permutation seeded with ``seed``. Every problem raises :class:`DatasetError` before anything is written.
+    permutation seeded with ``seed`` (the train fraction may be 0: a test-only dataset). ``coords``/``bbox``/
+    ``stride_of`` place the nodes (see the module docstring); ``boundary`` adds the input field ``boundary``.
+    Every problem raises :class:`DatasetError` (or :class:`ConfigError`) before anything is written.
     """
     path = Path(path)
-    splits = parse_splits(splits)
+    splits = parse_splits(splits, need_train=False)
+    if isinstance(stride_of, int):
+        stride_of = (stride_of, stride_of)
+    layout = GridLayout(coords, tuple(bbox), None if stride_of is None else tuple(stride_of))
     if path.suffix.lower() == ".npy" and y_path is None:
         raise DatasetError(f"{path}: a .npy file holds one array (the inputs); give the targets with --y FILE")
     x_arrays = load_arrays(path)
@@ -106,10 +138,42 @@ def import_grid(
         )
     _check_finite(x, path, x_name)
     _check_finite(y, y_file, y_name)
-    description = (f"imported from {path.name} (inputs '{x_name}' {list(x.shape)}) and "
-                   f"{y_file.name} (targets '{y_name}' {list(y.shape)}); unit square, row-major grid")
-    return write_grid_dataset(out, x, y, _field_names(x_name, x), _field_names(y_name, y), path.stem, splits,
-                              seed, description, progress)
+    s, h, w = x.shape[:3]
+    try:
+        layout.steps(h, w)  # a --stride-of that does not fit these arrays fails here
+    except ConfigError as e:
+        raise ConfigError(f"{path}: key '{x_name}' {list(x.shape)}: {e}") from None
+    x_names, y_names = _field_names(x_name, x), _field_names(y_name, y)
+    if boundary and "boundary" in x_names + y_names:
+        raise DatasetError(f"{path}: a field is already named 'boundary'; the boundary flag (--boundary) would "
+                           "clash with it, choose the arrays with --x-key/--y-key or leave out --boundary")
+    notes = [n for n in (_cast_note(x_name, x), _cast_note(y_name, y)) if n]
+    description = "; ".join([
+        f"imported from {path.name} (inputs '{x_name}' {list(x.shape)}) and {y_file.name} (targets '{y_name}' "
+        f"{list(y.shape)})", layout.describe(h, w), "row-major nodes", *notes,
+        *(["input 'boundary' = 1 on the nodes on the box's edges"] if boundary else []),
+        *(["no train split: the stats are those of its own samples, for reference only; a run evaluated on it "
+           "normalises with its own training statistics"] if splits[0] == 0 else []),
+    ])
+    bnd = layout.boundary(h, w)[..., None] if boundary else None  # [H, W, 1]
+
+    def grids():
+        for k in range(s):
+            xk = x[k]
+            yield (xk if bnd is None else np.concatenate([xk.astype(np.float64), bnd], axis=-1)), y[k]
+
+    fields = [Field(f) for f in x_names] + ([Field("boundary", "1")] if boundary else [])
+    return write_grid_samples(out, grids(), s, fields, [Field(f) for f in y_names], path.stem, splits, seed,
+                              description, progress, layout, (h, w))
+
+
+def _cast_note(key: str, a: np.ndarray) -> str:
+    """``"x: bool cast to 0/1"`` for a bool or integer array, ``""`` for floats."""
+    if a.dtype == np.bool_:
+        return f"{key}: bool cast to 0/1"
+    if np.issubdtype(a.dtype, np.integer):
+        return f"{key}: {a.dtype} cast to float64"
+    return ""
 
 
 def _pick(arrays: dict[str, np.ndarray], key: str | None, candidates: Sequence[str], path: Path, role: str,
@@ -138,7 +202,12 @@ def _grid_array(arr: object, path: Path, key: str) -> np.ndarray:
     """Validate ``[S, H, W]`` or ``[S, H, W, C]`` real numbers; return ``[S, H, W, C]``."""
     a = np.asarray(arr)
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
-        raise DatasetError(f"{path}: key '{key}' has dtype {a.dtype}, expected real numbers")
+        kind = {"c": "complex numbers", "U": "strings", "S": "byte strings", "O": "Python objects",
+                "V": "structured records", "M": "dates", "m": "time spans"}.get(a.dtype.kind, "not numbers")
+        hint = (" (take the real part or split real and imaginary parts into channels)" if a.dtype.kind == "c"
+                else "")
+        raise DatasetError(f"{path}: key '{key}' has dtype {a.dtype} ({kind}), expected real numbers: float, "
+                           f"integer or bool{hint}")
     if a.ndim not in (3, 4):
         raise DatasetError(f"{path}: key '{key}' has shape {a.shape} ({a.ndim} dimensions), expected "
                            "[samples, H, W] or [samples, H, W, C]")
@@ -183,10 +252,17 @@ def _load_mat(path: Path) -> dict[str, np.ndarray]:
                 "to .npz"
             ) from None
         with h5py.File(path, "r") as f:
-            # MATLAB writes column-major: an array [S, H, W] in MATLAB is stored as [W, H, S]
-            return {k: np.asarray(v[()]).T for k, v in f.items() if isinstance(v, h5py.Dataset)}
+            # MATLAB writes column-major: an array [S, H, W] in MATLAB is stored as [W, H, S]; a logical array is
+            # stored as uint8 with MATLAB_class 'logical'
+            return {k: _matlab_logical(v, np.asarray(v[()]).T) for k, v in f.items() if isinstance(v, h5py.Dataset)}
     raw = loadmat(path)
     return {k: v for k, v in raw.items() if not k.startswith("__") and isinstance(v, np.ndarray)}
+
+
+def _matlab_logical(dataset, a: np.ndarray) -> np.ndarray:
+    cls = dataset.attrs.get("MATLAB_class")
+    cls = cls.decode() if isinstance(cls, bytes) else cls
+    return a.astype(bool) if cls == "logical" and np.issubdtype(a.dtype, np.integer) else a
 
 
 def _load_torch(path: Path) -> dict[str, np.ndarray]:
