@@ -1,5 +1,6 @@
 """Regular-grid helpers and the importer: round trips from every format, key detection, bad inputs."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -7,8 +8,9 @@ import pytest
 import scipy.io
 import torch
 
-from dsmpnn.data.dataset import Dataset
-from dsmpnn.data.grid import assign_splits, grid_positions, grid_quads, grid_to_sample, parse_splits
+from dsmpnn.data.dataset import Dataset, Manifest
+from dsmpnn.data.grid import (GridLayout, assign_splits, grid_positions, grid_quads, grid_to_sample,
+                              parse_splits)
 from dsmpnn.data.grid_import import import_grid
 from dsmpnn.errors import ConfigError, DatasetError
 
@@ -267,3 +269,205 @@ def test_v73_mat_is_read_with_h5py(tmp_path):
     _, samples = read_back(tmp_path / "out")
     np.testing.assert_array_equal(samples[1].x[:, 0], x[1].ravel())
     np.testing.assert_array_equal(samples[1].y[:, 0], y[1].ravel())
+
+
+# --- bool and integer arrays ----------------------------------------------------------------------------------
+
+
+def darcy_like(n: int = 4, s: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Like the public Darcy files: a bool coefficient mask x [n, s, s] and a float32 solution y."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, s, s)) > 0.5
+    return x, (rng.standard_normal((n, s, s)) + 3 * x).astype(np.float32)
+
+
+@pytest.mark.parametrize("fmt", ["pt", "mat", "npz"])
+def test_bool_inputs_are_imported_as_0_1_and_said_so(tmp_path, fmt):
+    x, y = darcy_like()
+    if fmt == "pt":  # torch.save of a dict of tensors, x a torch.bool tensor, as the public files ship
+        path = tmp_path / "darcy.pt"
+        torch.save({"x": torch.from_numpy(x), "y": torch.from_numpy(y)}, path)
+        assert torch.load(path)["x"].dtype == torch.bool
+    else:
+        path, _ = save(fmt, tmp_path, {"x": x, "y": y})
+    m = import_grid(path, tmp_path / "out")
+    assert "x: bool cast to 0/1" in m.description and "y:" not in m.description.split("row-major nodes")[1]
+    _, samples = read_back(tmp_path / "out")
+    for k, s in samples.items():
+        assert s.x.dtype == np.float64 and set(np.unique(s.x)) <= {0.0, 1.0}
+        np.testing.assert_array_equal(s.x[:, 0], x[k].ravel().astype(float))
+        np.testing.assert_array_equal(s.y[:, 0], y[k].ravel().astype(np.float64))
+
+
+def test_integer_and_bool_targets_are_data(tmp_path):
+    x = np.arange(S * H * W, dtype=np.int16).reshape(S, H, W) - 50
+    y = (x % 3 == 0)  # a bool target (a mask): regressed as 0/1 like any field
+    path, _ = save("npz", tmp_path, {"labels": x.astype(np.uint8), "coeff": x, "y": y})
+    m = import_grid(path, tmp_path / "out", x_key="coeff")
+    assert "coeff: int16 cast to float64" in m.description and "y: bool cast to 0/1" in m.description
+    _, samples = read_back(tmp_path / "out")
+    np.testing.assert_array_equal(samples[2].x[:, 0], x[2].ravel())
+    np.testing.assert_array_equal(samples[2].y[:, 0], y[2].ravel())
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda: np.ones((S, H, W)) + 1j, "complex numbers"),
+    (lambda: np.zeros((S, H, W), dtype=[("re", "f8"), ("im", "f8")]), "structured records"),
+    (lambda: np.full((S, H, W), "a"), "strings"),
+])
+def test_non_real_arrays_are_refused_by_kind(tmp_path, make, fragment):
+    path, _ = _npz(tmp_path, x=make(), y=good_y)
+    with pytest.raises(DatasetError, match=f"key 'x' has dtype .* \\({fragment}\\), expected real numbers: float, "
+                                           "integer or bool"):
+        import_grid(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_mat_cell_array_is_refused(tmp_path):
+    cells = np.empty((S, H, W), dtype=object)
+    cells[...] = "a"
+    scipy.io.savemat(tmp_path / "c.mat", {"x": cells, "y": good_y})
+    with pytest.raises(DatasetError, match=r"key 'x' has dtype object \(Python objects\)"):
+        import_grid(tmp_path / "c.mat", tmp_path / "out")
+
+
+def test_v73_mat_logical_is_read_as_bool(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    x, y = darcy_like()
+    path = tmp_path / "v73.mat"
+    with h5py.File(path, "w", userblock_size=512) as f:
+        f.create_dataset("coeff", data=x.T.astype(np.uint8)).attrs["MATLAB_class"] = np.bytes_("logical")
+        f.create_dataset("sol", data=y.T)
+    with open(path, "r+b") as fh:
+        fh.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64".ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02IM")
+    m = import_grid(path, tmp_path / "out")
+    assert "coeff: bool cast to 0/1" in m.description
+
+
+# --- where the nodes sit ----------------------------------------------------------------------------------------
+
+
+def test_endpoint_and_stride_positions_are_exact():
+    h, w = 3, 5
+    end, stride = GridLayout("endpoint").positions(h, w), GridLayout("stride").positions(h, w)
+    for i in range(h):
+        for j in range(w):
+            assert end[i * w + j].tolist() == [j / (w - 1), i / (h - 1)]
+            assert stride[i * w + j].tolist() == [j / w, i / h]
+    assert end.max() == 1.0 and stride[:, 0].max() == 4 / 5 and stride[:, 1].max() == 2 / 3
+
+
+def test_bbox_places_the_walls_exactly():
+    box = (-0.3, 0.7, 2.0, 2.1)
+    pos = GridLayout("endpoint", box).positions(4, 7).reshape(4, 7, 2)
+    assert pos[:, 0, 0].tolist() == [-0.3] * 4 and pos[:, -1, 0].tolist() == [0.7] * 4
+    assert pos[0, :, 1].tolist() == [2.0] * 7 and pos[-1, :, 1].tolist() == [2.1] * 7
+    np.testing.assert_allclose(pos[2, 3], [-0.3 + 3 / 6, 2.0 + 2 * 0.1 / 3])
+    stride = GridLayout("stride", box).positions(4, 5).reshape(4, 5, 2)
+    np.testing.assert_allclose(stride[3, 4], [-0.3 + 4 / 5, 2.0 + 3 * 0.1 / 4])
+    assert GridLayout("endpoint", box).boundary(4, 7).sum() == 2 * 4 + 2 * 7 - 4
+
+
+def boundary_of_rows_and_columns(h, w, rows, cols):
+    b = np.zeros((h, w))
+    b[rows, :] = 1
+    b[:, cols] = 1
+    return b
+
+
+def test_stride_pair_32_and_16_share_positions_and_boundaries(tmp_path):
+    """The 16x16 file is the 32x32 one taken [::2, ::2]: with --coords stride the shared nodes coincide
+    exactly, and only the first row/column is on the wall (the last ones are a spacing short of it)."""
+    rng = np.random.default_rng(3)
+    x32, y32 = rng.random((2, 32, 32)) > 0.5, rng.random((2, 32, 32)).astype(np.float32)
+    x16, y16 = x32[:, ::2, ::2], y32[:, ::2, ::2]
+    for name, x, y in (("d32", x32, y32), ("d16", x16, y16)):
+        torch.save({"x": torch.from_numpy(np.ascontiguousarray(x)), "y": torch.from_numpy(np.ascontiguousarray(y))},
+                   tmp_path / f"{name}.pt")
+        import_grid(tmp_path / f"{name}.pt", tmp_path / name, coords="stride", boundary=True, splits="1,0,0")
+    s32 = Dataset(tmp_path / "d32").load_split("train")[0]
+    s16 = Dataset(tmp_path / "d16").load_split("train")[0]
+    p32, p16 = s32.pos.reshape(32, 32, 2), s16.pos.reshape(16, 16, 2)
+    np.testing.assert_array_equal(p32[::2, ::2], p16)  # bit-identical: same physical place, same node
+    assert p16[-1, -1].tolist() == [15 / 16, 15 / 16] and p32[-1, -1].tolist() == [31 / 32, 31 / 32]
+    np.testing.assert_array_equal(s32.x[:, 1].reshape(32, 32), boundary_of_rows_and_columns(32, 32, 0, 0))
+    np.testing.assert_array_equal(s16.x[:, 1].reshape(16, 16), boundary_of_rows_and_columns(16, 16, 0, 0))
+    # the endpoint convention (the default) puts them a cell apart: what --coords stride fixes
+    e32, e16 = GridLayout().positions(32, 32).reshape(32, 32, 2), GridLayout().positions(16, 16).reshape(16, 16, 2)
+    assert np.abs(e32[::2, ::2] - e16).max() > 0.03
+
+
+def test_endpoint_grid_taken_with_a_step_that_misses_the_wall():
+    """A 41-node endpoint grid taken [::6] has 7 nodes at 6j/40: the last at 36/40, not on the wall."""
+    full = GridLayout("endpoint").positions(41, 41).reshape(41, 41, 2)
+    sub = GridLayout("endpoint", stride_of=(41, 41))
+    assert sub.steps(7, 7) == (6, 6)
+    np.testing.assert_array_equal(sub.positions(7, 7).reshape(7, 7, 2), full[::6, ::6])
+    np.testing.assert_array_equal(sub.boundary(7, 7), boundary_of_rows_and_columns(7, 7, 0, 0))
+    # the 32 stride grid from the 16 one's point of view: taken [::2]
+    np.testing.assert_array_equal(GridLayout("stride", stride_of=(32, 32)).positions(16, 16),
+                                  GridLayout("stride").positions(16, 16))
+    assert "a 41 x 41 grid taken [::6, ::6], x_j = xmin + 6 j (xmax - xmin) / 40" in sub.describe(7, 7)
+
+
+@pytest.mark.parametrize("layout, shape, fragment", [
+    (dict(coords="stride", stride_of=(7, 7)), (4, 5), "5 columns (W) are not a 7-node grid taken every k-th node"),
+    (dict(stride_of=(100, 100)), (3, 3), "fit several steps k = 34..49"),
+    (dict(stride_of=(10, 10)), (11, 11), "more than the 10"),
+])
+def test_stride_of_that_does_not_fit_is_refused(layout, shape, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        GridLayout(**layout).steps(*shape)
+
+
+@pytest.mark.parametrize("kw, fragment", [
+    (dict(coords="banana"), "expected one of endpoint, stride"),
+    (dict(bbox=(1, 0, 0, 1)), "xmin < xmax"),
+    (dict(bbox=(0, 1, 0, float("nan"))), "four finite numbers"),
+    (dict(stride_of=(1, 8)), "N >= 2"),
+])
+def test_bad_layout_is_refused(kw, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        GridLayout(**kw)
+
+
+def test_manifest_records_the_layout_and_keeps_it(tmp_path):
+    x, y = darcy_like(s=8)
+    path, _ = save("npz", tmp_path, {"x": x, "y": y})
+    import_grid(path, tmp_path / "out", coords="stride", bbox=(0, 2, 0, 1), stride_of=16)
+    m = Dataset(tmp_path / "out").manifest
+    assert m.grid == {"coords": "stride", "bbox": [0.0, 2.0, 0.0, 1.0], "shape": [8, 8], "stride_of": [16, 16],
+                      "step": [2, 2]}
+    assert "8x8 grid, stride nodes (a 16 x 16 grid taken [::2, ::2]" in m.description
+    assert "on [0, 2] x [0, 1]" in m.description
+    assert Manifest.from_json(m.to_json(), tmp_path / "m.json") == m
+    _, samples = read_back(tmp_path / "out")
+    assert samples[0].pos[:, 0].max() == 2 * 7 / 8
+
+
+def test_boundary_field_name_clash_is_refused(tmp_path):
+    path, _ = _npz(tmp_path, boundary=good_x, y=good_y)
+    with pytest.raises(DatasetError, match="already named 'boundary'"):
+        import_grid(path, tmp_path / "out", x_key="boundary", boundary=True)
+    assert not (tmp_path / "out").exists()
+
+
+# --- test-only datasets ---------------------------------------------------------------------------------------
+
+
+def test_test_only_import_has_stats_of_its_own_samples(tmp_path):
+    x, y = darcy_like()
+    path, _ = save("npz", tmp_path, {"x": x, "y": y})
+    m = import_grid(path, tmp_path / "out", splits="0,0,1")
+    assert list(m.splits) == ["test"] and len(m.splits["test"]) == 4
+    assert m.stats_on == "test" and "no train split" in m.description
+    ds = Dataset(tmp_path / "out")
+    assert ds.manifest.stats_on == "test"
+    assert ds.manifest.to_json()["stats"]["computed_on"] == "test"
+    np.testing.assert_allclose(ds.manifest.stats["y"].mean, [y.astype(np.float64).mean()])
+    with pytest.raises(DatasetError, match=r"no split 'train', this dataset has only \['test'\].*dsmpnn evaluate RUN"):
+        ds.split("train")
+    assert assign_splits(3, (0, 0.5, 0.5)).count("train") == 0
+    with pytest.raises(ConfigError, match="train fraction > 0"):
+        parse_splits("0,0,1")  # the default still needs a train split (generators of training data)
+    assert parse_splits("0,0,1", need_train=False) == (0.0, 0.0, 1.0)

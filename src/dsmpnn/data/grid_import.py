@@ -237,7 +237,7 @@ def _field_names(key: str, a: np.ndarray) -> list[str]:
 
 
 def _load_mat(path: Path) -> dict[str, np.ndarray]:
-    from scipy.io import loadmat
+    from scipy.io import loadmat, whosmat
     from scipy.io.matlab import matfile_version
 
     with open(path, "rb") as fh:
@@ -256,7 +256,9 @@ def _load_mat(path: Path) -> dict[str, np.ndarray]:
             # stored as uint8 with MATLAB_class 'logical'
             return {k: _matlab_logical(v, np.asarray(v[()]).T) for k, v in f.items() if isinstance(v, h5py.Dataset)}
     raw = loadmat(path)
-    return {k: v for k, v in raw.items() if not k.startswith("__") and isinstance(v, np.ndarray)}
+    logical = {name for name, _, cls in whosmat(path) if cls == "logical"}  # loadmat gives MATLAB logicals as uint8
+    return {k: (v.astype(bool) if k in logical and np.issubdtype(v.dtype, np.integer) else v)
+            for k, v in raw.items() if not k.startswith("__") and isinstance(v, np.ndarray)}
 
 
 def _matlab_logical(dataset, a: np.ndarray) -> np.ndarray:
