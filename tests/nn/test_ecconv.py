@@ -9,6 +9,7 @@ from dsmpnn.nn import ECConv, aggregate, chunk_pool, edge_kernel_aggregate, nati
 from dsmpnn.nn.aggregate import ecconv_aggregate
 from dsmpnn.nn.edge_plan import EdgePlan
 from dsmpnn.nn.rowwise import RowwiseKernel
+from tests.helpers.oracles import dense_nnconv
 
 pytestmark = pytest.mark.numerics
 
@@ -64,6 +65,24 @@ def test_equals_nnconv_forward_and_backward(aggr, seed, n, e, cin, cout, hidden)
     for name, p in conv.named_parameters():
         ref_name = pairs.get(name, name.replace("kernel_hidden", "nn"))
         torch.testing.assert_close(p.grad, ref_grads[ref_name].grad, rtol=1e-11, atol=1e-11, msg=name)
+
+
+@pytest.mark.parametrize("aggr", ["mean", "sum"])
+def test_equals_the_dense_per_edge_oracle(aggr):
+    """Against the slow obvious NNConv (the full [E, C_in, C_out] kernel per edge), independent of PyG: outputs
+    and the gradients of x, the edge attributes and every weight, float64."""
+    ref, conv = make_pair(4, 5, 3, (8, 6), aggr, 7)
+    x, ei, ea = random_graph(30, 300, 3, 4, torch.Generator().manual_seed(7))
+    inputs = [t.clone().requires_grad_() for t in (x, ea, x, ea)]
+    params = [conv.root.weight, conv.bias]
+    out = conv(inputs[0], ei, inputs[1])
+    expected = dense_nnconv(inputs[2], ei, inputs[3], ref.nn, ref.lin.weight, ref.bias, aggr)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(8), dtype=out.dtype)
+    got = torch.autograd.grad((out * g).sum(), [inputs[0], inputs[1], *params])
+    want = torch.autograd.grad((expected * g).sum(), [inputs[2], inputs[3], ref.lin.weight, ref.bias])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
 
 
 def test_chunking_does_not_change_result():
