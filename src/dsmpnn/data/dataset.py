@@ -3,7 +3,9 @@
 Layout::
 
     DIR/manifest.json
-    DIR/samples/<name>.npz      keys: pos [N, d], x [N, F], y [N, T], optional cells [M, k] + cell_type
+    DIR/samples/<name>.npz      keys: pos [N, d], x [N, F], y [N, T], optional cells [M, k] + cell_type;
+                                a mesh with several cell blocks (mixed triangles/quads, tets/hexes/wedges) adds
+                                cells_1 [M1, k1] + cell_type_1, cells_2 + cell_type_2, ... (block 0 is cells)
 
 Manifest (JSON)::
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -48,6 +51,8 @@ FORMAT = "dsmpnn-dataset"
 VERSION = 1
 MANIFEST = "manifest.json"
 SAMPLE_KEYS = ("pos", "x", "y", "cells", "cell_type")
+BLOCK_KEY = re.compile(r"(cells|cell_type)_([1-9][0-9]{0,5})")
+"""``cells_<b>`` / ``cell_type_<b>``: cell block b >= 1 of a mesh with several blocks (block 0 is ``cells``)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class Manifest:
     stats: dict[str, Stats]
     spacing: float
     description: str = ""
+    stats_computed_on: str = "train"
 
     def to_json(self) -> dict:
         return {
@@ -78,7 +84,7 @@ class Manifest:
             "input_fields": [{"name": f.name, "unit": f.unit} for f in self.input_fields],
             "target_fields": [{"name": f.name, "unit": f.unit} for f in self.target_fields],
             "splits": {k: list(v) for k, v in self.splits.items()},
-            "stats": {"computed_on": "train", **{k: s.to_json() for k, s in self.stats.items()}},
+            "stats": {"computed_on": self.stats_computed_on, **{k: s.to_json() for k, s in self.stats.items()}},
             "spacing": self.spacing,
             "description": self.description,
         }
@@ -135,7 +141,7 @@ class Manifest:
                  for k, size in sizes.items()}
         spacing = float(need(obj, "spacing", (int, float), ""))
         return Manifest(str(obj.get("name", path.parent.name)), dim, inputs, targets, splits, stats, spacing,
-                        str(obj.get("description", "")))
+                        str(obj.get("description", "")), str(raw_stats.get("computed_on", "train")))
 
 
 class Dataset:
@@ -186,8 +192,8 @@ def read_sample_file(path: Path, manifest: Manifest | None = None) -> MeshSample
     check_npz(path)
     try:
         with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files if k in SAMPLE_KEYS}
-            others = sorted(set(z.files) - set(SAMPLE_KEYS))
+            data = {k: z[k] for k in z.files if k in SAMPLE_KEYS or BLOCK_KEY.fullmatch(k)}
+            others = sorted(set(z.files) - set(data))
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise DatasetError(f"{path}: cannot read NPZ file, it may be truncated or not an NPZ ({e})") from None
     for key in ("pos", "x"):
@@ -195,8 +201,10 @@ def read_sample_file(path: Path, manifest: Manifest | None = None) -> MeshSample
             raise DatasetError(f"{path}: missing array '{key}', the file has {brief(sorted(data) + others)}; "
                                "expected pos, x, y")
     cell_type = _cell_type(path, data["cell_type"]) if "cell_type" in data else None
+    extra = _extra_blocks(path, data)
     try:
-        sample = MeshSample(data["pos"], data["x"], data.get("y"), data.get("cells"), cell_type, name=path.stem)
+        sample = MeshSample(data["pos"], data["x"], data.get("y"), data.get("cells"), cell_type, name=path.stem,
+                            extra_cells=extra)
     except DatasetError as e:
         raise DatasetError(f"{path}: {e}") from None
     if manifest is not None:
@@ -218,12 +226,31 @@ def read_sample_file(path: Path, manifest: Manifest | None = None) -> MeshSample
     return sample
 
 
-def _cell_type(path: Path, arr: np.ndarray) -> str:
+def _cell_type(path: Path, arr: np.ndarray, key: str = "cell_type") -> str:
     """The cell type name stored as a 0-d string array."""
     if arr.ndim != 0 or arr.dtype.kind != "U":
-        raise DatasetError(f"{path}: array 'cell_type' has shape {arr.shape} and dtype {arr.dtype}, expected one "
+        raise DatasetError(f"{path}: array '{key}' has shape {arr.shape} and dtype {arr.dtype}, expected one "
                            "string such as 'triangle'")
     return str(arr)
+
+
+def _extra_blocks(path: Path, data: dict[str, np.ndarray]) -> tuple[tuple[str, np.ndarray], ...]:
+    """Cell blocks 1, 2, ... (``cells_<b>`` + ``cell_type_<b>``), numbered without gaps, each with both arrays."""
+    numbers = sorted({int(m.group(2)) for k in data if (m := BLOCK_KEY.fullmatch(k))})
+    if numbers != list(range(1, len(numbers) + 1)):
+        missing = next(b for b in range(1, len(numbers) + 2) if b not in numbers)
+        raise DatasetError(f"{path}: cell blocks {numbers} are stored, but block {missing} is missing; expected "
+                           "cells_1, cells_2, ... numbered without gaps")
+    out = []
+    for b in numbers:
+        for key in (f"cells_{b}", f"cell_type_{b}"):
+            if key not in data:
+                raise DatasetError(f"{path}: cell block {b} lacks the array '{key}'; a block is stored as cells_{b} "
+                                   f"and cell_type_{b}")
+        out.append((_cell_type(path, data[f"cell_type_{b}"], f"cell_type_{b}"), data[f"cells_{b}"]))
+    if out and "cells" not in data:
+        raise DatasetError(f"{path}: cell blocks 1..{len(out)} are stored without block 0 ('cells' + 'cell_type')")
+    return tuple(out)
 
 
 def sample_num_nodes(path: Path) -> int:
@@ -252,6 +279,9 @@ def write_sample_file(path: Path, sample: MeshSample) -> None:
     if sample.cells is not None:
         arrays["cells"] = sample.cells
         arrays["cell_type"] = np.array(sample.cell_type)
+    for b, (kind, cells) in enumerate(sample.extra_cells, start=1):
+        arrays[f"cells_{b}"] = cells
+        arrays[f"cell_type_{b}"] = np.array(kind)
     np.savez(path, **arrays)
 
 
@@ -264,7 +294,8 @@ def write_dataset(
     description: str = "",
     overwrite: bool = False,
 ) -> Manifest:
-    """Write ``(split, sample)`` pairs as a dataset directory; statistics come from the ``train`` split.
+    """Write ``(split, sample)`` pairs as a dataset directory; statistics come from the ``train`` split (from all
+    samples for a dataset without one, e.g. a test-only set: a run evaluated on it normalises with its own).
 
     The directory appears only when complete (built under a temporary name, then renamed).
     """
@@ -281,6 +312,7 @@ def write_dataset(
         (tmp / "samples").mkdir()
         splits: dict[str, list[str]] = {}
         run = {"pos": RunningStats(), "x": RunningStats(), "y": RunningStats()}
+        every = {"pos": RunningStats(), "x": RunningStats(), "y": RunningStats()}  # used without a train split
         spacings, dim = [], None
         for i, (split, s) in enumerate(samples):
             if s.y is None:
@@ -300,13 +332,19 @@ def write_dataset(
                 run["pos"].update(s.pos)
                 run["x"].update(s.x)
                 run["y"].update(s.y)
+            else:  # the statistics of a dataset without a train split
+                every["pos"].update(s.pos)
+                every["x"].update(s.x)
+                every["y"].update(s.y)
             if len(spacings) < 16:
                 spacings.append(median_spacing(s.pos))
-        if "train" not in splits:
-            raise DatasetError(f"{out}: no sample was assigned to the 'train' split")
+        if not splits:
+            raise DatasetError(f"{out}: no sample to write")
+        on = "train" if "train" in splits else "all"
         manifest = Manifest(name, dim, tuple(input_fields), tuple(target_fields),
                             {k: tuple(v) for k, v in splits.items()},
-                            {k: r.finish() for k, r in run.items()}, float(np.median(spacings)), description)
+                            {k: r.finish() for k, r in (run if on == "train" else every).items()},
+                            float(np.median(spacings)), description, on)
         (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=1))
         if out.exists():
             shutil.rmtree(out)

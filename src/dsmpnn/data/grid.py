@@ -83,8 +83,9 @@ def parse_splits(text: str | Sequence[float]) -> tuple[float, float, float]:
         values = [float(v) for v in text]
     if len(values) != 3:
         raise ConfigError(f"split {text!r}: got {len(values)} fractions, expected 3 (train,val,test)")
-    if not all(math.isfinite(v) and v >= 0 for v in values) or values[0] <= 0:
-        raise ConfigError(f"split {text!r}: fractions must be >= 0 and the train fraction > 0")
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise ConfigError(f"split {text!r}: fractions must be >= 0 (0,0,1: a test-only dataset, to evaluate a "
+                          "trained run on)")
     if abs(sum(values) - 1.0) > 1e-6:
         raise ConfigError(f"split {text!r}: fractions sum to {sum(values):g}, expected 1")
     return values[0], values[1], values[2]
@@ -94,7 +95,7 @@ def assign_splits(n: int, splits: Sequence[float] = (0.8, 0.1, 0.1), seed: int =
     """Split name of each of ``n`` samples, from a seeded permutation.
 
     Counts are the fractions times ``n`` rounded by largest remainder; a split with a positive fraction gets at
-    least one sample when ``n`` allows it (taken from the largest split), and train always gets one.
+    least one sample when ``n`` allows it (taken from the largest split). ``0,0,1`` makes a test-only dataset.
     """
     fracs = parse_splits(splits)
     if n < 1:
