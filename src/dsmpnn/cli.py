@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import", help="convert user data into the dsmpnn dataset format")
     imp_sub = imp.add_subparsers(dest="importer", required=True, metavar="FORMAT")
     for add in (_add_generate_darcy, _add_generate_airfoil, _add_generate_step3d, _add_import_grid,
-                _add_import_airfrans):
+                _add_import_mesh, _add_import_airfrans):
         add(gen_sub if add.__name__.startswith("_add_generate") else imp_sub)
     for add in (_add_train, _add_evaluate, _add_predict, _add_partition, _add_check, _add_bench):
         add(sub)
@@ -246,6 +246,56 @@ def _import_grid(args: argparse.Namespace) -> int:
     y = ", ".join(f.name for f in m.target_fields)
     print(f"imported {sum(len(v) for v in m.splits.values())} samples ({counts}; inputs {x}; targets {y}) "
           f"from {args.file} to {args.out} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+# --- import mesh -----------------------------------------------------------------------------------------------
+
+
+def _add_import_mesh(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("mesh", help="solver output in any format meshio reads (.vtu, .vtk, .msh, .xdmf, .med, ...)",
+                       description="Convert mesh files into a dataset: one sample per file (per step of an XDMF "
+                                   "time series); point fields chosen by name, vectors and tensors split into "
+                                   "components (U -> U_x, U_y[, U_z]; U_x alone: one of them); a 2D mesh written "
+                                   "with a constant z is 2D; every cell block is kept for predict's output.",
+                       formatter_class=_formatter())
+    p.add_argument("files", nargs="*", metavar="FILE",
+                   help="mesh files or quoted glob patterns ('runs/*/out.vtu', '**' recursive)")
+    p.add_argument("--list", dest="list_file", default=None, metavar="TXT",
+                   help="a text file naming mesh files, one a line (relative to its folder; # comments)")
+    p.add_argument("--out", required=True, default=argparse.SUPPRESS, metavar="DIR",
+                   help="output dataset directory (must not exist or be empty)")
+    p.add_argument("--inputs", required=True, default=argparse.SUPPRESS, metavar="A,B",
+                   help="input fields (columns of x): point-data names or components (U, U_x, S_xy)")
+    p.add_argument("--targets", required=True, default=argparse.SUPPRESS, metavar="U,P",
+                   help="target fields (columns of y), named as --inputs")
+    p.add_argument("--cell-data", choices=("refuse", "average"), default="refuse",
+                   help="a field given per cell: refuse it, or average it onto the nodes (weighted by cell "
+                        "volume, area in 2D)")
+    p.add_argument("--split", default="0.8,0.1,0.1", metavar="TRAIN,VAL,TEST",
+                   help="fractions of samples in the train/val/test splits, summing to 1 (0,0,1: test only)")
+    p.add_argument("--split-by", choices=("file", "step"), default="file",
+                   help="draw splits per file (the steps of a time series stay together) or per sample")
+    p.add_argument("--seed", type=_SEED, default=0, help="seed of the random split assignment")
+    p.add_argument("--name", default=None, help="dataset name in the manifest; None: the --out folder's name")
+    p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    p.set_defaults(handler=_import_mesh)
+
+
+def _import_mesh(args: argparse.Namespace) -> int:
+    import time
+
+    from dsmpnn.data.grid import parse_splits
+    from dsmpnn.data.mesh_import import import_mesh
+
+    t0 = time.perf_counter()
+    m = import_mesh(args.files, args.out, args.inputs, args.targets, list_file=args.list_file,
+                    splits=parse_splits(args.split, need_train=False), seed=args.seed, cell_data=args.cell_data,
+                    split_by=args.split_by, name=args.name, progress=not args.no_progress)
+    x = ", ".join(f.name for f in m.input_fields)
+    y = ", ".join(f.name for f in m.target_fields)
+    print(f"imported {sum(len(v) for v in m.splits.values())} meshes ({_split_counts(m)}; {m.dim}D; inputs {x}; "
+          f"targets {y}) to {args.out} in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -530,12 +580,19 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="predict the fields of one mesh", formatter_class=_formatter(),
-                       description="Predict target fields on a mesh (.npz sample or .vtu/.vtk with the input fields "
-                                   "as point data); write .npz or .vtu (with _true/_error fields when targets exist). "
-                                   "With --nproc P the mesh is partitioned and predicted by P ranks.")
+                       description="Predict target fields on a mesh (.npz sample, or any file meshio reads: .vtu, "
+                                   ".vtk, .msh, .xdmf ..., with the input fields as point data named as in the "
+                                   "dataset, U_x being component x of U); write .npz, .vtu or .xdmf (+ .h5) with "
+                                   "every cell block of the input and the predicted fields (with _true/_error "
+                                   "fields when targets exist). With --nproc P the mesh is partitioned and "
+                                   "predicted by P ranks.")
     p.add_argument("run", help="run directory written by `dsmpnn train`")
-    p.add_argument("--input", required=True, help="mesh file: .npz (pos, x[, y]) or .vtu/.vtk")
-    p.add_argument("--out", required=True, help="output file, .npz or .vtu")
+    p.add_argument("--input", required=True, help="mesh file: .npz (pos, x[, y]) or any format meshio reads")
+    p.add_argument("--out", required=True, help="output file, .npz, .vtu or .xdmf (its data in the .h5 beside it)")
+    p.add_argument("--step", type=_ranged("int", 0, 10**9), default=None, metavar="K",
+                   help="the step of an XDMF time series to predict on; None: the file must hold one mesh")
+    p.add_argument("--cell-data", choices=("refuse", "average"), default="refuse",
+                   help="an input field given per cell: refuse it, or average it onto the nodes (by cell volume)")
     _add_ds_options(p, config_default=False)
     p.set_defaults(handler=_predict, precheck=_predict_precheck)
 
@@ -561,7 +618,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     ctx = _join_group(args, _run_timeout(args.run))
     try:
-        predict_file(args.run, args.input, args.out, ctx=ctx, partition=args.partition, halo_hops=args.halo_hops)
+        predict_file(args.run, args.input, args.out, ctx=ctx, partition=args.partition, halo_hops=args.halo_hops,
+                     step=args.step, cell_data=args.cell_data)
     finally:
         destroy_process_group()
     return 0

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dsmpnn.data.dataset import Dataset, Field, Manifest, read_sample_file, write_dataset
+from dsmpnn.data.dataset import (Dataset, Field, Manifest, read_sample_file, statistics_split, write_dataset,
+                                  write_sample_file)
 from dsmpnn.data.sample import MeshSample
 from dsmpnn.errors import DatasetError
 
@@ -69,10 +70,51 @@ def test_constant_channel_gets_unit_std(tmp_path):
     assert m.stats["x"].std[1] == 1.0 and m.stats["x"].mean[1] == 1.0
 
 
-def test_write_requires_a_train_split_and_leaves_nothing(tmp_path):
-    with pytest.raises(DatasetError, match="'train' split"):
-        write_dataset(tmp_path / "ds", [("val", make_sample(0))], INPUTS, TARGETS, "toy")
+def test_write_requires_a_sample_and_leaves_nothing(tmp_path):
+    with pytest.raises(DatasetError, match="no sample was assigned to the 'train' split"):
+        write_dataset(tmp_path / "ds", [], INPUTS, TARGETS, "toy")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_dataset_without_train_split_takes_its_statistics_from_its_samples(tmp_path):
+    """A test-only dataset (to evaluate a trained run on, which normalises with its own statistics)."""
+    samples = [make_sample(0), make_sample(1)]
+    pairs = [("test", s) for s in samples]
+    assert statistics_split(split for split, _ in pairs) == "test"
+    assert statistics_split(["val", "test"]) == "all" and statistics_split(["test", "train"]) == "train"
+    m = write_dataset(tmp_path / "ds", pairs, INPUTS, TARGETS, "toy", stats_on="test")
+    assert m.stats_on == "test" and list(m.splits) == ["test"]
+    np.testing.assert_allclose(m.stats["x"].mean, np.concatenate([s.x for s in samples]).mean(axis=0))
+    back = Dataset(tmp_path / "ds").manifest
+    assert back.stats_on == "test" and back == m
+
+
+def test_mixed_cell_blocks_round_trip_and_old_single_block_files_still_read(tmp_path):
+    from dsmpnn.data.sample import sample_from_blocks
+
+    pos = np.array([[0, 0], [1, 0], [2, 0], [0, 1], [1, 1], [2, 1.0]])
+    blocks = [("triangle", np.array([[0, 1, 4], [0, 4, 3]])), ("quad", np.array([[1, 2, 5, 4]])),
+              ("line", np.array([[0, 1], [1, 2]]))]
+    s = sample_from_blocks(pos, np.ones((6, 3)), np.ones((6, 1)), blocks, name="mix")
+    write_sample_file(tmp_path / "mix.npz", s)
+    with np.load(tmp_path / "mix.npz") as z:
+        assert sorted(z.files) == ["cell_type", "cell_type_1", "cell_type_2", "cells", "cells_1", "cells_2", "pos",
+                                   "x", "y"]
+    back = read_sample_file(tmp_path / "mix.npz")
+    assert [(k, c.tolist()) for k, c in back.cell_blocks] == [(k, c.tolist()) for k, c in blocks]
+    assert back.cell_type == "triangle" and back.cells.shape == (2, 3)
+    np.savez(tmp_path / "old.npz", pos=pos, x=np.ones((6, 3)), y=np.ones((6, 1)), cells=blocks[0][1],
+             cell_type=np.array("triangle"))  # a sample written before mixed blocks
+    assert [k for k, _ in read_sample_file(tmp_path / "old.npz").cell_blocks] == ["triangle"]
+    with np.load(tmp_path / "mix.npz") as z:
+        arrays = {k: z[k] for k in z.files if k not in ("cells_1", "cell_type_1")}
+    np.savez(tmp_path / "gap.npz", **arrays)
+    with pytest.raises(DatasetError, match=r"gap\.npz: cell blocks \[2\] are stored, but block 1 is missing"):
+        read_sample_file(tmp_path / "gap.npz")
+    arrays.update(cells_1=np.array([[0, 1, 99]]), cell_type_1=np.array("triangle"))
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DatasetError, match=r"bad\.npz: sample 'bad': cell block 1: field 'cells' has 1 node "):
+        read_sample_file(tmp_path / "bad.npz")
 
 
 def test_write_rejects_wrong_field_count(tmp_path):

@@ -57,10 +57,18 @@ def test_assign_splits_is_seeded_and_fills_each_split():
     assert assign_splits(5, (1, 0, 0)) == ["train"] * 5
 
 
-@pytest.mark.parametrize("text", ["0.8,0.1", "0.5,0.1,0.1", "a,b,c", "0,0.5,0.5", "1.2,-0.1,-0.1"])
+@pytest.mark.parametrize("text", ["0.8,0.1", "0.5,0.1,0.1", "a,b,c", "0,0,0", "1.2,-0.1,-0.1"])
 def test_parse_splits_rejects(text):
     with pytest.raises(ConfigError, match="split"):
         parse_splits(text)
+
+
+def test_a_test_only_split_is_allowed():
+    """A dataset to evaluate a trained run on: no train split (its statistics come from the run)."""
+    assert parse_splits("0,0,1", need_train=False) == (0.0, 0.0, 1.0)
+    with pytest.raises(ConfigError, match="the train fraction > 0"):
+        parse_splits("0,0,1")  # where a train split is needed (generators that solve before writing)
+    assert assign_splits(4, (0, 0, 1)) == ["test"] * 4
 
 
 # --- importer round trips -------------------------------------------------------------------------------------

@@ -68,3 +68,52 @@ def write_vtp(path: Path, points: np.ndarray, point_data: dict[str, np.ndarray],
         out += f'<AppendedData encoding="{enc}">\n_'.encode() + appended + b"\n</AppendedData>\n"
     out += b"</VTKFile>\n"
     Path(path).write_bytes(out)
+
+
+VTK_CELL_TYPES = {"vertex": 1, "line": 3, "triangle": 5, "quad": 9, "tetra": 10, "hexahedron": 12, "wedge": 13,
+                  "pyramid": 14}
+_VTK_TYPES_MORE = {**_VTK_TYPES, np.dtype("uint8"): "UInt8"}
+
+
+def write_vtu(path: Path, points: np.ndarray, blocks: list[tuple[str, np.ndarray]],
+              point_data: dict[str, np.ndarray], cell_data: dict[str, np.ndarray] | None = None,
+              fmt: str = "appended64") -> None:
+    """An UnstructuredGrid file laid out as VTK 9.7.2's ``vtkXMLUnstructuredGridWriter`` writes it by default
+    (``fmt="appended64"``: version 0.1, header UInt32, zlib compression, every array appended as base64 with its
+    header encoded on its own, Float32 points, Int64 connectivity/offsets, UInt8 types, padded attributes), or with
+    ``SetDataModeToAscii`` (``fmt="ascii"``: the same file with inline ascii arrays, not compressed). ``cell_data``
+    holds one array over all cells, in block order. Not meshio's writer: a second writer for the import tests."""
+    conn = np.concatenate([c.ravel() for _, c in blocks]).astype(np.int64)
+    offsets = np.cumsum(np.concatenate([[c.shape[1]] * len(c) for _, c in blocks])).astype(np.int64)
+    types = np.concatenate([[VTK_CELL_TYPES[t]] * len(c) for t, c in blocks]).astype(np.uint8)
+    sections = {"PointData": [(k, np.asarray(v)) for k, v in point_data.items()],
+                "CellData": [(k, np.asarray(v)) for k, v in (cell_data or {}).items()],
+                "Points": [("Points", np.asarray(points, dtype=np.float32))],
+                "Cells": [("connectivity", conn), ("offsets", offsets), ("types", types)]}
+    appended, offset, xml = b"", 0, {k: [] for k in sections}
+    for where, arrays in sections.items():
+        for name, a in arrays:
+            comps = f' NumberOfComponents="{int(np.prod(a.shape[1:]))}"' if a.ndim > 1 else ""
+            attrs = f'type="{_VTK_TYPES_MORE[a.dtype]}" Name="{name}"{comps}'
+            if fmt == "ascii":
+                text = " ".join(repr(float(v)) if a.dtype.kind == "f" else str(int(v)) for v in a.ravel())
+                xml[where].append(f'        <DataArray {attrs} format="ascii">\n          {text}\n'
+                                  "        </DataArray>\n")
+                continue
+            head, data = _blob(a, True, "UInt32")
+            chunk = base64.b64encode(head) + base64.b64encode(data)
+            xml[where].append(f'        <DataArray {attrs} format="appended" RangeMin="" RangeMax="" '
+                              f'offset="{offset}"{" " * 17}/>\n')
+            appended += chunk
+            offset += len(chunk)
+    comp = ' compressor="vtkZLibDataCompressor"'
+    text = (f'<?xml version="1.0"?>\n<VTKFile type="UnstructuredGrid" version="0.1" byte_order="LittleEndian" '
+            f'header_type="UInt32"{comp}>\n  <UnstructuredGrid>\n'
+            f'    <Piece NumberOfPoints="{len(points)}"{" " * 20}NumberOfCells="{len(types)}"{" " * 19}>\n')
+    for where in ("PointData", "CellData", "Points", "Cells"):
+        text += f"      <{where}>\n{''.join(xml[where])}      </{where}>\n"
+    text += "    </Piece>\n  </UnstructuredGrid>\n"
+    out = text.encode()
+    if fmt != "ascii":
+        out += b'  <AppendedData encoding="base64">\n   _' + appended + b"\n  </AppendedData>\n"
+    Path(path).write_bytes(out + b"</VTKFile>\n")

@@ -3,7 +3,9 @@
 Layout::
 
     DIR/manifest.json
-    DIR/samples/<name>.npz      keys: pos [N, d], x [N, F], y [N, T], optional cells [M, k] + cell_type
+    DIR/samples/<name>.npz      keys: pos [N, d], x [N, F], y [N, T], optional cells [M, k] + cell_type;
+                                a mesh with several cell blocks (mixed triangles/quads, tets/hexes/wedges) adds
+                                cells_1 [M1, k1] + cell_type_1, cells_2 + cell_type_2, ... (block 0 is cells)
 
 Manifest (JSON)::
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -47,13 +50,15 @@ from dsmpnn.data.untrusted import check_npz, confined_file, regular_file
 from dsmpnn.errors import DatasetError
 from dsmpnn.messages import brief
 
-__all__ = ["FORMAT", "VERSION", "Field", "Manifest", "Dataset", "write_dataset", "read_sample_file",
-           "sample_num_nodes", "write_sample_file"]
+__all__ = ["FORMAT", "VERSION", "Field", "Manifest", "Dataset", "write_dataset", "statistics_split",
+           "read_sample_file", "sample_num_nodes", "write_sample_file"]
 
 FORMAT = "dsmpnn-dataset"
 VERSION = 1
 MANIFEST = "manifest.json"
 SAMPLE_KEYS = ("pos", "x", "y", "cells", "cell_type")
+BLOCK_KEY = re.compile(r"(cells|cell_type)_([1-9][0-9]{0,5})")
+"""``cells_<b>`` / ``cell_type_<b>``: cell block b >= 1 of a mesh with several blocks (block 0 is ``cells``)."""
 
 
 @dataclass(frozen=True)
@@ -211,8 +216,8 @@ def read_sample_file(path: Path, manifest: Manifest | None = None) -> MeshSample
     check_npz(path)
     try:
         with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files if k in SAMPLE_KEYS}
-            others = sorted(set(z.files) - set(SAMPLE_KEYS))
+            data = {k: z[k] for k in z.files if k in SAMPLE_KEYS or BLOCK_KEY.fullmatch(k)}
+            others = sorted(set(z.files) - set(data))
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise DatasetError(f"{path}: cannot read NPZ file, it may be truncated or not an NPZ ({e})") from None
     for key in ("pos", "x"):
@@ -220,8 +225,10 @@ def read_sample_file(path: Path, manifest: Manifest | None = None) -> MeshSample
             raise DatasetError(f"{path}: missing array '{key}', the file has {brief(sorted(data) + others)}; "
                                "expected pos, x, y")
     cell_type = _cell_type(path, data["cell_type"]) if "cell_type" in data else None
+    extra = _extra_blocks(path, data)
     try:
-        sample = MeshSample(data["pos"], data["x"], data.get("y"), data.get("cells"), cell_type, name=path.stem)
+        sample = MeshSample(data["pos"], data["x"], data.get("y"), data.get("cells"), cell_type, name=path.stem,
+                            extra_cells=extra)
     except DatasetError as e:
         raise DatasetError(f"{path}: {e}") from None
     if manifest is not None:
@@ -243,12 +250,31 @@ def read_sample_file(path: Path, manifest: Manifest | None = None) -> MeshSample
     return sample
 
 
-def _cell_type(path: Path, arr: np.ndarray) -> str:
+def _cell_type(path: Path, arr: np.ndarray, key: str = "cell_type") -> str:
     """The cell type name stored as a 0-d string array."""
     if arr.ndim != 0 or arr.dtype.kind != "U":
-        raise DatasetError(f"{path}: array 'cell_type' has shape {arr.shape} and dtype {arr.dtype}, expected one "
+        raise DatasetError(f"{path}: array '{key}' has shape {arr.shape} and dtype {arr.dtype}, expected one "
                            "string such as 'triangle'")
     return str(arr)
+
+
+def _extra_blocks(path: Path, data: dict[str, np.ndarray]) -> tuple[tuple[str, np.ndarray], ...]:
+    """Cell blocks 1, 2, ... (``cells_<b>`` + ``cell_type_<b>``), numbered without gaps, each with both arrays."""
+    numbers = sorted({int(m.group(2)) for k in data if (m := BLOCK_KEY.fullmatch(k))})
+    if numbers != list(range(1, len(numbers) + 1)):
+        missing = next(b for b in range(1, len(numbers) + 2) if b not in numbers)
+        raise DatasetError(f"{path}: cell blocks {numbers} are stored, but block {missing} is missing; expected "
+                           "cells_1, cells_2, ... numbered without gaps")
+    out = []
+    for b in numbers:
+        for key in (f"cells_{b}", f"cell_type_{b}"):
+            if key not in data:
+                raise DatasetError(f"{path}: cell block {b} lacks the array '{key}'; a block is stored as cells_{b} "
+                                   f"and cell_type_{b}")
+        out.append((_cell_type(path, data[f"cell_type_{b}"], f"cell_type_{b}"), data[f"cells_{b}"]))
+    if out and "cells" not in data:
+        raise DatasetError(f"{path}: cell blocks 1..{len(out)} are stored without block 0 ('cells' + 'cell_type')")
+    return tuple(out)
 
 
 def sample_num_nodes(path: Path) -> int:
@@ -277,6 +303,9 @@ def write_sample_file(path: Path, sample: MeshSample) -> None:
     if sample.cells is not None:
         arrays["cells"] = sample.cells
         arrays["cell_type"] = np.array(sample.cell_type)
+    for b, (kind, cells) in enumerate(sample.extra_cells, start=1):
+        arrays[f"cells_{b}"] = cells
+        arrays[f"cell_type_{b}"] = np.array(kind)
     np.savez(path, **arrays)
 
 
@@ -291,7 +320,8 @@ def write_dataset(
     stats_on: str = "train",
     grid: dict | None = None,
 ) -> Manifest:
-    """Write ``(split, sample)`` pairs as a dataset directory; statistics come from the ``train`` split.
+    """Write ``(split, sample)`` pairs as a dataset directory; statistics come from the ``train`` split (from all
+    samples for a dataset without one, e.g. a test-only set: a run evaluated on it normalises with its own).
 
     ``stats_on`` names the split the statistics come from: ``"train"`` (a train split is then required), or, for a
     dataset without one (a test-only import), another split name or ``"all"`` (every sample), recorded as
@@ -349,6 +379,15 @@ def write_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def statistics_split(labels: Iterable[str]) -> str:
+    """The ``stats_on`` of :func:`write_dataset` for samples with these split labels: ``"train"`` when there is a
+    train split, else the one split there is (a test-only import), else ``"all"``."""
+    present = set(labels)
+    if "train" in present or not present:
+        return "train"
+    return present.pop() if len(present) == 1 else "all"
 
 
 def median_spacing(pos: np.ndarray) -> float:

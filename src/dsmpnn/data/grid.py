@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from dsmpnn.data.dataset import Field, Manifest, write_dataset
+from dsmpnn.data.dataset import Field, Manifest, statistics_split, write_dataset
 from dsmpnn.data.sample import MAX_COORDINATE, MeshSample
 from dsmpnn.errors import ConfigError, DatasetError
 
@@ -282,8 +282,7 @@ def write_grid_samples(
         layout.steps(*shape)  # a stride_of that does not fit fails before anything is written
     fracs = parse_splits(splits, need_train=False)
     labels = assign_splits(n, fracs, seed)
-    present = sorted(set(labels), key=SPLIT_NAMES.index)
-    stats_on = "train" if fracs[0] > 0 else (present[0] if len(present) == 1 else "all")
+    stats_on = statistics_split(labels)
 
     def pairs():
         it = tqdm(grids, total=n, desc=f"writing {name}", unit="sample", disable=not progress, leave=False)

@@ -9,7 +9,7 @@ import numpy as np
 from dsmpnn.errors import DatasetError
 from dsmpnn.messages import brief
 
-__all__ = ["CELL_NODES", "MAX_COORDINATE", "MeshSample", "check_cells", "duplicate_positions"]
+__all__ = ["CELL_NODES", "MAX_COORDINATE", "MeshSample", "check_cells", "duplicate_positions", "sample_from_blocks"]
 
 MAX_COORDINATE = 1e15
 """The largest node coordinate (in magnitude) a sample may have: beyond it float64 no longer resolves unit
@@ -17,7 +17,7 @@ spacings, and squared distances in the neighbour search overflow long before flo
 
 CELL_NODES = {"vertex": 1, "line": 2, "triangle": 3, "quad": 4, "tetra": 4, "pyramid": 5, "wedge": 6,
               "hexahedron": 8, "line3": 3, "triangle6": 6, "quad8": 8, "quad9": 9, "tetra10": 10,
-              "hexahedron20": 20, "hexahedron27": 27}
+              "hexahedron20": 20, "hexahedron27": 27, "triangle7": 7, "pyramid13": 13, "wedge15": 15, "wedge18": 18}
 """Nodes per cell of the cell types a sample may carry (meshio's names; each one is written to VTU by meshio)."""
 
 
@@ -30,6 +30,9 @@ class MeshSample:
         x:     [N, F]  input node fields (coefficients, geometry, boundary flags...)
         y:     [N, T]  target node fields, or ``None`` for a sample to predict on
         cells: [M, k]  optional cell connectivity (node indices) of type ``cell_type``, for plots and VTU output
+        extra_cells:   further cell blocks ``(type, [M_b, k_b])`` of a mesh with several cell types (triangles and
+                       quads, tetrahedra, hexahedra and wedges...); ``cells``/``cell_type`` is then the first block.
+                       :attr:`cell_blocks` lists them all. Needs ``cells``.
     """
 
     pos: np.ndarray
@@ -38,6 +41,7 @@ class MeshSample:
     cells: np.ndarray | None = None
     cell_type: str | None = None
     name: str = "sample"
+    extra_cells: tuple[tuple[str, np.ndarray], ...] = ()
 
     def __post_init__(self) -> None:
         where = f"sample '{self.name}'"
@@ -71,6 +75,14 @@ class MeshSample:
             if self.cell_type is None:
                 raise DatasetError(f"{where}: field 'cells' is given without 'cell_type' (e.g. 'triangle', 'quad')")
             self.cells = check_cells(self.cells, self.cell_type, n, where)
+        extra = []
+        for b, block in enumerate(self.extra_cells, start=1):
+            if self.cells is None:
+                raise DatasetError(f"{where}: cell block {b} is given without the first block 'cells'")
+            if not (isinstance(block, tuple | list) and len(block) == 2 and isinstance(block[0], str)):
+                raise DatasetError(f"{where}: cell block {b} is {brief(block)}, expected a pair (cell type, cells)")
+            extra.append((block[0], check_cells(block[1], block[0], n, f"{where}: cell block {b}")))
+        self.extra_cells = tuple(extra)
 
     @property
     def num_nodes(self) -> int:
@@ -79,6 +91,19 @@ class MeshSample:
     @property
     def dim(self) -> int:
         return int(self.pos.shape[1])
+
+    @property
+    def cell_blocks(self) -> list[tuple[str, np.ndarray]]:
+        """Every cell block ``(type, cells [M, k])``: ``cells`` first, then ``extra_cells``; empty without cells."""
+        return [] if self.cells is None else [(self.cell_type, self.cells), *self.extra_cells]
+
+
+def sample_from_blocks(pos: np.ndarray, x: np.ndarray, y: np.ndarray | None,
+                       blocks: list[tuple[str, np.ndarray]], name: str = "sample") -> MeshSample:
+    """A :class:`MeshSample` with the cell ``blocks`` (any number, the first one as ``cells``/``cell_type``)."""
+    if not blocks:
+        return MeshSample(pos, x, y, name=name)
+    return MeshSample(pos, x, y, blocks[0][1], blocks[0][0], name=name, extra_cells=tuple(blocks[1:]))
 
 
 def check_cells(cells: object, cell_type: str, n: int, where: str, known: bool = True) -> np.ndarray:

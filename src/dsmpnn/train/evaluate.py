@@ -16,12 +16,13 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from dsmpnn.data.dataset import Dataset, read_sample_file
-from dsmpnn.data.meshfile import cell_blocks, point_scalar, read_mesh
+from dsmpnn.data.mesh_import import XDMF_SUFFIXES, count_steps, mesh_dim, read_steps, resolve_columns, step_values
 from dsmpnn.data.paths import check_output_path
-from dsmpnn.data.sample import CELL_NODES, MeshSample
+from dsmpnn.data.sample import MeshSample, sample_from_blocks
 from dsmpnn.data.untrusted import regular_file
 from dsmpnn.distributed import DistContext, current_context, run_agreed
 from dsmpnn.errors import CheckpointError, ConfigError, DatasetError
+from dsmpnn.messages import brief
 from dsmpnn.train.checkpoint import atomic_write_bytes
 from dsmpnn.train.config import Config
 from dsmpnn.train.features import GraphStats, check_graph_size, check_split_graphs
@@ -31,11 +32,13 @@ from dsmpnn.train.rundir import load_run
 from dsmpnn.train.strategy import make_strategy
 from dsmpnn.train.trainer import resolve_device
 
-__all__ = ["check_output_layout", "check_predict_paths", "evaluate_run", "npz_bytes", "predict_file",
-           "read_mesh_input", "vtu_bytes"]
+__all__ = ["check_output_layout", "check_predict_paths", "check_xdmf_blocks", "evaluate_run", "npz_bytes",
+           "predict_file", "read_mesh_input", "vtu_bytes", "write_xdmf"]
 
 CellBlocks = list[tuple[str, np.ndarray]] | None
-"""The cell blocks ``(type, cells [M, k])`` of a mesh read from a VTU/VTK file, kept for the predicted .vtu."""
+"""The cell blocks ``(type, cells [M, k])`` of a mesh read from a mesh file, kept for the predicted .vtu/.xdmf."""
+
+OUTPUT_SUFFIXES = (".npz", ".vtu", ".xdmf")
 
 
 def _distributed_overrides(cfg: Config, partition: str | None, halo_hops: int | None) -> Config:
@@ -139,42 +142,75 @@ def _warn_isolated(strategy, cfg: Config, graphs: str) -> None:
         warnings.warn(message, stacklevel=3)
 
 
-def read_mesh_input(path: Path, input_names: list[str], target_names: list[str]) -> tuple[MeshSample, CellBlocks]:
-    """A mesh to predict on: a dsmpnn sample NPZ, or a VTU/VTK file whose point data holds the input fields
-    (and, optionally, the target fields for comparison), each one value per node. Returns the sample and, for a
-    VTU/VTK file, all its cell blocks (None for an NPZ: the sample's own cells)."""
+def read_mesh_input(path: Path, input_names: list[str], target_names: list[str], step: int | None = None,
+                    cell_data: str = "refuse") -> tuple[MeshSample, CellBlocks]:
+    """A mesh to predict on: a dsmpnn sample NPZ, or any mesh file meshio reads (``.vtu``, ``.vtk``, ``.msh``,
+    ``.xdmf`` ...) whose point data holds the input fields (and, optionally, the target fields for comparison),
+    named as in the dataset: a scalar field, or one component of a vector/tensor field (``U_x`` is component x of
+    ``U``; see :mod:`dsmpnn.data.mesh_import`). Cell data is refused, or averaged onto the nodes with
+    ``cell_data="average"``. An XDMF time series needs ``step`` (which step) unless it has one. Returns the sample
+    and, for a mesh file, all its cell blocks (None for an NPZ: the sample's own cells)."""
     path = regular_file(path, "input file")
     if path.suffix == ".npz":
         return read_sample_file(path), None
-    mesh = read_mesh(path, "input mesh", "expected .npz, .vtu or .vtk")
-    missing = [n for n in input_names if n not in mesh.point_data]
-    if missing:
-        raise DatasetError(f"{path}: point data lacks input field(s) {missing}; it has {sorted(mesh.point_data)}")
-    x = np.stack([point_scalar(path, mesh, n) for n in input_names], axis=1)
-    has_targets = all(n in mesh.point_data for n in target_names)
-    y = np.stack([point_scalar(path, mesh, n) for n in target_names], axis=1) if has_targets else None
-    points = np.asarray(mesh.points, dtype=np.float64)
-    dim = 3 if points.shape[1] == 3 and np.ptp(points[:, 2]) > 0 else 2
-    blocks = cell_blocks(path, mesh)
-    single = blocks[0] if len(blocks) == 1 and blocks[0][0] in CELL_NODES else (None, None)
-    return MeshSample(points[:, :dim], x, y, single[1], single[0], name=path.stem), blocks
+    steps = count_steps(path) if path.suffix.lower() in XDMF_SUFFIXES else 1
+    if step is not None and not 0 <= step < steps:
+        raise DatasetError(f"{path}: --step is {step}, but the file has {steps} step(s) (0 to {steps - 1})")
+    if step is None and steps > 1:
+        raise DatasetError(f"{path}: the file is a time series of {steps} steps; choose one with --step K "
+                           f"(0 to {steps - 1})")
+    mesh = next(read_steps(path, "input mesh", None if steps == 1 else [step or 0]))
+    dim = mesh_dim(mesh.points)
+    inputs = [_one_column(mesh, n, dim, cell_data, "input") for n in input_names]
+    tails = {c.field: tuple(np.shape(mesh.point_data[c.field])[1:]) if c.field in mesh.point_data else
+             tuple(np.shape(mesh.cell_data[c.field][0])[1:]) for c in inputs}
+    x = step_values(mesh, inputs, tails, mesh.label)
+    try:
+        targets = [_one_column(mesh, n, dim, cell_data, "target") for n in target_names]
+    except DatasetError:
+        targets = None  # no (usable) targets: nothing to compare with
+    y = None
+    if targets is not None:
+        tails.update({c.field: tuple(np.shape(mesh.point_data[c.field])[1:]) if c.field in mesh.point_data else
+                      tuple(np.shape(mesh.cell_data[c.field][0])[1:]) for c in targets})
+        y = step_values(mesh, targets, tails, mesh.label)
+    pos = np.asarray(mesh.points, dtype=np.float64)[:, :dim]
+    try:  # the sample carries the cells when dsmpnn knows their types (for plots); the output keeps every block
+        sample = sample_from_blocks(pos, x, y, mesh.blocks, name=path.stem)
+    except DatasetError:
+        sample = MeshSample(pos, x, y, name=path.stem)
+    return sample, mesh.blocks
+
+
+def _one_column(mesh, name: str, dim: int, cell_data: str, role: str):  # noqa: ANN001, ANN202
+    """The one column the model's field ``name`` is in ``mesh``: a scalar field, or a component ``<field>_<c>``."""
+    data = mesh.point_data
+    if name in data and np.ndim(data[name]) > 1 and np.prod(np.shape(data[name])[1:]) != 1:
+        n = mesh.num_nodes
+        raise DatasetError(f"{mesh.label}: point data {brief(name)} has shape {np.shape(data[name])}, expected [{n}] "
+                           f"or [{n}, 1] (one value per node): the model's {role} field {brief(name)} is a scalar")
+    columns = resolve_columns([name], mesh, dim, cell_data, f"the model's {role} field")
+    return columns[0]
 
 
 def predict_file(run_dir: str | Path, input_path: str | Path, out_path: str | Path,
                  echo: Callable[[str], None] = print, ctx: DistContext | None = None, partition: str | None = None,
-                 halo_hops: int | None = None) -> np.ndarray | None:
-    """Predict the target fields of the mesh in ``input_path``; write ``out_path`` (.npz or .vtu) atomically.
+                 halo_hops: int | None = None, step: int | None = None,
+                 cell_data: str = "refuse") -> np.ndarray | None:
+    """Predict the target fields of the mesh in ``input_path``; write ``out_path`` (.npz, .vtu or .xdmf + .h5)
+    atomically.
 
     The output holds the predicted fields under their names and, when the input has targets, ``<name>_true`` and
-    ``<name>_error`` (prediction - truth); an .npz also ``pos`` and ``pred [N, T]``, a .vtu the input fields and
-    every cell block of the input mesh. Field names that would clash in that layout, and an ``out_path`` that is
+    ``<name>_error`` (prediction - truth); an .npz also ``pos`` and ``pred [N, T]``, a .vtu/.xdmf the input fields
+    and every cell block of the input mesh. ``step`` picks the step of an XDMF time series, ``cell_data``
+    ("refuse" or "average") what is done with input fields given per cell. Field names that would clash in that layout, and an ``out_path`` that is
     the input file, are refused before the model runs. In a process group of P > 1 ranks every rank calls this
     function and reads the input; the mesh is partitioned and predicted by all ranks together, rank 0 writes the
     file and returns the prediction (None on the other ranks).
     """
     out_path = Path(out_path)
-    if out_path.suffix not in (".npz", ".vtu"):
-        raise DatasetError(f"{out_path}: output must end in .npz or .vtu")
+    if out_path.suffix not in OUTPUT_SUFFIXES:
+        raise DatasetError(f"{out_path}: output must end in .npz, .vtu or .xdmf")
     ctx = current_context() if ctx is None else ctx
     run_agreed(lambda: check_predict_paths(input_path, out_path))
     run, cfg, strategy = _open_run(run_dir, ctx, partition, halo_hops)
@@ -183,7 +219,7 @@ def predict_file(run_dir: str | Path, input_path: str | Path, out_path: str | Pa
     strategy.agreed(lambda: check_output_layout(out_path, inputs, targets))
 
     def read() -> tuple[MeshSample, CellBlocks]:
-        sample, blocks = read_mesh_input(Path(input_path), inputs, targets)
+        sample, blocks = read_mesh_input(Path(input_path), inputs, targets, step, cell_data)
         if sample.dim != man.dim or sample.x.shape[1] != len(inputs):
             raise DatasetError(f"{input_path}: mesh has dim {sample.dim} and {sample.x.shape[1]} input fields, the "
                                f"model expects dim {man.dim} and {inputs}")
@@ -191,6 +227,8 @@ def predict_file(run_dir: str | Path, input_path: str | Path, out_path: str | Pa
         check_graph_size(sample, cfg.graph.radius, cfg.graph.max_neighbors, cfg.graph.max_edges,
                          "prediction on the full mesh" if full else "prediction on sampled graphs",
                          None if full else cfg.graph.sample_nodes)
+        if out_path.suffix == ".xdmf":
+            check_xdmf_blocks(out_path, blocks if blocks is not None else sample.cell_blocks)
         return sample, blocks
 
     sample, blocks = strategy.agreed(read)
@@ -205,13 +243,14 @@ def predict_file(run_dir: str | Path, input_path: str | Path, out_path: str | Pa
         for t, n in enumerate(targets):
             fields[f"{n}_true"] = sample.y[:, t]
             fields[f"{n}_error"] = pred[:, t] - sample.y[:, t]
+    point_data = dict(fields)
+    point_data.update({n: sample.x[:, k] for k, n in enumerate(inputs)})
     if out_path.suffix == ".npz":
-        payload = npz_bytes({"pos": sample.pos, "pred": pred, **fields})
+        atomic_write_bytes(out_path, npz_bytes({"pos": sample.pos, "pred": pred, **fields}))
+    elif out_path.suffix == ".xdmf":
+        write_xdmf(sample, point_data, out_path, blocks)
     else:
-        point_data = dict(fields)
-        point_data.update({n: sample.x[:, k] for k, n in enumerate(inputs)})
-        payload = vtu_bytes(sample, point_data, out_path, blocks)
-    atomic_write_bytes(out_path, payload)
+        atomic_write_bytes(out_path, vtu_bytes(sample, point_data, out_path, blocks))
     echo(f"wrote {out_path} ({sample.num_nodes} nodes, fields {list(fields)})")
     strategy.barrier()
     return pred
@@ -224,6 +263,12 @@ def check_predict_paths(input_path: str | Path, out_path: str | Path) -> None:
     if src.resolve() == dst.resolve() or (src.exists() and dst.exists() and os.path.samefile(src, dst)):
         raise DatasetError(f"{dst}: --out is the --input file {src}; predict does not overwrite its input, choose "
                            "another --out")
+    if dst.suffix == ".xdmf":  # the heavy data goes to the .h5 beside it, which must not be the input's either
+        h5 = check_output_path(dst.with_suffix(".h5"), "file", "the .h5 file beside --out")
+        if src.resolve() == h5.resolve() or (src.suffix.lower() in XDMF_SUFFIXES
+                                            and src.with_suffix(".h5").resolve() == h5.resolve()):
+            raise DatasetError(f"{h5}: --out {dst} writes its data to {h5.name}, a file of the input {src}; choose "
+                               "another --out")
 
 
 def _output_keys(suffix: str, inputs: list[str], targets: list[str]) -> list[tuple[str, str]]:
@@ -232,7 +277,7 @@ def _output_keys(suffix: str, inputs: list[str], targets: list[str]) -> list[tup
     for n in targets:
         keys += [(n, f"the prediction of target field '{n}'"), (f"{n}_true", f"the true values of '{n}'"),
                  (f"{n}_error", f"the error of '{n}'")]
-    if suffix == ".vtu":
+    if suffix != ".npz":  # .vtu, .xdmf: the input fields are point data too
         keys += [(n, f"input field '{n}'") for n in inputs]
     return keys
 
@@ -278,8 +323,7 @@ def vtu_bytes(sample: MeshSample, point_data: dict[str, np.ndarray], near: Path,
     """The VTU file of a mesh with ``point_data``: its cell ``blocks`` when given, else ``sample``'s cells, else one
     vertex cell per node; written through a temporary file next to ``near`` (meshio writes files, not buffers)."""
     points = sample.pos if sample.dim == 3 else np.column_stack([sample.pos, np.zeros(sample.num_nodes)])
-    cells = blocks or ([(sample.cell_type, sample.cells)] if sample.cells is not None
-                       else [("vertex", np.arange(sample.num_nodes)[:, None])])
+    cells = blocks or sample.cell_blocks or [("vertex", np.arange(sample.num_nodes)[:, None])]
     near.parent.mkdir(parents=True, exist_ok=True)
     tmp = near.with_name(f".{near.name}.{os.getpid()}.tmp.vtu")
     try:
@@ -287,3 +331,32 @@ def vtu_bytes(sample: MeshSample, point_data: dict[str, np.ndarray], near: Path,
         return tmp.read_bytes()
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_xdmf_blocks(out_path: Path, blocks: list[tuple[str, np.ndarray]]) -> None:
+    """Refuse, before the model runs, cell types meshio's XDMF writer cannot write."""
+    from meshio.xdmf.common import meshio_to_xdmf_type
+
+    bad = sorted({kind for kind, _ in blocks if kind not in meshio_to_xdmf_type})
+    if bad:
+        raise DatasetError(f"{out_path}: XDMF cannot hold cells of type {', '.join(bad)}; write a .vtu instead")
+
+
+def write_xdmf(sample: MeshSample, point_data: dict[str, np.ndarray], out_path: Path,
+               blocks: CellBlocks = None) -> None:
+    """Write the mesh (cell ``blocks``, else ``sample``'s cells, else vertices) with ``point_data`` as ``out_path``
+    (XDMF 3) and its heavy data as the ``.h5`` beside it. Both are written in a temporary folder next to them and
+    renamed into place (the .h5 first), so a reader never sees a half-written file."""
+    import shutil
+    import tempfile
+
+    points = sample.pos if sample.dim == 3 else np.column_stack([sample.pos, np.zeros(sample.num_nodes)])
+    cells = blocks or sample.cell_blocks or [("vertex", np.arange(sample.num_nodes)[:, None])]
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent))
+    try:
+        meshio.write(tmp / out_path.name, meshio.Mesh(points, cells, point_data=point_data), file_format="xdmf")
+        os.replace(tmp / out_path.with_suffix(".h5").name, out_path.with_suffix(".h5"))
+        os.replace(tmp / out_path.name, out_path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -41,12 +41,13 @@ def plot_loss_curve(records: Sequence[dict], path: Path) -> None:
 
 
 def triangulation(sample: MeshSample) -> mtri.Triangulation:
-    """Triangles of a 2D mesh: its triangle cells, quads split in two, or a Delaunay triangulation."""
+    """Triangles of a 2D mesh: its triangle cells and quads split in two (every block of those types), or a
+    Delaunay triangulation."""
     x, y = sample.pos[:, 0], sample.pos[:, 1]
-    if sample.cells is not None and sample.cell_type in ("triangle", "quad"):
-        c = sample.cells
-        tri = c if sample.cell_type == "triangle" else np.concatenate([c[:, [0, 1, 2]], c[:, [0, 2, 3]]])
-        return mtri.Triangulation(x, y, tri)
+    tris = [c if kind == "triangle" else np.concatenate([c[:, [0, 1, 2]], c[:, [0, 2, 3]]])
+            for kind, c in sample.cell_blocks if kind in ("triangle", "quad")]
+    if tris:
+        return mtri.Triangulation(x, y, np.concatenate(tris))
     return mtri.Triangulation(x, y)
 
 
