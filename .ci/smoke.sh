@@ -5,8 +5,9 @@
 #      the wheel must carry the C++ source of the fused kernels;
 #   3. `pip install` of that wheel with no extras (no torch_geometric, no test tools);
 #   4. from a directory outside the source tree (src/ cannot be imported by accident): generate, train, evaluate,
-#      predict with the installed `dsmpnn`, and the Python API; the fused CPU kernels must compile from the
-#      installed package (no "fused CPU kernels unavailable" warning, a library in the fresh cache).
+#      predict with the installed `dsmpnn`, and the Python API (the same prediction as predict); the fused CPU
+#      kernels must compile from the installed package (no "fused CPU kernels unavailable" warning, a library in
+#      the fresh cache).
 # Usage: .ci/smoke.sh            (make smoke; .ci/run calls it after the tests)
 #   SMOKE_DIR=DIR  work there (default: a new /tmp/dsmpnn-smoke.XXXXXX, removed on success)
 #   PYTHON=python3.12  TORCH_SPEC=  (empty: no torch pin; VENV_FLAGS=--system-site-packages to use one you have)
@@ -79,5 +80,17 @@ test_file="data/$("$PY" -c "import json; print(json.load(open('data/manifest.jso
 "$DSMPNN" predict run --input "$test_file" --out pred.vtu || fail "predict"
 "$DSMPNN" predict run --input "$test_file" --out pred.npz > /dev/null || fail "predict (npz)"
 test -s pred.vtu || fail "predict wrote no pred.vtu"
+step "Python API (dsmpnn.load_run, predict_mesh, predict)"
+"$PY" - "$test_file" <<'PYEOF' || fail "the Python API"
+import sys
+import numpy as np
+import dsmpnn
+run = dsmpnn.load_run("run")
+result = run.predict_mesh(sys.argv[1])
+with np.load("pred.npz") as z:
+    assert np.allclose(result.pred, z["pred"], rtol=1e-9, atol=1e-12), "predict_mesh differs from dsmpnn predict"
+assert np.allclose(run.predict(result.sample.pos, result.sample.x), result.pred)
+print(f"smoke: {run}: relative L2 {result.metrics['rel_l2']:.4f}, the same as dsmpnn predict")
+PYEOF
 step "done in $((SECONDS - start)) s"
 if [ -z "${SMOKE_DIR:-}" ]; then rm -rf "$SMOKE"; fi
