@@ -1,4 +1,5 @@
 # Two commands that work on a fresh machine:  make demo   and   make test
+# make smoke: a plain non-editable install (sdist -> wheel, no extras) into a fresh venv, and a run from it.
 # torch is installed first, pinned (a CPU wheel here). To use a CUDA torch you already have instead:
 #   make test TORCH_SPEC= VENV_FLAGS=--system-site-packages      (torch from PYTHON's environment)
 PYTHON ?= python3
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_out
 
-.PHONY: demo test install clean
+.PHONY: demo test smoke install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -30,6 +31,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+smoke:
+	PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" VENV_FLAGS="$(VENV_FLAGS)" .ci/smoke.sh
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

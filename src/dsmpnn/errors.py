@@ -4,13 +4,14 @@ Every error a user can cause (bad file, bad field, bad config, bad option) is ra
 :class:`DsmpnnError`. The CLI prints its message without a traceback and exits with the error's ``exit_code``:
 2 for bad input, 1 when a run failed for another reason it can explain (a peer rank hung or died,
 :class:`CommunicationError`; the loss diverged, :class:`TrainingDiverged`; a file could not be written,
-:class:`WriteError`), 130 after an interruption (:class:`Interrupted`).
+:class:`WriteError`; an optional package is not installed, :class:`MissingDependency`), 130 after an interruption
+(:class:`Interrupted`).
 """
 
 from __future__ import annotations
 
 __all__ = ["DsmpnnError", "DatasetError", "ConfigError", "GraphError", "CheckpointError", "CommunicationError",
-           "TrainingDiverged", "WriteError", "Interrupted"]
+           "TrainingDiverged", "WriteError", "MissingDependency", "Interrupted"]
 
 
 class DsmpnnError(Exception):
@@ -59,6 +60,13 @@ class TrainingDiverged(DsmpnnError, RuntimeError):
 class WriteError(DsmpnnError, OSError):
     """A file could not be written (disk full, quota exceeded, read-only file system...); the file it would have
     replaced, and every earlier one, is unchanged. An ``OSError`` too, with the original ``errno``. The CLI exits 1."""
+
+    exit_code = 1
+
+
+class MissingDependency(DsmpnnError, ImportError):
+    """A feature needs an optional package that is not installed (e.g. ``model.kind: gcn`` needs torch_geometric);
+    the message names the install command. An ``ImportError`` too. Not bad input, so the CLI exits 1."""
 
     exit_code = 1
 

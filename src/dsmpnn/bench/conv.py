@@ -43,6 +43,7 @@ from dsmpnn.graph import build_graph
 from dsmpnn.nn import aggregate, native
 from dsmpnn.nn.ecconv import ECConv
 from dsmpnn.nn.edge_plan import DEFAULT_EDGE_CHUNK, EdgePlan, cached_edge_plan
+from dsmpnn.optional import PYG_INSTALL, require
 
 __all__ = ["bench_conv", "ecconv_flops", "ecconv_path", "format_table", "machine_info"]
 
@@ -97,13 +98,11 @@ def _load() -> list[float] | None:
 
 
 def _nnconv(cin: int, cout: int, edge_dim: int, hidden: int, aggr: str) -> nn.Module:
-    try:
-        from torch_geometric.nn import NNConv  # noqa: PLC0415 - optional, only for this comparison
-    except ImportError as err:
-        raise ImportError("bench_conv compares against torch_geometric's NNConv: install torch_geometric "
-                          "(pip install -e '.[test]') or pass nnconv=False") from err
+    """PyG's NNConv (torch_geometric is optional: a MissingDependency naming the install command without it)."""
+    nnconv = require("torch_geometric.nn", "the NNConv comparison of bench conv", PYG_INSTALL,
+                     "(or pass --no-nnconv / nnconv=False)").NNConv
     kernel = nn.Sequential(nn.Linear(edge_dim, hidden), nn.ReLU(), nn.Linear(hidden, cin * cout))
-    return NNConv(cin, cout, kernel, aggr=aggr)
+    return nnconv(cin, cout, kernel, aggr=aggr)
 
 
 @contextmanager
@@ -211,8 +210,11 @@ def _bench(nodes, radius, channels, hidden, repeats, device, seed, aggr, dtype, 
     graph = build_graph(pos, radius, dtype=dtype, warn_isolated=False)
     ei, ea = graph.edge_index.to(device), graph.edge_attr.to(device)
     torch.manual_seed(seed)
-    ref = _nnconv(channels, channels, ea.shape[1], hidden, "add" if aggr == "sum" else aggr).to(device, dtype)
-    conv = ECConv.from_pyg(ref).to(device, dtype)
+    if nnconv:  # the same weights in both
+        ref = _nnconv(channels, channels, ea.shape[1], hidden, "add" if aggr == "sum" else aggr).to(device, dtype)
+        conv = ECConv.from_pyg(ref).to(device, dtype)
+    else:  # NNConv's kernel MLP (Linear, ReLU, Linear) without needing torch_geometric
+        conv = ECConv(channels, channels, ea.shape[1], [hidden], aggr, act="relu").to(device, dtype)
     conv.edge_chunk = edge_chunk
     gen = torch.Generator(device=device).manual_seed(seed)
     x = torch.randn(nodes, channels, generator=gen, device=device, dtype=dtype).requires_grad_()

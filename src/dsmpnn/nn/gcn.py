@@ -4,6 +4,10 @@ The DS-MPNN paper compares its MPNN with a graph convolutional network whose mes
 attributes. This module swaps the MPNN's edge-conditioned convolutions for PyG's ``GCNConv`` (pure PyTorch; it
 needs neither torch-scatter nor torch-sparse) and keeps everything else (encoder, residual, LayerNorm, decoder).
 
+PyTorch Geometric is optional (the ``gcn`` extra: ``pip install 'dsmpnn[gcn]'``): it is imported when a GCN is
+built, not when this module is, so a plain install trains, evaluates and predicts with the MPNN; building a GCN
+without it raises :class:`~dsmpnn.errors.MissingDependency` naming the install command.
+
 Single process only: ``GCNConv`` normalises each message by :math:`1/\sqrt{\hat d_i \hat d_j}`, which needs the
 degree of the *source* node too. On a rank with a one-hop halo the halo nodes' degrees are incomplete (the local
 graph holds only the edges into owned nodes), so a domain-decomposed GCN would differ from one process; the
@@ -16,10 +20,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch_geometric.nn import GCNConv
 
 from dsmpnn.nn.mlp import MLP, activation
 from dsmpnn.nn.mpnn import Exchange
+from dsmpnn.optional import PYG_INSTALL, require
 
 __all__ = ["GCN"]
 
@@ -45,9 +49,10 @@ class GCN(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, hidden: int = 32, layers: int = 4, act: str = "gelu",
                  encoder_hidden: Sequence[int] = (64,), decoder_hidden: Sequence[int] = (64,),
                  residual: bool = True, layer_norm: bool = False) -> None:
+        gcn_conv = require("torch_geometric.nn", "model.kind 'gcn' (PyG's GCNConv)", PYG_INSTALL).GCNConv
         super().__init__()
         self.encoder = MLP([in_channels, *encoder_hidden, hidden], act=act, act_last=True)
-        self.convs = nn.ModuleList(GCNConv(hidden, hidden) for _ in range(layers))
+        self.convs = nn.ModuleList(gcn_conv(hidden, hidden) for _ in range(layers))
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers)) if layer_norm else None
         self.act = activation(act)
         self.residual = residual

@@ -1,4 +1,12 @@
-"""Configuration, training loop, evaluation and prediction, checkpoints, logging and plots."""
+"""Configuration, training loop, evaluation and prediction, checkpoints, logging and plots.
+
+Called, this package trains: ``dsmpnn.train(config, data_dir, out_dir, overrides=...)`` is
+:func:`dsmpnn.train.api.train` (the Python API; ``dsmpnn.train`` cannot be both a function and this package, so
+the package is callable). :func:`train` below is the training loop it runs.
+"""
+
+import sys
+import types
 
 from dsmpnn.train.config import Config, load_config
 from dsmpnn.train.evaluate import evaluate_run, predict_file
@@ -6,3 +14,15 @@ from dsmpnn.train.rundir import load_run
 from dsmpnn.train.trainer import train
 
 __all__ = ["Config", "evaluate_run", "load_config", "load_run", "predict_file", "train"]
+
+
+class _CallablePackage(types.ModuleType):
+    def __call__(self, *args, **kwargs):
+        """``dsmpnn.train(config, data_dir, out_dir, overrides=(), *, resume=False, ...)``: see
+        :func:`dsmpnn.train.api.train`."""
+        from dsmpnn.train.api import train as train_api  # noqa: PLC0415 - the API module imports this package
+
+        return train_api(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
