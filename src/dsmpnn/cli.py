@@ -642,6 +642,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                    help="torch device of the model (the graph is built on the CPU, then copied): cpu, cuda or cuda:K")
     s.add_argument("--mode", choices=["train", "predict"], default="train",
                    help="time forward + backward (train) or the inference forward alone (predict)")
+    s.add_argument("--edge-chunk", type=_ranged("int", 1, 2**31 - 1), default=None,
+                   help="ECConv edges per chunk; None: the library's (sized for CPU caches; a GPU wants e.g. 262144)")
     s.add_argument("--out", default=None, metavar="FILE.json", help="write the result as JSON (atomically)")
     s.add_argument("--plot", default=None, metavar="FILE.png", help="log-log plot of time and memory against N")
     s.set_defaults(handler=_bench_scale)
@@ -688,7 +690,7 @@ def _bench_scale(args: argparse.Namespace) -> int:
 
     _check_output_files(args, "out", "plot")
     result = bench_scale(args.nodes, args.dim, args.neighbors, args.channels, args.layers, args.seed, args.threads,
-                         device=args.device, mode=args.mode)
+                         device=args.device, mode=args.mode, edge_chunk=args.edge_chunk)
     print(format_scale_table(result))
     if args.out:
         print(f"wrote {write_json(result, args.out)}")

@@ -71,9 +71,9 @@ def test_scale_point_on_device(device, mode):
     on CUDA the peak is the allocator's; predict times the inference forward and has no backward."""
     from dsmpnn.bench.scale import run_point
 
-    p = run_point(300, dim=2, channels=4, layers=1, threads=1, device=str(device), mode=mode)
+    p = run_point(300, dim=2, channels=4, layers=1, threads=1, device=str(device), mode=mode, edge_chunk=256)
     assert p["device"].startswith(device.type) and p["mode"] == mode and p["output_finite"]
-    assert p["forward_s"] > 0 and p["peak_mib"] >= 0 and p["edges"] > 0
+    assert p["forward_s"] > 0 and p["peak_mib"] >= 0 and p["edges"] > 0 and p["edge_chunk"] == 256
     assert (p["backward_s"] is None) == (mode == "predict")
     assert ("gpu" in p) == (device.type == "cuda") and ("transfer_s" in p) == (device.type == "cuda")
 
@@ -83,7 +83,7 @@ def test_bench_scale_predict_mode_command(tmp_path, capsys):
     is drawn without it."""
     out, plot = tmp_path / "scale.json", tmp_path / "scale.png"
     code = main(["bench", "scale", "--nodes", "200,400", "--channels", "4", "--layers", "1", "--threads", "1",
-                 "--device", "cpu", "--mode", "predict", "--out", str(out), "--plot", str(plot)])
+                 "--device", "cpu", "--mode", "predict", "--edge-chunk", "512", "--out", str(out), "--plot", str(plot)])
     assert code == 0
     text = capsys.readouterr().out
     assert "| 400 |" in text and "predict: inference forward only" in text

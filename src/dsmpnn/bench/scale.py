@@ -77,14 +77,17 @@ MODES = ("train", "predict")
 
 
 def run_point(nodes: int, dim: int = 2, neighbors: float = 25, channels: int = 32, layers: int = 4,
-              seed: int = 0, threads: int | None = None, device: str = "cpu", mode: str = "train") -> dict:
+              seed: int = 0, threads: int | None = None, device: str = "cpu", mode: str = "train",
+              edge_chunk: int | None = None) -> dict:
     """One N, measured in this process (Linux: peak memory from /proc/self/status; on CUDA the allocator's peak).
-    Returns a JSON-able dict."""
+    ``edge_chunk``: every ECConv's edges per chunk (None: the library's default, sized for CPU caches; a GPU
+    wants far larger chunks, e.g. 2**18, so that kernel launches do not dominate). Returns a JSON-able dict."""
     import torch  # noqa: PLC0415
 
     from dsmpnn.bench.measure import synchronize  # noqa: PLC0415
     from dsmpnn.graph import build_graph  # noqa: PLC0415
-    from dsmpnn.nn import MPNN  # noqa: PLC0415
+    from dsmpnn.nn import MPNN, ECConv  # noqa: PLC0415
+    from dsmpnn.nn.edge_plan import DEFAULT_EDGE_CHUNK  # noqa: PLC0415
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -95,6 +98,10 @@ def run_point(nodes: int, dim: int = 2, neighbors: float = 25, channels: int = 3
     torch.manual_seed(seed)
     radius = scale_radius(nodes, dim, neighbors)
     model = MPNN(dim, 1, dim + 1, hidden=channels, layers=layers).to(dev)
+    edge_chunk = DEFAULT_EDGE_CHUNK if edge_chunk is None else int(edge_chunk)
+    for conv in model.modules():
+        if isinstance(conv, ECConv):
+            conv.edge_chunk = edge_chunk
     _warm_up(model, dim, neighbors, seed, min(nodes, 2000), dev, mode)
     base = _reset_peak()
     pos = np.random.default_rng(seed).random((nodes, dim))
@@ -129,7 +136,8 @@ def run_point(nodes: int, dim: int = 2, neighbors: float = 25, channels: int = 3
     rss_peak = _rss("VmHWM:") - base
     point = {"nodes": nodes, "dim": dim, "radius": radius, "edges": graph.num_edges,
              "mean_degree": graph.num_edges / nodes, "channels": channels, "layers": layers,
-             "threads": torch.get_num_threads(), "device": str(dev), "mode": mode, "graph_s": t1 - t0,
+             "threads": torch.get_num_threads(), "device": str(dev), "mode": mode, "edge_chunk": edge_chunk,
+             "graph_s": t1 - t0,
              "forward_s": t3 - t2, "backward_s": backward_s, "graph_peak_mib": graph_peak / MIB,
              "peak_mib": rss_peak / MIB, "baseline_mib": base / MIB, "output_finite": finite}
     if cuda:
@@ -162,11 +170,14 @@ def _warm_up(model, dim: int, neighbors: float, seed: int, nodes: int = 2000, de
 
 
 def _run_isolated(nodes: int, dim: int, neighbors: float, channels: int, layers: int, seed: int,
-                  threads: int | None, timeout_s: float | None, device: str = "cpu", mode: str = "train") -> dict:
+                  threads: int | None, timeout_s: float | None, device: str = "cpu", mode: str = "train",
+                  edge_chunk: int | None = None) -> dict:
     """:func:`run_point` in a fresh interpreter; its last stdout line is the JSON result."""
     args = [sys.executable, "-m", "dsmpnn.bench.scale", "--point", str(nodes), "--dim", str(dim), "--neighbors",
             str(neighbors), "--channels", str(channels), "--layers", str(layers), "--seed", str(seed),
             "--device", str(device), "--mode", mode]
+    if edge_chunk is not None:
+        args += ["--edge-chunk", str(edge_chunk)]
     if threads is not None:
         args += ["--threads", str(threads)]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s)
@@ -186,7 +197,7 @@ def scale_bytes(nodes: int, dim: int, neighbors: float, channels: int, layers: i
 def bench_scale(nodes: Sequence[int], dim: int = 2, neighbors: float = 25, channels: int = 32, layers: int = 4,
                 seed: int = 0, threads: int | None = None, isolate: bool = True,
                 echo: Callable[[str], None] | None = print, timeout_s: float | None = None, device: str = "cpu",
-                mode: str = "train") -> dict:
+                mode: str = "train", edge_chunk: int | None = None) -> dict:
     """Measure every N of ``nodes`` (each in a fresh process unless ``isolate`` is False) on ``device``, timing
     ``mode`` ("train": forward + backward, "predict": inference forward); returns
     ``{"points": [...], "slopes": {...}, "machine": {...}, "settings": {...}}``."""
@@ -198,9 +209,10 @@ def bench_scale(nodes: Sequence[int], dim: int = 2, neighbors: float = 25, chann
     points = []
     for n in nodes:
         if isolate:
-            point = _run_isolated(int(n), dim, neighbors, channels, layers, seed, threads, timeout_s, device, mode)
+            point = _run_isolated(int(n), dim, neighbors, channels, layers, seed, threads, timeout_s, device, mode,
+                                  edge_chunk)
         else:
-            point = run_point(int(n), dim, neighbors, channels, layers, seed, threads, device, mode)
+            point = run_point(int(n), dim, neighbors, channels, layers, seed, threads, device, mode, edge_chunk)
         points.append(point)
         if echo is not None:
             backward = "" if point["backward_s"] is None else f", backward {point['backward_s']:.2f} s"
@@ -215,7 +227,8 @@ def bench_scale(nodes: Sequence[int], dim: int = 2, neighbors: float = 25, chann
         pass
     return {"points": points, "slopes": fit_slopes(points), "machine": machine,
             "settings": {"dim": dim, "neighbors": neighbors, "channels": channels, "layers": layers, "seed": seed,
-                         "isolated": isolate, "device": str(device), "mode": mode}}
+                         "isolated": isolate, "device": str(device), "mode": mode,
+                         "edge_chunk": edge_chunk}}
 
 
 def fit_slopes(points: Sequence[dict]) -> dict[str, float]:
@@ -322,9 +335,10 @@ def _main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--mode", choices=MODES, default="train")
+    p.add_argument("--edge-chunk", type=int, default=None)
     a = p.parse_args(argv)
     print(json.dumps(run_point(a.point, a.dim, a.neighbors, a.channels, a.layers, a.seed, a.threads, a.device,
-                               a.mode)))
+                               a.mode, a.edge_chunk)))
 
 
 if __name__ == "__main__":
