@@ -11,7 +11,6 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-import meshio
 import numpy as np
 from numpy.lib import format as npy_format
 
@@ -280,6 +279,8 @@ def vtu_bytes(sample: MeshSample, point_data: dict[str, np.ndarray], near: Path,
     points = sample.pos if sample.dim == 3 else np.column_stack([sample.pos, np.zeros(sample.num_nodes)])
     cells = blocks or ([(sample.cell_type, sample.cells)] if sample.cells is not None
                        else [("vertex", np.arange(sample.num_nodes)[:, None])])
+    import meshio  # noqa: PLC0415 - only .vtu output needs it (as dsmpnn.data.meshfile; images without meshio import dsmpnn)
+
     near.parent.mkdir(parents=True, exist_ok=True)
     tmp = near.with_name(f".{near.name}.{os.getpid()}.tmp.vtu")
     try:
