@@ -741,6 +741,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--layers", type=_ranged("int", 1, 1000), default=4, help="MPNN message-passing layers")
     s.add_argument("--threads", type=_THREADS, default=None, help="torch threads; None: torch's setting")
     s.add_argument("--seed", type=_SEED, default=0, help="seed of the points and weights")
+    s.add_argument("--device", type=_device, default="cpu",
+                   help="torch device of the model (the graph is built on the CPU, then copied): cpu, cuda or cuda:K")
+    s.add_argument("--mode", choices=["train", "predict"], default="train",
+                   help="time forward + backward (train) or the inference forward alone (predict)")
+    s.add_argument("--edge-chunk", type=_ranged("int", 1, 2**31 - 1), default=None,
+                   help="ECConv edges per chunk; None: the library's (sized for CPU caches; a GPU wants e.g. 262144)")
     s.add_argument("--out", default=None, metavar="FILE.json", help="write the result as JSON (atomically)")
     s.add_argument("--plot", default=None, metavar="FILE.png", help="log-log plot of time and memory against N")
     s.set_defaults(handler=_bench_scale)
@@ -786,7 +792,8 @@ def _bench_scale(args: argparse.Namespace) -> int:
     from dsmpnn.bench.scale import bench_scale, format_scale_table, plot_scale, write_json
 
     _check_output_files(args, "out", "plot")
-    result = bench_scale(args.nodes, args.dim, args.neighbors, args.channels, args.layers, args.seed, args.threads)
+    result = bench_scale(args.nodes, args.dim, args.neighbors, args.channels, args.layers, args.seed, args.threads,
+                         device=args.device, mode=args.mode, edge_chunk=args.edge_chunk)
     print(format_scale_table(result))
     if args.out:
         print(f"wrote {write_json(result, args.out)}")

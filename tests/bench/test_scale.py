@@ -63,3 +63,31 @@ def test_bench_scale_refuses_bad_node_lists(capsys):
     assert "--nodes is 'abc', expected an integer in [2, " in capsys.readouterr().err
     assert main(["bench", "scale", "--nodes", ","]) == 2
     assert "expected comma-separated node counts" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["train", "predict"])
+def test_scale_point_on_device(device, mode):
+    """One N with the model on ``device`` (cuda skipped without a GPU): the graph is built on the CPU and copied;
+    on CUDA the peak is the allocator's; predict times the inference forward and has no backward."""
+    from dsmpnn.bench.scale import run_point
+
+    p = run_point(300, dim=2, channels=4, layers=1, threads=1, device=str(device), mode=mode, edge_chunk=256)
+    assert p["device"].startswith(device.type) and p["mode"] == mode and p["output_finite"]
+    assert p["forward_s"] > 0 and p["peak_mib"] >= 0 and p["edges"] > 0 and p["edge_chunk"] == 256
+    assert (p["backward_s"] is None) == (mode == "predict")
+    assert ("gpu" in p) == (device.type == "cuda") and ("transfer_s" in p) == (device.type == "cuda")
+
+
+def test_bench_scale_predict_mode_command(tmp_path, capsys):
+    """--mode predict --device cpu: the table shows '-' for backward, the slopes leave backward out, the plot
+    is drawn without it."""
+    out, plot = tmp_path / "scale.json", tmp_path / "scale.png"
+    code = main(["bench", "scale", "--nodes", "200,400", "--channels", "4", "--layers", "1", "--threads", "1",
+                 "--device", "cpu", "--mode", "predict", "--edge-chunk", "512", "--out", str(out), "--plot", str(plot)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "| 400 |" in text and "predict: inference forward only" in text
+    result = json.loads(out.read_text())
+    assert result["settings"]["mode"] == "predict" and result["settings"]["device"] == "cpu"
+    assert all(p["backward_s"] is None for p in result["points"]) and "backward_s" not in result["slopes"]
+    assert plot.read_bytes()[:4] == b"\x89PNG"

@@ -6,10 +6,14 @@ attributes (:func:`dsmpnn.graph.build_graph`, float32), and an MPNN of ``layers`
 channels (inputs: the positions; one output) -- the defaults of ``dsmpnn train``. Measured:
 
 - ``graph_s``: building the radius graph and its edge attributes;
-- ``forward_s``: the training forward (grad enabled), the first call, edge plan included;
-- ``backward_s``: ``loss.backward()`` of the mean squared output;
-- ``peak_mib``: the process's peak resident memory (VmHWM) above its resident memory before the points were made,
-  over graph + forward + backward; ``graph_peak_mib`` the same after the graph alone.
+- ``forward_s``: the training forward (grad enabled), the first call, edge plan included; with ``mode="predict"``
+  the inference forward (``torch.no_grad``) instead, and no backward;
+- ``backward_s``: ``loss.backward()`` of the mean squared output (None with ``mode="predict"``);
+- ``peak_mib``: on CPU the process's peak resident memory (VmHWM) above its resident memory before the points were
+  made, over graph + forward + backward; ``graph_peak_mib`` the same after the graph alone. On CUDA
+  (``device="cuda"``) the graph is built on the CPU as always and copied to the GPU (``transfer_s``), and
+  ``peak_mib`` is the CUDA caching allocator's peak above its level before the copy (tensor bytes: graph, model
+  activations, gradients); the process's RSS peak is kept as ``rss_peak_mib``.
 
 One forward + backward on a graph of min(N, 2,000) nodes runs first (not counted): one-time costs stay out of
 the timings.
@@ -68,58 +72,112 @@ def _reset_peak() -> int:
     return _rss("VmRSS:")
 
 
+MODES = ("train", "predict")
+"""What :func:`run_point` times: forward + backward ("train") or the inference forward alone ("predict")."""
+
+
 def run_point(nodes: int, dim: int = 2, neighbors: float = 25, channels: int = 32, layers: int = 4,
-              seed: int = 0, threads: int | None = None) -> dict:
-    """One N, measured in this process (Linux: peak memory from /proc/self/status). Returns a JSON-able dict."""
+              seed: int = 0, threads: int | None = None, device: str = "cpu", mode: str = "train",
+              edge_chunk: int | None = None) -> dict:
+    """One N, measured in this process (Linux: peak memory from /proc/self/status; on CUDA the allocator's peak).
+    ``edge_chunk``: every ECConv's edges per chunk (None: the library's default, sized for CPU caches; a GPU
+    wants far larger chunks, e.g. 2**18, so that kernel launches do not dominate). Returns a JSON-able dict."""
     import torch  # noqa: PLC0415
 
+    from dsmpnn.bench.measure import synchronize  # noqa: PLC0415
     from dsmpnn.graph import build_graph  # noqa: PLC0415
-    from dsmpnn.nn import MPNN  # noqa: PLC0415
+    from dsmpnn.nn import MPNN, ECConv  # noqa: PLC0415
+    from dsmpnn.nn.edge_plan import DEFAULT_EDGE_CHUNK  # noqa: PLC0415
 
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
     if threads is not None:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     radius = scale_radius(nodes, dim, neighbors)
-    model = MPNN(dim, 1, dim + 1, hidden=channels, layers=layers)
-    _warm_up(model, dim, neighbors, seed, min(nodes, 2000))
+    model = MPNN(dim, 1, dim + 1, hidden=channels, layers=layers).to(dev)
+    edge_chunk = DEFAULT_EDGE_CHUNK if edge_chunk is None else int(edge_chunk)
+    for conv in model.modules():
+        if isinstance(conv, ECConv):
+            conv.edge_chunk = edge_chunk
+    _warm_up(model, dim, neighbors, seed, min(nodes, 2000), dev, mode)
     base = _reset_peak()
     pos = np.random.default_rng(seed).random((nodes, dim))
     t0 = time.perf_counter()
     graph = build_graph(pos, radius, warn_isolated=False)
     t1 = time.perf_counter()
     graph_peak = _rss("VmHWM:") - base
-    x = torch.from_numpy(pos).float()  # [N, d]
+    if cuda:
+        synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        gpu_base = torch.cuda.memory_allocated(dev)
+    tc = time.perf_counter()
+    x = torch.from_numpy(pos).float().to(dev)  # [N, d]
+    edge_index, edge_attr = graph.edge_index.to(dev), graph.edge_attr.to(dev)
+    synchronize(dev)
     t2 = time.perf_counter()
-    out = model(x, graph.edge_index, graph.edge_attr)  # [N, 1]
-    loss = out.square().mean()
-    t3 = time.perf_counter()
-    loss.backward()
-    t4 = time.perf_counter()
-    peak = _rss("VmHWM:") - base
-    return {"nodes": nodes, "dim": dim, "radius": radius, "edges": graph.num_edges,
-            "mean_degree": graph.num_edges / nodes, "channels": channels, "layers": layers,
-            "threads": torch.get_num_threads(), "graph_s": t1 - t0, "forward_s": t3 - t2, "backward_s": t4 - t3,
-            "graph_peak_mib": graph_peak / MIB, "peak_mib": peak / MIB, "baseline_mib": base / MIB}
+    backward_s = None
+    if mode == "train":
+        out = model(x, edge_index, edge_attr)  # [N, 1]
+        loss = out.square().mean()
+        synchronize(dev)
+        t3 = time.perf_counter()
+        loss.backward()
+        synchronize(dev)
+        backward_s = time.perf_counter() - t3
+    else:
+        with torch.no_grad():
+            out = model(x, edge_index, edge_attr)  # [N, 1]
+        synchronize(dev)
+        t3 = time.perf_counter()
+    finite = bool(torch.isfinite(out).all())
+    rss_peak = _rss("VmHWM:") - base
+    point = {"nodes": nodes, "dim": dim, "radius": radius, "edges": graph.num_edges,
+             "mean_degree": graph.num_edges / nodes, "channels": channels, "layers": layers,
+             "threads": torch.get_num_threads(), "device": str(dev), "mode": mode, "edge_chunk": edge_chunk,
+             "graph_s": t1 - t0,
+             "forward_s": t3 - t2, "backward_s": backward_s, "graph_peak_mib": graph_peak / MIB,
+             "peak_mib": rss_peak / MIB, "baseline_mib": base / MIB, "output_finite": finite}
+    if cuda:
+        point.update(transfer_s=t2 - tc, rss_peak_mib=rss_peak / MIB,
+                     peak_mib=(torch.cuda.max_memory_allocated(dev) - gpu_base) / MIB,
+                     gpu=torch.cuda.get_device_name(dev))
+    return point
 
 
-def _warm_up(model, dim: int, neighbors: float, seed: int, nodes: int = 2000) -> None:
-    """One forward + backward on a small graph, so that one-time costs (thread pools, lazy initialisation, about
-    2 s on the test machine) are not counted in the first N's times; the gradients are dropped."""
+def _warm_up(model, dim: int, neighbors: float, seed: int, nodes: int = 2000, device=None,
+             mode: str = "train") -> None:
+    """One forward (+ backward) on a small graph, so that one-time costs (thread pools, lazy initialisation,
+    about 2 s on the test machine; CUDA context, kernel loading and ``torch.compile`` on a GPU) are not counted in
+    the first N's times; the gradients are dropped."""
     import torch  # noqa: PLC0415
 
+    from dsmpnn.bench.measure import synchronize  # noqa: PLC0415
     from dsmpnn.graph import build_graph  # noqa: PLC0415
 
+    device = torch.device("cpu") if device is None else device
     pos = np.random.default_rng(seed + 1).random((nodes, dim))
     g = build_graph(pos, scale_radius(nodes, dim, neighbors), warn_isolated=False)
-    model(torch.from_numpy(pos).float(), g.edge_index, g.edge_attr).square().mean().backward()
+    args = torch.from_numpy(pos).float().to(device), g.edge_index.to(device), g.edge_attr.to(device)
+    if mode == "train":
+        model(*args).square().mean().backward()
+    with torch.no_grad():
+        model(*args)
+    synchronize(device)
     model.zero_grad(set_to_none=True)
 
 
 def _run_isolated(nodes: int, dim: int, neighbors: float, channels: int, layers: int, seed: int,
-                  threads: int | None, timeout_s: float | None) -> dict:
+                  threads: int | None, timeout_s: float | None, device: str = "cpu", mode: str = "train",
+                  edge_chunk: int | None = None) -> dict:
     """:func:`run_point` in a fresh interpreter; its last stdout line is the JSON result."""
     args = [sys.executable, "-m", "dsmpnn.bench.scale", "--point", str(nodes), "--dim", str(dim), "--neighbors",
-            str(neighbors), "--channels", str(channels), "--layers", str(layers), "--seed", str(seed)]
+            str(neighbors), "--channels", str(channels), "--layers", str(layers), "--seed", str(seed),
+            "--device", str(device), "--mode", mode]
+    if edge_chunk is not None:
+        args += ["--edge-chunk", str(edge_chunk)]
     if threads is not None:
         args += ["--threads", str(threads)]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s)
@@ -138,8 +196,10 @@ def scale_bytes(nodes: int, dim: int, neighbors: float, channels: int, layers: i
 
 def bench_scale(nodes: Sequence[int], dim: int = 2, neighbors: float = 25, channels: int = 32, layers: int = 4,
                 seed: int = 0, threads: int | None = None, isolate: bool = True,
-                echo: Callable[[str], None] | None = print, timeout_s: float | None = None) -> dict:
-    """Measure every N of ``nodes`` (each in a fresh process unless ``isolate`` is False); returns
+                echo: Callable[[str], None] | None = print, timeout_s: float | None = None, device: str = "cpu",
+                mode: str = "train", edge_chunk: int | None = None) -> dict:
+    """Measure every N of ``nodes`` (each in a fresh process unless ``isolate`` is False) on ``device``, timing
+    ``mode`` ("train": forward + backward, "predict": inference forward); returns
     ``{"points": [...], "slopes": {...}, "machine": {...}, "settings": {...}}``."""
     from dsmpnn.bench.conv import machine_info  # noqa: PLC0415
     from dsmpnn.resources import check_resources  # noqa: PLC0415
@@ -149,14 +209,16 @@ def bench_scale(nodes: Sequence[int], dim: int = 2, neighbors: float = 25, chann
     points = []
     for n in nodes:
         if isolate:
-            point = _run_isolated(int(n), dim, neighbors, channels, layers, seed, threads, timeout_s)
+            point = _run_isolated(int(n), dim, neighbors, channels, layers, seed, threads, timeout_s, device, mode,
+                                  edge_chunk)
         else:
-            point = run_point(int(n), dim, neighbors, channels, layers, seed, threads)
+            point = run_point(int(n), dim, neighbors, channels, layers, seed, threads, device, mode, edge_chunk)
         points.append(point)
         if echo is not None:
+            backward = "" if point["backward_s"] is None else f", backward {point['backward_s']:.2f} s"
             echo(f"N={point['nodes']:,}: {point['edges']:,} edges, graph {point['graph_s']:.2f} s, forward "
-                 f"{point['forward_s']:.2f} s, backward {point['backward_s']:.2f} s, peak {point['peak_mib']:.0f} MiB")
-    machine = machine_info("cpu")
+                 f"{point['forward_s']:.2f} s{backward}, peak {point['peak_mib']:.0f} MiB")
+    machine = machine_info(str(device))
     if threads is not None:
         machine["torch_threads"] = threads
     try:
@@ -165,7 +227,8 @@ def bench_scale(nodes: Sequence[int], dim: int = 2, neighbors: float = 25, chann
         pass
     return {"points": points, "slopes": fit_slopes(points), "machine": machine,
             "settings": {"dim": dim, "neighbors": neighbors, "channels": channels, "layers": layers, "seed": seed,
-                         "isolated": isolate}}
+                         "isolated": isolate, "device": str(device), "mode": mode,
+                         "edge_chunk": edge_chunk}}
 
 
 def fit_slopes(points: Sequence[dict]) -> dict[str, float]:
@@ -175,6 +238,8 @@ def fit_slopes(points: Sequence[dict]) -> dict[str, float]:
         return out
     logn = np.log([p["nodes"] for p in points])
     for key in ("graph_s", "forward_s", "backward_s", "peak_mib", "edges"):
+        if any(p.get(key) is None for p in points):  # e.g. no backward in predict mode
+            continue
         vals = np.array([p[key] for p in points], dtype=float)
         if np.all(vals > 0):
             out[key] = float(np.polyfit(logn, np.log(vals), 1)[0])
@@ -184,13 +249,16 @@ def fit_slopes(points: Sequence[dict]) -> dict[str, float]:
 def format_scale_table(result: dict) -> str:
     """A Markdown table of the points plus a line with the fitted slopes."""
     s, m = result["settings"], result["machine"]
+    where = f"{m['gpu']} (CUDA allocator peak)" if "gpu" in m else f"{m['cpu']}, {m['torch_threads']} threads"
+    mode = " (predict: inference forward only)" if s.get("mode") == "predict" else ""
     lines = [f"{s['dim']}D, ~{s['neighbors']:g} neighbours/node, MPNN {s['layers']} layers x {s['channels']} channels, "
-             f"float32; {m['cpu']}, {m['torch_threads']} threads, torch {m['torch']}",
+             f"float32{mode}; {where}, torch {m['torch']}",
              "| N | edges | graph [s] | forward [s] | backward [s] | peak memory [MiB] |",
              "|---|---|---|---|---|---|"]
     for p in result["points"]:
+        backward = "-" if p["backward_s"] is None else f"{p['backward_s']:.2f}"
         lines.append(f"| {p['nodes']:,} | {p['edges']:,} | {p['graph_s']:.2f} | {p['forward_s']:.2f} | "
-                     f"{p['backward_s']:.2f} | {p['peak_mib']:.0f} |")
+                     f"{backward} | {p['peak_mib']:.0f} |")
     if result["slopes"]:
         names = {"graph_s": "graph", "forward_s": "forward", "backward_s": "backward", "peak_mib": "memory",
                  "edges": "edges"}
@@ -213,12 +281,16 @@ def plot_scale(result: dict, path: str | Path) -> Path:
     slopes = result["slopes"]
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
     for key, label in (("graph_s", "graph"), ("forward_s", "forward"), ("backward_s", "backward")):
+        if any(p.get(key) is None for p in pts):
+            continue
         extra = f" (slope {slopes[key]:.2f})" if key in slopes else ""
         ax_t.loglog(n, [p[key] for p in pts], "o-", label=label + extra)
     ax_t.set(xlabel="nodes N", ylabel="time [s]", title="time")
     ax_t.legend()
     extra = f" (slope {slopes['peak_mib']:.2f})" if "peak_mib" in slopes else ""
-    ax_m.loglog(n, [p["peak_mib"] for p in pts], "o-", color="C3", label="peak RSS above baseline" + extra)
+    what = "peak CUDA allocator bytes" if pts and str(pts[0].get("device", "cpu")).startswith("cuda") \
+        else "peak RSS above baseline"
+    ax_m.loglog(n, [p["peak_mib"] for p in pts], "o-", color="C3", label=what + extra)
     ax_m.set(xlabel="nodes N", ylabel="memory [MiB]", title="peak memory")
     ax_m.legend()
     for ax in (ax_t, ax_m):
@@ -261,8 +333,12 @@ def _main(argv: list[str] | None = None) -> None:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--mode", choices=MODES, default="train")
+    p.add_argument("--edge-chunk", type=int, default=None)
     a = p.parse_args(argv)
-    print(json.dumps(run_point(a.point, a.dim, a.neighbors, a.channels, a.layers, a.seed, a.threads)))
+    print(json.dumps(run_point(a.point, a.dim, a.neighbors, a.channels, a.layers, a.seed, a.threads, a.device,
+                               a.mode, a.edge_chunk)))
 
 
 if __name__ == "__main__":

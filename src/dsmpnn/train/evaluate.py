@@ -11,7 +11,6 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-import meshio
 import numpy as np
 from numpy.lib import format as npy_format
 
@@ -324,6 +323,8 @@ def vtu_bytes(sample: MeshSample, point_data: dict[str, np.ndarray], near: Path,
     vertex cell per node; written through a temporary file next to ``near`` (meshio writes files, not buffers)."""
     points = sample.pos if sample.dim == 3 else np.column_stack([sample.pos, np.zeros(sample.num_nodes)])
     cells = blocks or sample.cell_blocks or [("vertex", np.arange(sample.num_nodes)[:, None])]
+    import meshio  # noqa: PLC0415 - only .vtu output needs it (as dsmpnn.data.meshfile; images without meshio import dsmpnn)
+
     near.parent.mkdir(parents=True, exist_ok=True)
     tmp = near.with_name(f".{near.name}.{os.getpid()}.tmp.vtu")
     try:
@@ -349,6 +350,8 @@ def write_xdmf(sample: MeshSample, point_data: dict[str, np.ndarray], out_path: 
     renamed into place (the .h5 first), so a reader never sees a half-written file."""
     import shutil
     import tempfile
+
+    import meshio  # noqa: PLC0415 - as in vtu_bytes
 
     points = sample.pos if sample.dim == 3 else np.column_stack([sample.pos, np.zeros(sample.num_nodes)])
     cells = blocks or sample.cell_blocks or [("vertex", np.arange(sample.num_nodes)[:, None])]
