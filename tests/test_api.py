@@ -128,7 +128,8 @@ def test_bad_input_raises_with_a_clear_message(loaded, tmp_path):
     vtu = tmp_path / "no_inputs.vtu"
     meshio.write(vtu, meshio.Mesh(np.column_stack([pos, np.zeros(64)]), [("vertex", np.arange(64)[:, None])],
                                   point_data={"a": x[:, 0]}))
-    with pytest.raises(DatasetError, match=r"point data lacks input field\(s\) \['boundary', 'a_smooth'"):
+    with pytest.raises(DatasetError, match=r"no_inputs\.vtu: no field 'boundary' \(the model's input field\); "
+                                           r"the file has point data \['a'\]"):
         run.predict_mesh(vtu)
 
 
