@@ -189,26 +189,18 @@ def test_import_dsmpnn_is_light_and_train_is_both_package_and_function():
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
+def readme_python_block(section: str) -> str:
+    """The first ```python block after the README heading ``section``."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    after = text[text.index(f"### {section}\n"):]
+    start = after.index("```python\n") + len("```python\n")
+    return after[start:after.index("```", start)]
+
+
 def test_readme_example(tmp_path, monkeypatch):
+    """The README's "Python API" example, run as it is written there."""
     monkeypatch.chdir(tmp_path)
-    # --- mirrors the README section "Python API" (keep the two the same) ---
-    import numpy as np
-
-    import dsmpnn
-    from dsmpnn.data import generate_darcy
-
-    generate_darcy("data/darcy", n=8, resolution=8, seed=0)  # = dsmpnn generate darcy --n 8 --resolution 8
-    run = dsmpnn.train({"model": {"hidden": 16, "layers": 2}, "graph": {"radius": 0.3}}, "data/darcy",
-                       "runs/api", overrides=["train.epochs=2"])  # a Config, a dict or a YAML file
-
-    run = dsmpnn.load_run("runs/api")  # later, elsewhere; device="cuda" to predict on a GPU
-    print(run)  # Run('runs/api', epoch=2, ['a', 'boundary', ...] -> ['u'], dim=2, ...)
-
-    result = run.predict_mesh("data/darcy/samples/darcy_00007.npz")  # a .npz sample, a .vtu/.vtk, a MeshSample
-    print(result.metrics["rel_l2"], result.fields["u"].shape)  # metrics when the mesh holds the targets
-
-    pos, x = result.sample.pos, result.sample.x  # [N, 2] positions, [N, 5] inputs, physical units
-    y = run.predict(pos, x)  # [N, 1] numpy, physical units: the same as `dsmpnn predict`
-    assert np.allclose(y, result.pred)
-    # --- end of the README example ---
+    scope: dict = {}
+    exec(compile(readme_python_block("Python API"), "README.md (Python API)", "exec"), scope)  # noqa: S102
+    run, y = scope["run"], scope["y"]
     assert run.epoch == 2 and y.shape == (64, 1)
