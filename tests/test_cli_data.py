@@ -57,7 +57,7 @@ def test_sigterm_during_generate_leaves_nothing_behind(tmp_path):
     import time
 
     out = tmp_path / "d"
-    proc = subprocess.Popen([sys.executable, "-m", "dsmpnn.cli", "generate", "darcy", "--n", "100000",
+    proc = subprocess.Popen([sys.executable, "-m", "dsmpnn.cli", "generate", "darcy", "--n", "5000",
                              "--resolution", "16", "--no-progress", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
     deadline = time.monotonic() + 120
