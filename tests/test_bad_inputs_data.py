@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import stat
 import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import meshio
@@ -25,24 +23,12 @@ from numpy.lib import format as npy_format
 
 from dsmpnn.cli import main
 from dsmpnn.data import Dataset
-from tests.helpers.cli_cases import (NEW, TRAIN_COPY, Case, World, airfrans, break_sample, edit_manifest,
+from tests.helpers.cli_cases import (NEW, TRAIN_COPY, Case, World, airfrans, alarm, break_sample, edit_manifest,
                                      first_train_file, run_case)
 
 CASE_SECONDS = 120
 
 
-@contextmanager
-def alarm(seconds: int = CASE_SECONDS) -> Iterator[None]:
-    """Raise TimeoutError in the main thread after ``seconds`` (a blocking open() of a FIFO is interrupted)."""
-    def expire(signum, frame):  # noqa: ANN001 - signal handler signature
-        raise TimeoutError(f"the case did not finish within {seconds} s (blocked on a FIFO or device?)")
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 # --- how the cases break things -----------------------------------------------------------------------------------
@@ -351,7 +337,7 @@ CASES = {
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_untrusted_file_exits_2_with_one_clear_line_and_writes_nothing(name, shared, tmp_path, capsys):
-    with alarm():
+    with alarm(CASE_SECONDS):
         run_case(CASES[name], World(*shared, tmp_path), capsys)
 
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +27,7 @@ from hypothesis.extra import numpy as hnp
 
 from dsmpnn.cli import main
 from dsmpnn.data import Dataset
-from tests.helpers.cli_cases import TINY
+from tests.helpers.cli_cases import TINY, alarm
 
 CASE_SECONDS = 60
 
@@ -49,17 +47,6 @@ VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.di
                                                                                            max_size=3), max_leaves=8)
 
 
-@contextmanager
-def alarm(seconds: int):
-    def hang(signum, frame):  # noqa: ANN001 - signal handler signature
-        raise AssertionError(f"no answer within {seconds} s: a hang")
-    old = signal.signal(signal.SIGALRM, hang)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def run_train(data: Path, out: Path, capsys, config: Path | None = None, overrides: list[str] = TINY) -> None:

@@ -8,7 +8,9 @@ import hashlib
 import io
 import json
 import shutil
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -267,3 +269,18 @@ def run_case(case: Case, world: World, capsys) -> str:
         assert fragment.format(**subs) in errors[0], (fragment.format(**subs), errors[0])
     assert [snapshot(o) for o in outputs] == before, "partial output left behind"
     return errors[0]
+
+
+@contextmanager
+def alarm(seconds: int) -> Iterator[None]:
+    """Raise TimeoutError in the main thread after ``seconds``: a case that blocks (on a FIFO, a device, a hang)
+    fails instead of hanging the suite."""
+    def expire(signum, frame):  # noqa: ANN001 - signal handler signature
+        raise TimeoutError(f"the case did not finish within {seconds} s (blocked on a FIFO or device, or a hang?)")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
