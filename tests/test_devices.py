@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from dsmpnn.distributed import run_processes
-from dsmpnn.nn import MPNN, ECConv, aggregate, native, padded
+from dsmpnn.nn import MPNN, ECConv, aggregate
+from dsmpnn.nn.kernels import native, padded
 from tests.conftest import HAS_CUDA, NO_CUDA_REASON
 from tests.distributed import device_workers as DW
 from tests.helpers.cli_cases import TINY

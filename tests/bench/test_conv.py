@@ -4,7 +4,8 @@ import torch
 
 from dsmpnn.bench import bench_conv, ecconv_flops, format_table, peak_memory
 from dsmpnn.bench.conv import ecconv_path
-from dsmpnn.nn import aggregate, native
+from dsmpnn.nn import aggregate
+from dsmpnn.nn.kernels import native
 
 
 def test_bench_conv_small():

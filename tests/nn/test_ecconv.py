@@ -5,10 +5,11 @@ import torch
 from torch import nn
 from torch_geometric.nn import NNConv
 
-from dsmpnn.nn import ECConv, aggregate, chunk_pool, edge_kernel_aggregate, native
+from dsmpnn.nn import ECConv, aggregate, edge_kernel_aggregate
+from dsmpnn.nn.kernels import chunk_pool, native
 from dsmpnn.nn.aggregate import ecconv_aggregate
-from dsmpnn.nn.edge_plan import EdgePlan
-from dsmpnn.nn.rowwise import RowwiseKernel
+from dsmpnn.nn.kernels.edge_plan import EdgePlan
+from dsmpnn.nn.kernels.rowwise import RowwiseKernel
 from tests.helpers.oracles import dense_nnconv
 
 pytestmark = pytest.mark.numerics
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.numerics
 
 @pytest.fixture(autouse=True, params=["fused", "bmm"])
 def cpu_path(request, monkeypatch):
-    """Every test runs on both CPU paths: the fused C++ kernels (:mod:`dsmpnn.nn.native`) and PyTorch's bmm."""
+    """Every test runs on both CPU paths: the fused C++ kernels (:mod:`dsmpnn.nn.kernels.native`) and PyTorch's bmm."""
     if request.param == "fused" and native.kernels() is None:
         pytest.skip("the fused CPU kernels could not be built here (no C++ compiler?)")
     monkeypatch.setattr(native, "ENABLED", request.param == "fused")
@@ -232,7 +233,7 @@ def test_kernel_mlps(kind, aggr):
 def test_mpnn_layers_share_one_plan():
     """The layers of a model reuse the plan of their common edge_index (built once per tensor)."""
     from dsmpnn.nn import MPNN
-    import dsmpnn.nn.edge_plan as plan_module
+    import dsmpnn.nn.kernels.edge_plan as plan_module
 
     torch.manual_seed(0)
     model = MPNN(3, 2, 3, hidden=8, layers=3, kernel_hidden=(6,))

@@ -40,9 +40,10 @@ from torch import nn
 
 from dsmpnn.bench.measure import peak_memory, synchronize, time_calls
 from dsmpnn.graph import build_graph
-from dsmpnn.nn import aggregate, native
+from dsmpnn.nn import aggregate
+from dsmpnn.nn.kernels import native
 from dsmpnn.nn.ecconv import ECConv
-from dsmpnn.nn.edge_plan import DEFAULT_EDGE_CHUNK, EdgePlan, cached_edge_plan
+from dsmpnn.nn.kernels.edge_plan import DEFAULT_EDGE_CHUNK, EdgePlan, cached_edge_plan
 from dsmpnn.optional import PYG_INSTALL, require
 
 __all__ = ["bench_conv", "ecconv_flops", "ecconv_path", "format_table", "machine_info"]
@@ -120,7 +121,7 @@ def _native_switch(enabled: bool | None) -> Iterator[None]:
 
 class _Runner:
     """Timed training steps and inference calls of one convolution, collected across interleaved rounds.
-    ``native``: :data:`dsmpnn.nn.native.ENABLED` during its calls (None: unchanged)."""
+    ``native``: :data:`dsmpnn.nn.kernels.native.ENABLED` during its calls (None: unchanged)."""
 
     def __init__(self, conv: nn.Module, x: torch.Tensor, ei: torch.Tensor, ea: torch.Tensor, g: torch.Tensor,
                  device: str, native: bool | None = None) -> None:

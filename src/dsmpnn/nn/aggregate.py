@@ -8,7 +8,7 @@ r"""The edge-conditioned aggregation at the heart of :class:`dsmpnn.nn.ECConv`.
 with :math:`K' = K + 1` when Q carries a last "bias" row (multiplied by a constant 1) and :math:`K' = K`
 otherwise; :math:`w_e` are per-edge weights and :math:`s_i` per-target weights (``1/deg(i)`` for a mean).
 
-How it is evaluated (:class:`dsmpnn.nn.edge_plan.EdgePlan`): the edges are grouped by source and cut into
+How it is evaluated (:class:`dsmpnn.nn.kernels.edge_plan.EdgePlan`): the edges are grouped by source and cut into
 chunks of at most ``chunk`` edges; each :math:`Q_j` is made once, for all edges of source j. The backward pass is
 the same loop:
 
@@ -23,12 +23,12 @@ except one chunk is ever held, in the forward or the backward pass:
 - ``Q_j = x_j W`` (``W`` [C_in, K', C]) is computed per chunk from x and recomputed in backward instead of
   storing the [N, K', C] tensor;
 - ``h_e = kernel(a_e)`` (the kernel MLP on edge attributes, Linear layers and pointwise activations,
-  :class:`dsmpnn.nn.rowwise.RowwiseKernel`) is computed per chunk and recomputed in backward, where the
+  :class:`dsmpnn.nn.kernels.rowwise.RowwiseKernel`) is computed per chunk and recomputed in backward, where the
   kernel's own backward on that chunk gives the gradients of its parameters and of the edge attributes.
 
 Two implementations of a chunk compute the same sums:
 
-- **fused** (CPU, by default): one call of the C++ kernels (:class:`dsmpnn.nn.native.FusedPass`) per chunk does
+- **fused** (CPU, by default): one call of the C++ kernels (:class:`dsmpnn.nn.kernels.native.FusedPass`) per chunk does
   all of it, block by block of 16 sources in cache-sized buffers: the gather of x, Q = x W, the kernel MLP (when
   it is Linear layers with ReLU, GELU, SiLU or no activation; otherwise PyTorch evaluates it per chunk and hands
   h over), the products :math:`\tilde H_j Q_j` added row by row into their targets, and in backward every
@@ -45,10 +45,10 @@ Work: 2 N C_in K' C (dense) + 2 E K C (batched) multiply-adds forward; backward 
 of Q and h.
 
 Threads: on CPU the chunks are split between ``torch.get_num_threads()`` single-threaded workers
-(:mod:`dsmpnn.nn.chunk_pool`; the fused kernels release the GIL): in forward one part per worker, in backward
+(:mod:`dsmpnn.nn.kernels.chunk_pool`; the fused kernels release the GIL): in forward one part per worker, in backward
 :data:`BACKWARD_PARTS_PER_WORKER` parts per worker, taken by whichever worker is free. Devices: the code is
 device-generic; on CUDA the per-degree products of a chunk become one padded ``bmm``, compiled when possible
-(:mod:`dsmpnn.nn.padded`, UNTESTED ON GPU).
+(:mod:`dsmpnn.nn.kernels.padded`, UNTESTED ON GPU).
 """
 
 from __future__ import annotations
@@ -59,16 +59,16 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.function import once_differentiable
 
-from dsmpnn.nn import native
-from dsmpnn.nn.chunk_pool import run_chunks
-from dsmpnn.nn.edge_plan import DEFAULT_EDGE_CHUNK, Chunk, EdgePlan, Group
-from dsmpnn.nn.padded import maybe_compiled
-from dsmpnn.nn.rowwise import RowwiseKernel
+from dsmpnn.nn.kernels import native
+from dsmpnn.nn.kernels.chunk_pool import run_chunks
+from dsmpnn.nn.kernels.edge_plan import DEFAULT_EDGE_CHUNK, Chunk, EdgePlan, Group
+from dsmpnn.nn.kernels.padded import maybe_compiled
+from dsmpnn.nn.kernels.rowwise import RowwiseKernel
 
 __all__ = ["edge_kernel_aggregate", "ecconv_aggregate", "edge_weights", "DEFAULT_EDGE_CHUNK", "PADDED"]
 
 PADDED: bool | None = None
-"""Per-chunk products as one degree-padded ``bmm`` (:mod:`dsmpnn.nn.padded`) instead of one ``bmm`` per
+"""Per-chunk products as one degree-padded ``bmm`` (:mod:`dsmpnn.nn.kernels.padded`) instead of one ``bmm`` per
 out-degree; None: on CUDA only (where it is also compiled when possible; UNTESTED ON GPU)."""
 
 
@@ -83,7 +83,7 @@ def _use_padded(device: torch.device) -> bool:
 
 
 def _native_kernels(x: torch.Tensor) -> native.NativeKernels | None:
-    """The fused CPU kernels (:mod:`dsmpnn.nn.native`) when this call should use them, else None."""
+    """The fused CPU kernels (:mod:`dsmpnn.nn.kernels.native`) when this call should use them, else None."""
     return None if _use_padded(x.device) else native.kernels_for(x.device, x.dtype)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsmpnn.nn import native
+from dsmpnn.nn.kernels import native
 from tests.helpers.oracles import smooth_activation_truth
 
 pytestmark = pytest.mark.numerics

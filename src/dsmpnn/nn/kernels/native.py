@@ -167,7 +167,7 @@ class FusedPass:
         """Run the pass on one chunk: deg/nodes [n] int64 (edges per source, source ids), dst [e] int64, ew [e] or
         None, the edge inputs ``a`` (rows ``rows`` [e] of a [E, F], or a [e, F] in edge order with ``rows``
         None), and, in backward, ``ga`` where dL/da goes (same rows; None to skip). The indices are trusted (they
-        come from an :class:`~dsmpnn.nn.edge_plan.EdgePlan`): the kernels do not check their range."""
+        come from an :class:`~dsmpnn.nn.kernels.edge_plan.EdgePlan`): the kernels do not check their range."""
         _check_index(deg, nodes, dst, *(() if rows is None else (rows,)))
         _check(a, ew, ga, dtype=self.dtype)
         if a.shape[1] != self.width:

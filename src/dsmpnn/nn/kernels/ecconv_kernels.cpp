@@ -213,7 +213,7 @@ enum Act : int32_t { kIdentity = 0, kRelu = 1, kGelu = 2, kSilu = 3 };
 // fit 3e-9, of the float32 evaluation about 2e-7); exp(-t^2/2) as exp(-s/2) (1 - d/2) with s = fl(t t) and
 // d = t t - s exact (Dekker's product), so the rounding of t^2 (relative 6e-8, i.e. 6e-8 t^2/2 in the exponent)
 // does not spoil it; exp by Cephes' polynomial (about 1 ulp) scaled by 2^n in two factors, so that it is right
-// down to the denormals and overflows to +inf. tests/nn/test_native.py holds them to a float64 truth (mpmath).
+// down to the denormals and overflows to +inf. tests/nn/kernels/test_native.py holds them to a float64 truth (mpmath).
 inline double gelu_value(double z) { return z * 0.5 * std::erfc(z * -0.70710678118654752); }
 inline double gelu_slope(double z) {
     return 0.5 * std::erfc(z * -0.70710678118654752) + z * std::exp(z * z * -0.5) * 0.3989422804014327;

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dsmpnn.nn import native
+from dsmpnn.nn.kernels import native
 
 __all__ = ["RowwiseKernel"]
 
@@ -33,7 +33,7 @@ _POINTWISE = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.ELU, nn.LeakyReLU, nn.Sigmo
 
 
 _NATIVE_NAMES = {nn.ReLU: "relu", nn.GELU: "gelu", nn.SiLU: "silu"}
-"""Activations the fused kernels evaluate themselves (:data:`dsmpnn.nn.native.ACTIVATIONS`)."""
+"""Activations the fused kernels evaluate themselves (:data:`dsmpnn.nn.kernels.native.ACTIVATIONS`)."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class RowwiseKernel:
 
     def native_layers(self) -> list[native.Layer] | None:
         """The MLP as Linear layers, each followed by at most one activation that the fused CPU kernels evaluate
-        themselves (ReLU, exact GELU, SiLU: :data:`dsmpnn.nn.native.ACTIVATIONS`), or None when it has another
+        themselves (ReLU, exact GELU, SiLU: :data:`dsmpnn.nn.kernels.native.ACTIVATIONS`), or None when it has another
         form (then PyTorch evaluates it and hands its output to the kernels)."""
         layers: list[native.Layer] = []
         for m in self.layers:
