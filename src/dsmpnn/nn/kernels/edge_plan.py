@@ -31,7 +31,7 @@ import scipy.sparse
 import torch
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
-from dsmpnn.nn.kernels import native
+from dsmpnn.nn.kernels.backend import choose_backend
 from dsmpnn.nn.kernels.chunk_pool import run_single_threaded
 
 __all__ = ["EdgePlan", "Group", "Chunk", "cached_edge_plan", "default_order", "DEFAULT_EDGE_CHUNK", "ORDERS"]
@@ -48,7 +48,7 @@ ORDERS = ("degree", "locality")
 
 def default_order(device: torch.device) -> str:
     """"locality" where the fused CPU kernels will run, "degree" (the ``bmm`` and padded paths) elsewhere."""
-    return "locality" if native.kernels_for(device) is not None else "degree"
+    return "locality" if choose_backend(device) == "fused" else "degree"
 
 NODES_PER_CHUNK_DIVISOR = 8
 

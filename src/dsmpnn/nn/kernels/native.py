@@ -1,6 +1,6 @@
 r"""The fused CPU kernels of the edge aggregation (``ecconv_kernels.cpp``), compiled on first use.
 
-One chunk of :mod:`dsmpnn.nn.aggregate` as one C++ call (:class:`FusedPass`), forward or backward:
+One chunk of the aggregation (:mod:`dsmpnn.nn.aggregate`) as one C++ call (:class:`FusedPass`), forward or backward:
 
 .. math::
     \text{forward:}\quad \mathrm{out}_{\mathrm{dst}(e)} \mathrel{+}= w_e\, \tilde h_e Q_{\mathrm{src}(e)} ,\qquad
@@ -22,9 +22,11 @@ compiler (``$CXX``, else ``c++``/``g++``/``clang++``) with ``-O3 -march=native``
 when that is not writable), keyed by a hash of the source, the compiler, the flags and the CPU; the library is
 written to a temporary name and renamed into place, so concurrent processes (ranks) never load a half-written
 file, and a damaged cached file is rebuilt; a file lock makes ranks that start at once share one build. It takes
-3-7 s and has no dependency beyond the compiler (no PyTorch headers). When there is no compiler, the build fails,
-or ``DSMPNN_NATIVE=0`` is set, :func:`kernels` returns None and the aggregation uses its pure-PyTorch path, which
-computes the same sums.
+3-7 s and has no dependency beyond the compiler (no PyTorch headers). When there is no compiler or the build fails,
+:func:`kernels` returns None and the aggregation uses its pure-PyTorch path, which computes the same sums; whether
+the kernels are used at all (``DSMPNN_NATIVE=0``, the switches, device and dtype) is decided in
+:func:`dsmpnn.nn.kernels.backend.choose_backend`.
+
 """
 
 from __future__ import annotations
@@ -50,15 +52,11 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-__all__ = ["NativeKernels", "FusedPass", "Layer", "ACTIVATIONS", "kernels", "kernels_for", "build", "SOURCE",
-           "ENABLED"]
-
-ENABLED: bool | None = None
-"""Use the fused kernels: None (default) whenever they could be built, False never (the aggregation's ``bmm``
-path), True always (:func:`kernels_for` raises when they are unavailable)."""
+__all__ = ["NativeKernels", "FusedPass", "Layer", "ACTIVATIONS", "kernels", "build", "SOURCE", "ABI"]
 
 SOURCE = Path(__file__).with_name("ecconv_kernels.cpp")
 ABI = 3
+"""``dsmpnn_native_abi()`` of a library this module can call; bump it with any change of the C interface."""
 _FLAG_SETS = (["-O3", "-march=native"], ["-O3"])  # the second when the compiler does not know -march=native
 _COMMON = ["-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-Wno-psabi"]
 
@@ -311,23 +309,10 @@ def _load(path: Path) -> NativeKernels:
     return NativeKernels(lib, path)
 
 
-def kernels_for(device: torch.device, dtype: torch.dtype | None = None) -> NativeKernels | None:
-    """The kernels when computations on ``device`` in ``dtype`` (None: any) should use them (see :data:`ENABLED`),
-    else None."""
-    if ENABLED is False or device.type != "cpu" or dtype not in (None, torch.float32, torch.float64):
-        return None
-    found = kernels()
-    if found is None and ENABLED:
-        raise RuntimeError("native.ENABLED is True but the fused CPU kernels could not be built (see the log)")
-    return found
-
-
 @functools.cache
 def kernels() -> NativeKernels | None:
-    """The compiled kernels, or None (``DSMPNN_NATIVE=0``, or no compiler or a failed build: then a UserWarning,
-    once per process, which the CLI prints as ``dsmpnn COMMAND: warning: ...``)."""
-    if os.environ.get("DSMPNN_NATIVE", "1") == "0":
-        return None
+    """The compiled kernels, or None when there is no compiler or the build fails (then a UserWarning, once per
+    process, which the CLI prints as ``dsmpnn COMMAND: warning: ...``)."""
     try:
         path = build()
         try:

@@ -1,6 +1,6 @@
 r"""A kernel MLP (Linear layers and pointwise activations) applied to a chunk of edges, with its own backward.
 
-The fused aggregation (:func:`dsmpnn.nn.aggregate.ecconv_aggregate`) evaluates the edge kernel
+The fused aggregation (:func:`dsmpnn.nn.kernels.grouped.grouped_aggregate`) evaluates the edge kernel
 :math:`h = \sigma(\dots \sigma(a W_1^\top + b_1) \dots)` one chunk of edges at a time, in the forward pass and
 again in the backward pass, so no [E, H] tensor is kept. The backward of one chunk is written out here rather
 than left to autograd for two reasons: the gradients of the weights are accumulated over chunks, and the weight
