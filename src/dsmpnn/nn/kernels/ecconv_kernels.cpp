@@ -25,6 +25,7 @@
 // The sums are taken in a fixed order (over R, then rows in edge order), so results are deterministic.
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -604,7 +605,16 @@ void backward_chunk(const Pass& p, const Chunk& ch) {
 
 extern "C" {
 
-int dsmpnn_native_abi() { return 3; }
+// native.py checks both when it loads the library: ABI (bump with any change of this interface) and the layout of
+// the structs it fills in (a stale or foreign library, or native.py's _Pass/_Chunk out of step with this file).
+int dsmpnn_native_abi() { return 4; }
+
+void dsmpnn_native_layout(int64_t* out) {  // out[4]
+    out[0] = sizeof(Pass);
+    out[1] = offsetof(Pass, glb);
+    out[2] = sizeof(Chunk);
+    out[3] = offsetof(Chunk, ga);
+}
 
 void dsmpnn_forward_f32(const Pass* p, const Chunk* ch) { forward_chunk<float>(*p, *ch); }
 void dsmpnn_forward_f64(const Pass* p, const Chunk* ch) { forward_chunk<double>(*p, *ch); }

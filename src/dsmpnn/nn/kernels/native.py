@@ -27,6 +27,11 @@ file, and a damaged cached file is rebuilt; a file lock makes ranks that start a
 the kernels are used at all (``DSMPNN_NATIVE=0``, the switches, device and dtype) is decided in
 :func:`dsmpnn.nn.kernels.backend.choose_backend`.
 
+Load-time check: the library reports its ABI number and the layout of the two structs it reads
+(``sizeof(Pass)``, ``offsetof(Pass, glb)``, ``sizeof(Chunk)``, ``offsetof(Chunk, ga)``), which must equal those of
+:class:`_Pass` and :class:`_Chunk` here. A library that disagrees (a stale or foreign file under the cache name) is
+rebuilt once; if the rebuilt one still disagrees, this module and the C++ source have drifted apart and
+:func:`kernels` raises :class:`LayoutMismatch` rather than calling into memory it would misread.
 """
 
 from __future__ import annotations
@@ -52,10 +57,11 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-__all__ = ["NativeKernels", "FusedPass", "Layer", "ACTIVATIONS", "kernels", "build", "SOURCE", "ABI"]
+__all__ = ["NativeKernels", "FusedPass", "Layer", "LayoutMismatch", "ACTIVATIONS", "kernels", "build", "SOURCE",
+           "ABI"]
 
 SOURCE = Path(__file__).with_name("ecconv_kernels.cpp")
-ABI = 3
+ABI = 4
 """``dsmpnn_native_abi()`` of a library this module can call; bump it with any change of the C interface."""
 _FLAG_SETS = (["-O3", "-march=native"], ["-O3"])  # the second when the compiler does not know -march=native
 _COMMON = ["-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-Wno-psabi"]
@@ -85,6 +91,19 @@ class _Chunk(ctypes.Structure):
 
     _fields_ = [("n", _I), ("e", _I), ("deg", _P), ("nodes", _P), ("dst", _P), ("ew", _P), ("a", _P), ("rows", _P),
                 ("ga", _P)]
+
+
+def _layout() -> tuple[int, int, int, int]:
+    """What ``dsmpnn_native_layout`` of a matching library reports: sizeof and offset of the last field of each
+    struct."""
+    return (ctypes.sizeof(_Pass), _Pass.glb.offset, ctypes.sizeof(_Chunk), _Chunk.ga.offset)
+
+
+LAYOUT_FIELDS = ("sizeof(Pass)", "offsetof(Pass, glb)", "sizeof(Chunk)", "offsetof(Chunk, ga)")
+
+
+class LayoutMismatch(RuntimeError):
+    """A library whose ABI number or struct layout differs from this module's (:func:`_load`)."""
 
 
 @dataclass(frozen=True)
@@ -299,10 +318,24 @@ def _compile(cxx: str, flags: list[str], path: Path) -> str | None:
 
 
 def _load(path: Path) -> NativeKernels:
+    """Load the library at ``path`` and check it against this module: raises OSError when it cannot be loaded,
+    LayoutMismatch when its ABI number or its structs' layout differ."""
     lib = ctypes.CDLL(str(path))
-    lib.dsmpnn_native_abi.restype = ctypes.c_int
-    if lib.dsmpnn_native_abi() != ABI:
-        raise RuntimeError(f"{path} has ABI {lib.dsmpnn_native_abi()}, expected {ABI}")
+    try:
+        lib.dsmpnn_native_abi.restype = ctypes.c_int
+        abi = lib.dsmpnn_native_abi()
+    except AttributeError:  # not one of our libraries at all
+        raise LayoutMismatch(f"{path} exports no dsmpnn_native_abi: not a dsmpnn kernel library") from None
+    if abi != ABI:
+        raise LayoutMismatch(f"{path} has ABI {abi}, expected {ABI}")
+    got = (ctypes.c_int64 * len(LAYOUT_FIELDS))()
+    lib.dsmpnn_native_layout.argtypes = [ctypes.POINTER(ctypes.c_int64)]
+    lib.dsmpnn_native_layout.restype = None
+    lib.dsmpnn_native_layout(got)
+    expected = _layout()
+    if tuple(got) != expected:
+        diff = ", ".join(f"{name} {g} (Python {e})" for name, g, e in zip(LAYOUT_FIELDS, got, expected) if g != e)
+        raise LayoutMismatch(f"{path} lays out its structs differently from {Path(__file__).name}: {diff}")
     for name in ("dsmpnn_forward_f32", "dsmpnn_forward_f64", "dsmpnn_backward_f32", "dsmpnn_backward_f64"):
         getattr(lib, name).argtypes = [ctypes.POINTER(_Pass), ctypes.POINTER(_Chunk)]
         getattr(lib, name).restype = None
@@ -312,14 +345,24 @@ def _load(path: Path) -> NativeKernels:
 @functools.cache
 def kernels() -> NativeKernels | None:
     """The compiled kernels, or None when there is no compiler or the build fails (then a UserWarning, once per
-    process, which the CLI prints as ``dsmpnn COMMAND: warning: ...``)."""
+    process, which the CLI prints as ``dsmpnn COMMAND: warning: ...``). A cached library that cannot be loaded
+    (damaged: a full disk, say) or fails the layout check (stale, foreign) is rebuilt once; raises LayoutMismatch
+    when the rebuilt library still disagrees with this module (the C++ source and ``native.py`` have drifted
+    apart: a bug, not a missing compiler, so no silent fallback)."""
     try:
         path = build()
         try:
             return _load(path)
-        except OSError:  # a damaged library in the cache (a full disk, say): build it again, once
+        except (OSError, LayoutMismatch):
             path.unlink(missing_ok=True)
-            return _load(build())
+            path = build()
+        try:
+            return _load(path)
+        except LayoutMismatch as exc:
+            raise LayoutMismatch(f"{exc}; rebuilt from {SOURCE}, so ecconv_kernels.cpp and native.py disagree "
+                                 "(set DSMPNN_NATIVE=0 to use the PyTorch path meanwhile)") from None
+    except LayoutMismatch:
+        raise
     except (RuntimeError, OSError) as exc:
         warnings.warn(f"fused CPU kernels unavailable, using the PyTorch path (same results, slower): {exc}",
                       UserWarning, stacklevel=2)
