@@ -44,9 +44,9 @@ dist = Path(sys.argv[1])
 (sdist,), (wheel,) = sorted(dist.glob("dsmpnn-*.tar.gz")), sorted(dist.glob("dsmpnn-*.whl"))
 in_sdist = [n.split("/", 1)[-1] for n in tarfile.open(sdist).getnames()]
 in_wheel = zipfile.ZipFile(wheel).namelist()
-for need in ("src/dsmpnn/nn/ecconv_kernels.cpp", "pyproject.toml", "README.md", "tests/conftest.py"):
+for need in ("src/dsmpnn/nn/kernels/ecconv_kernels.cpp", "pyproject.toml", "README.md", "tests/conftest.py"):
     assert need in in_sdist, f"{sdist.name} lacks {need}"
-assert "dsmpnn/nn/ecconv_kernels.cpp" in in_wheel, f"{wheel.name} lacks dsmpnn/nn/ecconv_kernels.cpp"
+assert "dsmpnn/nn/kernels/ecconv_kernels.cpp" in in_wheel, f"{wheel.name} lacks dsmpnn/nn/kernels/ecconv_kernels.cpp"
 assert not any(n.startswith("tests/") for n in in_wheel), f"{wheel.name} holds tests"
 print(f"smoke: {sdist.name} ({len(in_sdist)} entries) and {wheel.name} ({len(in_wheel)} files) hold the kernel source")
 PYEOF

@@ -5,7 +5,7 @@
 Inputs: 801 points on [-100, 100] and ``--points`` on [-16, 16], rounded to each dtype. Prints, for float32 and
 float64, the largest relative error of the values where they exceed 1e-30 (float32) or the smallest normal number
 (float64), the largest error of the slopes relative to the scale of their two terms (what the tests bound), and
-the same for PyTorch's own functional GELU/SiLU of that dtype. tests/nn/test_native.py asserts the bounds.
+the same for PyTorch's own functional GELU/SiLU of that dtype. tests/nn/kernels/test_native.py asserts the bounds.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from dsmpnn.nn import native
+from dsmpnn.nn.kernels import native
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests/helpers/oracles.py
 from tests.helpers.oracles import smooth_activation_truth  # noqa: E402

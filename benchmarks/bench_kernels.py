@@ -6,7 +6,7 @@
 1. One chunk of sources of equal out-degree d, targets near each other as in a locality-ordered plan (within 64
    rows of the source's slot; ``--random-targets``: at random rows of the output), one thread: GFLOP/s of one
    fused forward pass (kernel MLP 3 -> K with ReLU, Q = x W, the scattered products) and one fused backward pass
-   (all the adjoints; h and Q recomputed but not counted), both ``dsmpnn.nn.native.FusedPass``, against
+   (all the adjoints; h and Q recomputed but not counted), both ``dsmpnn.nn.kernels.native.FusedPass``, against
    torch.bmm on the [d, K+1] x [K+1, C] products alone and a 2048^3 dense matmul.
 2. The issue-5 reference ECConv (20,000 nodes, r = 0.02, C = 32, H = 64) forward + backward with 1 and 2 chunk
    workers, interleaved rounds: min and median seconds and the 2-worker speed-up, next to the dense matmul's
@@ -27,7 +27,8 @@ import torch
 
 from dsmpnn.bench.conv import _nnconv
 from dsmpnn.graph import build_graph
-from dsmpnn.nn import ECConv, RowwiseKernel, chunk_pool, native
+from dsmpnn.nn import ECConv, RowwiseKernel
+from dsmpnn.nn.kernels import chunk_pool, native
 
 
 def _rate(fn, flops: float, calls: int = 30) -> float:

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from dsmpnn.distributed import run_processes
-from dsmpnn.nn import MPNN, ECConv, aggregate, native, padded
+from dsmpnn.nn import MPNN, ECConv
+from dsmpnn.nn.kernels import backend, padded
 from tests.conftest import HAS_CUDA, NO_CUDA_REASON
 from tests.distributed import device_workers as DW
 from tests.helpers.cli_cases import TINY
@@ -62,11 +63,11 @@ def path(request, monkeypatch, device):
     """Which per-chunk products the aggregation runs (see the module docstring)."""
     monkeypatch.setattr(padded, "_COMPILED", {})  # a compiled function that fell back must not leak
     if request.param == "padded":
-        monkeypatch.setattr(aggregate, "PADDED", True)
+        monkeypatch.setattr(backend, "PADDED", True)
         monkeypatch.setattr(padded, "COMPILE_ON_CUDA", False)
     elif request.param == "per_degree":
-        monkeypatch.setattr(aggregate, "PADDED", False)
-        monkeypatch.setattr(native, "ENABLED", False)
+        monkeypatch.setattr(backend, "PADDED", False)
+        monkeypatch.setattr(backend, "FUSED", False)
     return request.param
 
 
@@ -207,7 +208,7 @@ def test_padded_is_compiled_on_cuda(monkeypatch):
         pytest.skip("Triton is not installed: torch.compile cannot generate CUDA code, the eager path is used")
     monkeypatch.setattr(padded, "_COMPILED", {})
     dev = torch.device("cuda")
-    assert aggregate._use_padded(dev)
+    assert backend.choose_backend(dev) == "padded"
     fn = padded.maybe_compiled("messages", dev)
     assert fn is not padded.padded_messages
     degrees = torch.tensor([3, 1, 0, 2], device=dev)

@@ -89,7 +89,7 @@ def test_wheel_carries_the_kernel_source_and_no_tests(tmp_path):
     assert done.returncode == 0, done.stderr
     (wheel,) = tmp_path.glob("dsmpnn-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "dsmpnn/nn/ecconv_kernels.cpp" in names
+    assert "dsmpnn/nn/kernels/ecconv_kernels.cpp" in names
     assert "dsmpnn/cli.py" in names and "dsmpnn/optional.py" in names
     assert not [n for n in names if n.startswith("tests/")]
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))

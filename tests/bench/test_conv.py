@@ -3,8 +3,7 @@
 import torch
 
 from dsmpnn.bench import bench_conv, ecconv_flops, format_table, peak_memory
-from dsmpnn.bench.conv import ecconv_path
-from dsmpnn.nn import aggregate, native
+from dsmpnn.nn.kernels import backend
 
 
 def test_bench_conv_small():
@@ -19,7 +18,7 @@ def test_bench_conv_small():
     ec, dense = result["ecconv"], result["dense"]
     assert len(ec["forward_times_s"]) == len(dense["round_times_s"]) * result["config"]["ecconv_calls"]
     assert 0 < ec["time_over_dense_equivalent_paired"] <= ec["time_over_dense_equivalent_paired_median"]
-    assert result["config"]["ecconv_path"] == ecconv_path(torch.device("cpu"), torch.float32)
+    assert result["config"]["ecconv_path"] == backend.choose_backend(torch.device("cpu"), torch.float32)
     assert f"path={result['config']['ecconv_path']}" in format_table(result)
 
 
@@ -29,18 +28,7 @@ def test_bench_conv_compares_the_cpu_paths_in_the_same_run():
     assert result["ecconv_bmm"]["total_s"] > 0 and result["fused_speedup"]["total"] > 0
     assert result["fused_vs_bmm_max_abs_diff"] < 1e-4
     assert "bmm path" in format_table(result)
-    assert native.ENABLED is None  # the switch is restored
-
-
-def test_ecconv_path_follows_the_switch(monkeypatch):
-    monkeypatch.setattr(native, "ENABLED", False)
-    assert ecconv_path(torch.device("cpu"), torch.float32) == "bmm"
-    monkeypatch.setattr(aggregate, "PADDED", True)
-    assert ecconv_path(torch.device("cpu"), torch.float32) == "padded"
-    if native.kernels() is not None:
-        monkeypatch.setattr(native, "ENABLED", None)
-        monkeypatch.setattr(aggregate, "PADDED", None)
-        assert ecconv_path(torch.device("cpu"), torch.float32) == "fused"
+    assert backend.FUSED is None  # the switch is restored
 
 
 def test_ecconv_flops_by_hand():

@@ -5,10 +5,11 @@ import torch
 from torch import nn
 from torch_geometric.nn import NNConv
 
-from dsmpnn.nn import ECConv, aggregate, chunk_pool, edge_kernel_aggregate, native
+from dsmpnn.nn import ECConv, edge_kernel_aggregate
 from dsmpnn.nn.aggregate import ecconv_aggregate
-from dsmpnn.nn.edge_plan import EdgePlan
-from dsmpnn.nn.rowwise import RowwiseKernel
+from dsmpnn.nn.kernels import backend, chunk_pool, native
+from dsmpnn.nn.kernels.edge_plan import EdgePlan
+from dsmpnn.nn.kernels.rowwise import RowwiseKernel
 from tests.helpers.oracles import dense_nnconv
 
 pytestmark = pytest.mark.numerics
@@ -16,10 +17,10 @@ pytestmark = pytest.mark.numerics
 
 @pytest.fixture(autouse=True, params=["fused", "bmm"])
 def cpu_path(request, monkeypatch):
-    """Every test runs on both CPU paths: the fused C++ kernels (:mod:`dsmpnn.nn.native`) and PyTorch's bmm."""
+    """Every test runs on both CPU backends: the fused C++ kernels and PyTorch's bmm."""
     if request.param == "fused" and native.kernels() is None:
         pytest.skip("the fused CPU kernels could not be built here (no C++ compiler?)")
-    monkeypatch.setattr(native, "ENABLED", request.param == "fused")
+    monkeypatch.setattr(backend, "FUSED", request.param == "fused")
     return request.param
 
 
@@ -232,7 +233,7 @@ def test_kernel_mlps(kind, aggr):
 def test_mpnn_layers_share_one_plan():
     """The layers of a model reuse the plan of their common edge_index (built once per tensor)."""
     from dsmpnn.nn import MPNN
-    import dsmpnn.nn.edge_plan as plan_module
+    import dsmpnn.nn.kernels.edge_plan as plan_module
 
     torch.manual_seed(0)
     model = MPNN(3, 2, 3, hidden=8, layers=3, kernel_hidden=(6,))
@@ -326,7 +327,7 @@ def test_inference_and_no_grad_modes():
 @pytest.mark.parametrize("aggr", ["mean", "sum"])
 def test_padded_path_equals_nnconv(aggr, monkeypatch):
     """The degree-padded products (used on CUDA) computed on CPU: hubs, isolated nodes, small chunks."""
-    monkeypatch.setattr(aggregate, "PADDED", True)
+    monkeypatch.setattr(backend, "PADDED", True)
     ref, conv = make_pair(3, 4, 3, (5,), aggr, 18)
     conv.edge_chunk = 10
     gen = torch.Generator().manual_seed(18)
@@ -338,7 +339,7 @@ def test_padded_path_equals_nnconv(aggr, monkeypatch):
 
 
 def test_padded_gradcheck(monkeypatch):
-    monkeypatch.setattr(aggregate, "PADDED", True)
+    monkeypatch.setattr(backend, "PADDED", True)
     gen = torch.Generator().manual_seed(5)
     ei = torch.randint(0, 8, (2, 30), generator=gen)
     plan = EdgePlan.build(ei, 8, chunk=9)

@@ -40,19 +40,12 @@ from torch import nn
 
 from dsmpnn.bench.measure import peak_memory, synchronize, time_calls
 from dsmpnn.graph import build_graph
-from dsmpnn.nn import aggregate, native
+from dsmpnn.nn.kernels import backend
 from dsmpnn.nn.ecconv import ECConv
-from dsmpnn.nn.edge_plan import DEFAULT_EDGE_CHUNK, EdgePlan, cached_edge_plan
+from dsmpnn.nn.kernels.edge_plan import DEFAULT_EDGE_CHUNK, EdgePlan, cached_edge_plan
 from dsmpnn.optional import PYG_INSTALL, require
 
-__all__ = ["bench_conv", "ecconv_flops", "ecconv_path", "format_table", "machine_info"]
-
-
-def ecconv_path(device: torch.device, dtype: torch.dtype) -> str:
-    """Which per-chunk products ECConv runs with here: "fused" (C++ kernels), "bmm" (CPU fallback) or "padded"."""
-    if aggregate._use_padded(device):
-        return "padded"
-    return "fused" if native.kernels_for(device, dtype) is not None else "bmm"
+__all__ = ["bench_conv", "ecconv_flops", "format_table", "machine_info"]
 
 
 def ecconv_flops(num_nodes: int, num_edges: int, num_sources: int, in_channels: int, out_channels: int,
@@ -107,20 +100,20 @@ def _nnconv(cin: int, cout: int, edge_dim: int, hidden: int, aggr: str) -> nn.Mo
 
 @contextmanager
 def _native_switch(enabled: bool | None) -> Iterator[None]:
-    """``native.ENABLED = enabled`` for the duration (None: leave it as it is)."""
+    """``backend.FUSED = enabled`` for the duration (None: leave it as it is)."""
     if enabled is None:
         yield
         return
-    old, native.ENABLED = native.ENABLED, enabled
+    old, backend.FUSED = backend.FUSED, enabled
     try:
         yield
     finally:
-        native.ENABLED = old
+        backend.FUSED = old
 
 
 class _Runner:
     """Timed training steps and inference calls of one convolution, collected across interleaved rounds.
-    ``native``: :data:`dsmpnn.nn.native.ENABLED` during its calls (None: unchanged)."""
+    ``native``: :data:`dsmpnn.nn.kernels.backend.FUSED` during its calls (None: unchanged)."""
 
     def __init__(self, conv: nn.Module, x: torch.Tensor, ei: torch.Tensor, ea: torch.Tensor, g: torch.Tensor,
                  device: str, native: bool | None = None) -> None:
@@ -254,8 +247,8 @@ def _bench(nodes, radius, channels, hidden, repeats, device, seed, aggr, dtype, 
     result = {
         "config": {"nodes": nodes, "radius": radius, "channels": channels, "hidden": hidden, "aggr": aggr,
                    "dtype": str(dtype).replace("torch.", ""), "edge_chunk": edge_chunk, "repeats": repeats,
-                   "ecconv_calls": ecconv_calls, "seed": seed, "ecconv_path": ecconv_path(torch.device(device),
-                                                                                         dtype)},
+                   "ecconv_calls": ecconv_calls, "seed": seed,
+                   "ecconv_path": backend.choose_backend(torch.device(device), dtype)},
         "machine": machine_info(device),
         "graph": {"edges": graph.num_edges, "mean_degree": graph.num_edges / nodes,
                   "max_in_degree": int(plan.in_degree.max()) if graph.num_edges else 0,

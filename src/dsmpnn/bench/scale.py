@@ -87,7 +87,7 @@ def run_point(nodes: int, dim: int = 2, neighbors: float = 25, channels: int = 3
     from dsmpnn.bench.measure import synchronize  # noqa: PLC0415
     from dsmpnn.graph import build_graph  # noqa: PLC0415
     from dsmpnn.nn import MPNN, ECConv  # noqa: PLC0415
-    from dsmpnn.nn.edge_plan import DEFAULT_EDGE_CHUNK  # noqa: PLC0415
+    from dsmpnn.nn.kernels.edge_plan import DEFAULT_EDGE_CHUNK  # noqa: PLC0415
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

@@ -1,13 +1,14 @@
 """Neural network layers and models: the factorised edge-conditioned convolution, the MPNN, the GCN
-baseline."""
+baseline. The modules here are the maths; what makes the aggregation fast (C++ kernels and their build, thread
+pool, edge plans, the choice of backend) is in :mod:`dsmpnn.nn.kernels`."""
 
 from dsmpnn.nn.aggregate import ecconv_aggregate, edge_kernel_aggregate, edge_weights
 from dsmpnn.nn.ecconv import ECConv
-from dsmpnn.nn.edge_plan import EdgePlan, cached_edge_plan
 from dsmpnn.nn.gcn import GCN
+from dsmpnn.nn.kernels.edge_plan import EdgePlan, cached_edge_plan
+from dsmpnn.nn.kernels.rowwise import RowwiseKernel
 from dsmpnn.nn.mlp import MLP
 from dsmpnn.nn.mpnn import MPNN, Exchange
-from dsmpnn.nn.rowwise import RowwiseKernel
 
 __all__ = ["ECConv", "EdgePlan", "GCN", "MLP", "MPNN", "Exchange", "RowwiseKernel", "ecconv_aggregate",
            "cached_edge_plan", "edge_kernel_aggregate", "edge_weights"]

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from dsmpnn.nn.aggregate import ecconv_aggregate
-from dsmpnn.nn.edge_plan import DEFAULT_EDGE_CHUNK, EdgePlan, cached_edge_plan
+from dsmpnn.nn.kernels.edge_plan import DEFAULT_EDGE_CHUNK, EdgePlan, cached_edge_plan
+from dsmpnn.nn.kernels.rowwise import RowwiseKernel
 from dsmpnn.nn.mlp import MLP
-from dsmpnn.nn.rowwise import RowwiseKernel
 
 __all__ = ["ECConv"]
 
@@ -35,17 +35,16 @@ class ECConv(nn.Module):
     (one dense [N, C_in] x [C_in, (H+1) C_out] matmul). Per edge only an (H+1)-by-C_out product remains:
     O(E H C_out) work instead of O(E H C_in C_out), and no [E, C_in, C_out] tensor.
 
-    Evaluation (:func:`dsmpnn.nn.aggregate.ecconv_aggregate`): edges grouped by source and out-degree
-    (:class:`dsmpnn.nn.edge_plan.EdgePlan`, cached per ``edge_index`` tensor so the layers of a model share it),
-    in chunks of ``edge_chunk`` edges. Per chunk: Q_j of its sources (dense matmul), h(e) of its edges (kernel
-    MLP), one batched [d, H] x [H, C_out] product per out-degree d, messages added into the targets. Backward
-    recomputes Q and h per chunk, so neither pass stores anything per edge (no [E, H] tensor either) when the
-    kernel MLP is made of Linear layers and pointwise activations; other kernel modules (dropout, batch norm)
-    are evaluated once over all edges by autograd and only the aggregation is chunked. On CPU the chunks are
-    shared by ``torch.get_num_threads()`` worker threads (:mod:`dsmpnn.nn.chunk_pool`). On CUDA the same code
-    runs with one degree-padded batched product per chunk, compiled when Triton is available
-    (:mod:`dsmpnn.nn.padded`): that path is UNTESTED ON GPU (its arithmetic is tested on CPU); a larger
-    ``edge_chunk`` (e.g. 2**20) suits a GPU.
+    Evaluation (:func:`dsmpnn.nn.aggregate.ecconv_aggregate`): edges grouped by source
+    (:class:`~dsmpnn.nn.kernels.edge_plan.EdgePlan`, cached per ``edge_index`` tensor so the layers of a model
+    share it), in chunks of ``edge_chunk`` edges; per chunk Q_j of its sources, h(e) of its edges (kernel MLP) and
+    the per-source products, the messages added into their targets. Backward recomputes Q and h per chunk, so
+    neither pass stores anything per edge (no [E, H] tensor either) when the kernel MLP is made of Linear layers
+    and pointwise activations; other kernel modules (dropout, batch norm) are evaluated once over all edges by
+    autograd and only the aggregation is chunked. Which implementation runs (fused C++ kernels on CPU, batched
+    PyTorch products, degree-padded on CUDA: UNTESTED ON GPU) is :func:`dsmpnn.nn.kernels.backend.choose_backend`'s
+    choice; on CPU the chunks are shared by ``torch.get_num_threads()`` worker threads. A larger ``edge_chunk``
+    (e.g. 2**20) suits a GPU.
 
     Args:
         in_channels, out_channels: C_in, C_out.
@@ -106,7 +105,7 @@ class ECConv(nn.Module):
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor,
                 plan: EdgePlan | None = None) -> torch.Tensor:
         """``plan``: an :class:`EdgePlan` of ``edge_index`` built with ``num_nodes = x.shape[0]``, to skip the
-        (cached) lookup; by default :func:`dsmpnn.nn.edge_plan.cached_edge_plan` finds or builds it."""
+        (cached) lookup; by default :func:`~dsmpnn.nn.kernels.edge_plan.cached_edge_plan` finds or builds it."""
         n = x.shape[0]
         if edge_attr.dim() != 2 or edge_attr.shape[0] != edge_index.shape[-1]:
             raise ValueError(f"edge_attr has shape {list(edge_attr.shape)}, expected [E={edge_index.shape[-1]}, D]")

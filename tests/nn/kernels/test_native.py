@@ -1,13 +1,15 @@
 """The fused CPU kernels: their sums against a plain loop, every tile shape, and how they are built and found."""
 
-import os
+import ctypes
+import ctypes.util
 import platform
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from dsmpnn.nn import native
+from dsmpnn.nn.kernels import native
 from tests.helpers.oracles import smooth_activation_truth
 
 pytestmark = pytest.mark.numerics
@@ -203,29 +205,9 @@ def test_failed_build_falls_back_with_a_warning(tmp_path, monkeypatch):
         with pytest.warns(UserWarning, match="using the PyTorch path") as record:
             assert native.kernels() is None
         assert "\n" not in str(record[0].message)  # one line, as the CLI prints it
-        assert native.kernels_for(torch.device("cpu")) is None
-        monkeypatch.setattr(native, "ENABLED", True)
-        with pytest.raises(RuntimeError, match="could not be built"):
-            native.kernels_for(torch.device("cpu"))
         assert not list((tmp_path / "cache").glob(".build-*"))  # no half-written library left
     finally:
         native.kernels.cache_clear()
-
-
-def test_switches(monkeypatch):
-    native.kernels.cache_clear()
-    monkeypatch.setenv("DSMPNN_NATIVE", "0")
-    try:
-        assert native.kernels() is None
-    finally:
-        native.kernels.cache_clear()
-    monkeypatch.delenv("DSMPNN_NATIVE")
-    monkeypatch.setattr(native, "ENABLED", False)
-    assert native.kernels_for(torch.device("cpu")) is None
-    monkeypatch.setattr(native, "ENABLED", None)
-    assert native.kernels_for(torch.device("cpu"), torch.float16) is None
-    assert native.kernels_for(torch.device("meta")) is None
-    assert os.environ.get("DSMPNN_NATIVE") is None
 
 
 @needs_kernels
@@ -247,6 +229,95 @@ def test_damaged_cached_library_is_rebuilt(tmp_path, monkeypatch):
     try:
         kern = native.kernels()
         assert kern is not None and kern.path == path and path.read_bytes() != b"not a shared library"
+    finally:
+        native.kernels.cache_clear()
+
+
+@needs_kernels
+def test_library_reports_the_layout_of_the_python_structs():
+    """The C++ Pass and Chunk as the library lays them out (sizeof, offset of the last field) equal _Pass/_Chunk."""
+    kern = native.kernels()
+    got = (ctypes.c_int64 * 4)()
+    kern.lib.dsmpnn_native_layout(got)
+    assert tuple(got) == native._layout() == (ctypes.sizeof(native._Pass), native._Pass.glb.offset,
+                                              ctypes.sizeof(native._Chunk), native._Chunk.ga.offset)
+    assert kern.lib.dsmpnn_native_abi() == native.ABI
+
+
+@needs_kernels
+def test_library_whose_structs_differ_is_refused(monkeypatch):
+    """A library whose struct sizes are not those native.py fills in (here: native.py made to expect others) is
+    never called: loading it raises, naming what differs."""
+    path = native.kernels().path
+    real = native._layout()
+    monkeypatch.setattr(native, "_layout", lambda: (real[0] + 8, real[1], real[2], real[3] - 8))
+    with pytest.raises(native.LayoutMismatch, match=rf"sizeof\(Pass\) {real[0]} \(Python {real[0] + 8}\), "
+                                                    rf"offsetof\(Chunk, ga\) {real[3]} \(Python {real[3] - 8}\)"):
+        native._load(path)
+    monkeypatch.setattr(native, "_layout", lambda: real)
+    monkeypatch.setattr(native, "ABI", native.ABI + 1)
+    with pytest.raises(native.LayoutMismatch, match=rf"has ABI {native.ABI - 1}, expected {native.ABI}"):
+        native._load(path)
+
+
+def test_foreign_library_is_refused():
+    libm = ctypes.util.find_library("m")
+    if libm is None:
+        pytest.skip("no libm to stand in for a foreign library")
+    with pytest.raises(native.LayoutMismatch, match="not a dsmpnn kernel library"):
+        native._load(Path(libm))
+
+
+def _fake_builds(tmp_path, monkeypatch, before_each=None) -> list[Path]:
+    """native.build replaced by copies of the real library into fresh files (no compiler run); returns the list
+    of paths handed out. ``before_each(i)`` runs before the i-th build."""
+    real = native.kernels().path
+    handed: list[Path] = []
+
+    def fake_build(cache_dir=None):
+        if before_each is not None:
+            before_each(len(handed))
+        path = tmp_path / f"lib{len(handed)}.so"
+        shutil.copyfile(real, path)
+        handed.append(path)
+        return path
+
+    monkeypatch.setattr(native, "build", fake_build)
+    return handed
+
+
+@needs_kernels
+def test_stale_library_is_rebuilt_once(tmp_path, monkeypatch):
+    """A cached library that fails the layout check (stale, foreign) is deleted and built again; the rebuilt one
+    is used."""
+    real = native._layout()
+
+    def stale_first(i):  # the first library handed out disagrees, the rebuilt one agrees
+        monkeypatch.setattr(native, "_layout", (lambda: (real[0] + 8, *real[1:])) if i == 0 else (lambda: real))
+
+    handed = _fake_builds(tmp_path, monkeypatch, stale_first)
+    native.kernels.cache_clear()
+    try:
+        kern = native.kernels()
+        assert kern is not None and kern.path == handed[1] and len(handed) == 2
+        assert not handed[0].exists()  # the stale library was removed
+    finally:
+        native.kernels.cache_clear()
+
+
+@needs_kernels
+def test_library_that_still_differs_after_a_rebuild_raises(tmp_path, monkeypatch):
+    """When the freshly built library disagrees too, native.py and the C++ source have drifted apart: kernels()
+    raises (no silent fallback), after exactly one rebuild."""
+    handed = _fake_builds(tmp_path, monkeypatch)
+    real = native._layout()
+    monkeypatch.setattr(native, "_layout", lambda: (real[0], real[1], real[2] + 8, real[3]))
+    native.kernels.cache_clear()
+    try:
+        with pytest.raises(native.LayoutMismatch, match=r"sizeof\(Chunk\).*ecconv_kernels.cpp and native.py "
+                                                        r"disagree.*DSMPNN_NATIVE=0"):
+            native.kernels()
+        assert len(handed) == 2
     finally:
         native.kernels.cache_clear()
 

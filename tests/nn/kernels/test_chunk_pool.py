@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from dsmpnn.nn import chunk_pool
+from dsmpnn.nn.kernels import chunk_pool
 
 cpu = torch.device("cpu")
 

@@ -1,7 +1,7 @@
 r"""The per-source products of one chunk as ONE batched matmul over degree-padded sources (the CUDA path).
 
 On CPU the products :math:`M_j = H_j Q_j` run as one ``bmm`` per out-degree present in the chunk
-(:mod:`dsmpnn.nn.aggregate`): no wasted work, and a few dozen calls cost nothing next to the arithmetic. On a GPU
+(:mod:`dsmpnn.nn.kernels.bmm`): no wasted work, and a few dozen calls cost nothing next to the arithmetic. On a GPU
 the arithmetic of a chunk takes microseconds and those calls (kernel launches) dominate, so there the chunk's
 sources are padded to its largest out-degree D and the products are one ``bmm`` of [n, D, K'] x [n, K', C]:
 
@@ -15,7 +15,7 @@ where :math:`s_a` is the first (chunk-local) edge of source a and row e of :math
 When ``torch.compile`` and Triton are available these two functions are compiled (dynamic shapes) on CUDA, which
 fuses the padding gathers around the matmuls.
 
-UNTESTED ON GPU: this module's arithmetic is tested on CPU (``aggregate.PADDED = True``) against NNConv and
+UNTESTED ON GPU: this module's arithmetic is tested on CPU (``backend.PADDED = True``) against NNConv and
 with gradcheck, but no GPU was available when it was written; the compiled variant and its speed have never
 run. A failure of the compiled variant falls back to the eager functions, with a warning.
 """

@@ -25,6 +25,7 @@
 // The sums are taken in a fixed order (over R, then rows in edge order), so results are deterministic.
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -213,7 +214,7 @@ enum Act : int32_t { kIdentity = 0, kRelu = 1, kGelu = 2, kSilu = 3 };
 // fit 3e-9, of the float32 evaluation about 2e-7); exp(-t^2/2) as exp(-s/2) (1 - d/2) with s = fl(t t) and
 // d = t t - s exact (Dekker's product), so the rounding of t^2 (relative 6e-8, i.e. 6e-8 t^2/2 in the exponent)
 // does not spoil it; exp by Cephes' polynomial (about 1 ulp) scaled by 2^n in two factors, so that it is right
-// down to the denormals and overflows to +inf. tests/nn/test_native.py holds them to a float64 truth (mpmath).
+// down to the denormals and overflows to +inf. tests/nn/kernels/test_native.py holds them to a float64 truth (mpmath).
 inline double gelu_value(double z) { return z * 0.5 * std::erfc(z * -0.70710678118654752); }
 inline double gelu_slope(double z) {
     return 0.5 * std::erfc(z * -0.70710678118654752) + z * std::exp(z * z * -0.5) * 0.3989422804014327;
@@ -604,7 +605,16 @@ void backward_chunk(const Pass& p, const Chunk& ch) {
 
 extern "C" {
 
-int dsmpnn_native_abi() { return 3; }
+// native.py checks both when it loads the library: ABI (bump with any change of this interface) and the layout of
+// the structs it fills in (a stale or foreign library, or native.py's _Pass/_Chunk out of step with this file).
+int dsmpnn_native_abi() { return 4; }
+
+void dsmpnn_native_layout(int64_t* out) {  // out[4]
+    out[0] = sizeof(Pass);
+    out[1] = offsetof(Pass, glb);
+    out[2] = sizeof(Chunk);
+    out[3] = offsetof(Chunk, ga);
+}
 
 void dsmpnn_forward_f32(const Pass* p, const Chunk* ch) { forward_chunk<float>(*p, *ch); }
 void dsmpnn_forward_f64(const Pass* p, const Chunk* ch) { forward_chunk<double>(*p, *ch); }

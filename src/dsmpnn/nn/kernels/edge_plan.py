@@ -5,7 +5,7 @@ batch of small dense products, one per source node j: :math:`M_j = H_j Q_j`, wit
 \mathbb{R}^{d_j \times K}` the kernel features of the :math:`d_j` edges leaving j. Sorting the edges by
 (out-degree of the source, source) puts the edges of all sources of the same out-degree d next to each other,
 so the products of those sources are one ``bmm`` of shape [n_d, d, K] x [n_d, K, C] on views, without padding
-or copies (``order="degree"``). The fused CPU kernels (:mod:`dsmpnn.nn.native`) take any out-degree per source;
+or copies (``order="degree"``). The fused CPU kernels (:mod:`dsmpnn.nn.kernels.native`) take any out-degree per source;
 for them the sources are put in reverse Cuthill-McKee order instead (``order="locality"``, SciPy), so that
 consecutive sources are graph neighbours: the rows of the output they add into, and of the gradient they read,
 are still in cache (on the issue-5 reference case, whose node ids are random, this doubled the kernels' speed).
@@ -31,8 +31,8 @@ import scipy.sparse
 import torch
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
-from dsmpnn.nn import native
-from dsmpnn.nn.chunk_pool import run_single_threaded
+from dsmpnn.nn.kernels.backend import choose_backend
+from dsmpnn.nn.kernels.chunk_pool import run_single_threaded
 
 __all__ = ["EdgePlan", "Group", "Chunk", "cached_edge_plan", "default_order", "DEFAULT_EDGE_CHUNK", "ORDERS"]
 
@@ -48,7 +48,7 @@ ORDERS = ("degree", "locality")
 
 def default_order(device: torch.device) -> str:
     """"locality" where the fused CPU kernels will run, "degree" (the ``bmm`` and padded paths) elsewhere."""
-    return "locality" if native.kernels_for(device) is not None else "degree"
+    return "locality" if choose_backend(device) == "fused" else "degree"
 
 NODES_PER_CHUNK_DIVISOR = 8
 
@@ -114,9 +114,9 @@ class EdgePlan:
         return max((c.n1 - c.n0 for c in self.chunks), default=0)
 
     def padded(self, ch: Chunk) -> tuple[torch.Tensor, torch.Tensor]:
-        """The degree-padded layout of chunk ``ch`` (:func:`dsmpnn.nn.padded.padded_index`), made once."""
+        """The degree-padded layout of chunk ``ch`` (:func:`dsmpnn.nn.kernels.padded.padded_index`), made once."""
         if ch.n0 not in self._padded:
-            from dsmpnn.nn.padded import padded_index  # noqa: PLC0415 - only the padded (CUDA) path needs it
+            from dsmpnn.nn.kernels.padded import padded_index  # noqa: PLC0415 - only the padded (CUDA) path needs it
 
             self._padded[ch.n0] = padded_index(self.source_degree[ch.n0:ch.n1], ch.e1 - ch.e0)
         return self._padded[ch.n0]

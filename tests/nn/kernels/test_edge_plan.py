@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dsmpnn.nn.edge_plan import ORDERS, EdgePlan, cached_edge_plan
+from dsmpnn.nn.kernels.edge_plan import ORDERS, EdgePlan, cached_edge_plan
 
 
 @pytest.mark.parametrize("order", ORDERS)
@@ -88,8 +88,8 @@ def test_plan_cache_is_keyed_on_tensor_identity_and_version():
 
 
 def test_plan_cache_forgets_freed_tensors(monkeypatch):
-    import dsmpnn.nn.chunk_pool as chunk_pool
-    import dsmpnn.nn.edge_plan as plan_module
+    import dsmpnn.nn.kernels.chunk_pool as chunk_pool
+    import dsmpnn.nn.kernels.edge_plan as plan_module
 
     monkeypatch.setattr(chunk_pool, "CHUNK_WORKERS", 1)  # build in this thread: no pool thread holds `ei` late
     ei = torch.randint(0, 10, (2, 40), generator=torch.Generator().manual_seed(2))

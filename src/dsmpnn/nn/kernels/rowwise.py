@@ -1,6 +1,6 @@
 r"""A kernel MLP (Linear layers and pointwise activations) applied to a chunk of edges, with its own backward.
 
-The fused aggregation (:func:`dsmpnn.nn.aggregate.ecconv_aggregate`) evaluates the edge kernel
+The fused aggregation (:func:`dsmpnn.nn.kernels.grouped.grouped_aggregate`) evaluates the edge kernel
 :math:`h = \sigma(\dots \sigma(a W_1^\top + b_1) \dots)` one chunk of edges at a time, in the forward pass and
 again in the backward pass, so no [E, H] tensor is kept. The backward of one chunk is written out here rather
 than left to autograd for two reasons: the gradients of the weights are accumulated over chunks, and the weight
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dsmpnn.nn import native
+from dsmpnn.nn.kernels import native
 
 __all__ = ["RowwiseKernel"]
 
@@ -33,7 +33,7 @@ _POINTWISE = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.ELU, nn.LeakyReLU, nn.Sigmo
 
 
 _NATIVE_NAMES = {nn.ReLU: "relu", nn.GELU: "gelu", nn.SiLU: "silu"}
-"""Activations the fused kernels evaluate themselves (:data:`dsmpnn.nn.native.ACTIVATIONS`)."""
+"""Activations the fused kernels evaluate themselves (:data:`dsmpnn.nn.kernels.native.ACTIVATIONS`)."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class RowwiseKernel:
 
     def native_layers(self) -> list[native.Layer] | None:
         """The MLP as Linear layers, each followed by at most one activation that the fused CPU kernels evaluate
-        themselves (ReLU, exact GELU, SiLU: :data:`dsmpnn.nn.native.ACTIVATIONS`), or None when it has another
+        themselves (ReLU, exact GELU, SiLU: :data:`dsmpnn.nn.kernels.native.ACTIVATIONS`), or None when it has another
         form (then PyTorch evaluates it and hands its output to the kernels)."""
         layers: list[native.Layer] = []
         for m in self.layers:

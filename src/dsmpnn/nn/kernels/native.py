@@ -1,6 +1,6 @@
 r"""The fused CPU kernels of the edge aggregation (``ecconv_kernels.cpp``), compiled on first use.
 
-One chunk of :mod:`dsmpnn.nn.aggregate` as one C++ call (:class:`FusedPass`), forward or backward:
+One chunk of the aggregation (:mod:`dsmpnn.nn.aggregate`) as one C++ call (:class:`FusedPass`), forward or backward:
 
 .. math::
     \text{forward:}\quad \mathrm{out}_{\mathrm{dst}(e)} \mathrel{+}= w_e\, \tilde h_e Q_{\mathrm{src}(e)} ,\qquad
@@ -22,9 +22,16 @@ compiler (``$CXX``, else ``c++``/``g++``/``clang++``) with ``-O3 -march=native``
 when that is not writable), keyed by a hash of the source, the compiler, the flags and the CPU; the library is
 written to a temporary name and renamed into place, so concurrent processes (ranks) never load a half-written
 file, and a damaged cached file is rebuilt; a file lock makes ranks that start at once share one build. It takes
-3-7 s and has no dependency beyond the compiler (no PyTorch headers). When there is no compiler, the build fails,
-or ``DSMPNN_NATIVE=0`` is set, :func:`kernels` returns None and the aggregation uses its pure-PyTorch path, which
-computes the same sums.
+3-7 s and has no dependency beyond the compiler (no PyTorch headers). When there is no compiler or the build fails,
+:func:`kernels` returns None and the aggregation uses its pure-PyTorch path, which computes the same sums; whether
+the kernels are used at all (``DSMPNN_NATIVE=0``, the switches, device and dtype) is decided in
+:func:`dsmpnn.nn.kernels.backend.choose_backend`.
+
+Load-time check: the library reports its ABI number and the layout of the two structs it reads
+(``sizeof(Pass)``, ``offsetof(Pass, glb)``, ``sizeof(Chunk)``, ``offsetof(Chunk, ga)``), which must equal those of
+:class:`_Pass` and :class:`_Chunk` here. A library that disagrees (a stale or foreign file under the cache name) is
+rebuilt once; if the rebuilt one still disagrees, this module and the C++ source have drifted apart and
+:func:`kernels` raises :class:`LayoutMismatch` rather than calling into memory it would misread.
 """
 
 from __future__ import annotations
@@ -50,15 +57,12 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-__all__ = ["NativeKernels", "FusedPass", "Layer", "ACTIVATIONS", "kernels", "kernels_for", "build", "SOURCE",
-           "ENABLED"]
-
-ENABLED: bool | None = None
-"""Use the fused kernels: None (default) whenever they could be built, False never (the aggregation's ``bmm``
-path), True always (:func:`kernels_for` raises when they are unavailable)."""
+__all__ = ["NativeKernels", "FusedPass", "Layer", "LayoutMismatch", "ACTIVATIONS", "kernels", "build", "SOURCE",
+           "ABI"]
 
 SOURCE = Path(__file__).with_name("ecconv_kernels.cpp")
-ABI = 3
+ABI = 4
+"""``dsmpnn_native_abi()`` of a library this module can call; bump it with any change of the C interface."""
 _FLAG_SETS = (["-O3", "-march=native"], ["-O3"])  # the second when the compiler does not know -march=native
 _COMMON = ["-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-Wno-psabi"]
 
@@ -87,6 +91,19 @@ class _Chunk(ctypes.Structure):
 
     _fields_ = [("n", _I), ("e", _I), ("deg", _P), ("nodes", _P), ("dst", _P), ("ew", _P), ("a", _P), ("rows", _P),
                 ("ga", _P)]
+
+
+def _layout() -> tuple[int, int, int, int]:
+    """What ``dsmpnn_native_layout`` of a matching library reports: sizeof and offset of the last field of each
+    struct."""
+    return (ctypes.sizeof(_Pass), _Pass.glb.offset, ctypes.sizeof(_Chunk), _Chunk.ga.offset)
+
+
+LAYOUT_FIELDS = ("sizeof(Pass)", "offsetof(Pass, glb)", "sizeof(Chunk)", "offsetof(Chunk, ga)")
+
+
+class LayoutMismatch(RuntimeError):
+    """A library whose ABI number or struct layout differs from this module's (:func:`_load`)."""
 
 
 @dataclass(frozen=True)
@@ -167,7 +184,7 @@ class FusedPass:
         """Run the pass on one chunk: deg/nodes [n] int64 (edges per source, source ids), dst [e] int64, ew [e] or
         None, the edge inputs ``a`` (rows ``rows`` [e] of a [E, F], or a [e, F] in edge order with ``rows``
         None), and, in backward, ``ga`` where dL/da goes (same rows; None to skip). The indices are trusted (they
-        come from an :class:`~dsmpnn.nn.edge_plan.EdgePlan`): the kernels do not check their range."""
+        come from an :class:`~dsmpnn.nn.kernels.edge_plan.EdgePlan`): the kernels do not check their range."""
         _check_index(deg, nodes, dst, *(() if rows is None else (rows,)))
         _check(a, ew, ga, dtype=self.dtype)
         if a.shape[1] != self.width:
@@ -301,40 +318,51 @@ def _compile(cxx: str, flags: list[str], path: Path) -> str | None:
 
 
 def _load(path: Path) -> NativeKernels:
+    """Load the library at ``path`` and check it against this module: raises OSError when it cannot be loaded,
+    LayoutMismatch when its ABI number or its structs' layout differ."""
     lib = ctypes.CDLL(str(path))
-    lib.dsmpnn_native_abi.restype = ctypes.c_int
-    if lib.dsmpnn_native_abi() != ABI:
-        raise RuntimeError(f"{path} has ABI {lib.dsmpnn_native_abi()}, expected {ABI}")
+    try:
+        lib.dsmpnn_native_abi.restype = ctypes.c_int
+        abi = lib.dsmpnn_native_abi()
+    except AttributeError:  # not one of our libraries at all
+        raise LayoutMismatch(f"{path} exports no dsmpnn_native_abi: not a dsmpnn kernel library") from None
+    if abi != ABI:
+        raise LayoutMismatch(f"{path} has ABI {abi}, expected {ABI}")
+    got = (ctypes.c_int64 * len(LAYOUT_FIELDS))()
+    lib.dsmpnn_native_layout.argtypes = [ctypes.POINTER(ctypes.c_int64)]
+    lib.dsmpnn_native_layout.restype = None
+    lib.dsmpnn_native_layout(got)
+    expected = _layout()
+    if tuple(got) != expected:
+        diff = ", ".join(f"{name} {g} (Python {e})" for name, g, e in zip(LAYOUT_FIELDS, got, expected) if g != e)
+        raise LayoutMismatch(f"{path} lays out its structs differently from {Path(__file__).name}: {diff}")
     for name in ("dsmpnn_forward_f32", "dsmpnn_forward_f64", "dsmpnn_backward_f32", "dsmpnn_backward_f64"):
         getattr(lib, name).argtypes = [ctypes.POINTER(_Pass), ctypes.POINTER(_Chunk)]
         getattr(lib, name).restype = None
     return NativeKernels(lib, path)
 
 
-def kernels_for(device: torch.device, dtype: torch.dtype | None = None) -> NativeKernels | None:
-    """The kernels when computations on ``device`` in ``dtype`` (None: any) should use them (see :data:`ENABLED`),
-    else None."""
-    if ENABLED is False or device.type != "cpu" or dtype not in (None, torch.float32, torch.float64):
-        return None
-    found = kernels()
-    if found is None and ENABLED:
-        raise RuntimeError("native.ENABLED is True but the fused CPU kernels could not be built (see the log)")
-    return found
-
-
 @functools.cache
 def kernels() -> NativeKernels | None:
-    """The compiled kernels, or None (``DSMPNN_NATIVE=0``, or no compiler or a failed build: then a UserWarning,
-    once per process, which the CLI prints as ``dsmpnn COMMAND: warning: ...``)."""
-    if os.environ.get("DSMPNN_NATIVE", "1") == "0":
-        return None
+    """The compiled kernels, or None when there is no compiler or the build fails (then a UserWarning, once per
+    process, which the CLI prints as ``dsmpnn COMMAND: warning: ...``). A cached library that cannot be loaded
+    (damaged: a full disk, say) or fails the layout check (stale, foreign) is rebuilt once; raises LayoutMismatch
+    when the rebuilt library still disagrees with this module (the C++ source and ``native.py`` have drifted
+    apart: a bug, not a missing compiler, so no silent fallback)."""
     try:
         path = build()
         try:
             return _load(path)
-        except OSError:  # a damaged library in the cache (a full disk, say): build it again, once
+        except (OSError, LayoutMismatch):
             path.unlink(missing_ok=True)
-            return _load(build())
+            path = build()
+        try:
+            return _load(path)
+        except LayoutMismatch as exc:
+            raise LayoutMismatch(f"{exc}; rebuilt from {SOURCE}, so ecconv_kernels.cpp and native.py disagree "
+                                 "(set DSMPNN_NATIVE=0 to use the PyTorch path meanwhile)") from None
+    except LayoutMismatch:
+        raise
     except (RuntimeError, OSError) as exc:
         warnings.warn(f"fused CPU kernels unavailable, using the PyTorch path (same results, slower): {exc}",
                       UserWarning, stacklevel=2)
