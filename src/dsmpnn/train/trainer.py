@@ -27,7 +27,6 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -45,7 +44,7 @@ from dsmpnn.train.logger import MetricsLogger, read_jsonl
 from dsmpnn.train.metrics import compute_metrics
 from dsmpnn.train.plots import plot_loss_curve
 from dsmpnn.train.rundir import RunDir, RunLock, check_out_dir, resume_changes
-from dsmpnn.train.step import StepStats, epoch_batches
+from dsmpnn.train.step import epoch_batches
 from dsmpnn.train.strategy import make_strategy
 
 __all__ = ["train", "lr_factor", "resolve_device", "StopRequest"]
@@ -230,7 +229,6 @@ def _train_claimed(cfg: Config, data: Dataset, data_dir: Path, rd: RunDir, resum
                 t0 = time.perf_counter()
                 batches = epoch_batches(sizes, cfg, epoch)  # the same draws on every rank
                 graph_stats = GraphStats() if epoch == start + 1 else None  # reported once, for the first epoch
-                step_stats = StepStats()
                 model.train()
                 first = resume_batch if epoch == start + 1 else 0
                 loss_sum, nodes = partial if first else (0.0, 0)
@@ -239,7 +237,6 @@ def _train_claimed(cfg: Config, data: Dataset, data_dir: Path, rd: RunDir, resum
                     res = strategy.step(model, [(train_set[k], ids) for k, ids in batches[b // tc.batch_graphs]],
                                         stop.requested)
                     loss, n, stopping = res.loss, res.nodes, res.stop
-                    step_stats.add(res.stats)
                     if graph_stats is not None:
                         graph_stats.merge(res.graph_stats)
                     grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -261,9 +258,6 @@ def _train_claimed(cfg: Config, data: Dataset, data_dir: Path, rd: RunDir, resum
                             f"interrupted during epoch {epoch}; saved {written}; continue with --resume"))
                 record = {"epoch": epoch, "step": epoch * steps_per_epoch, "train_loss": loss_sum / nodes,
                           "lr": opt.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0}
-                if ctx.world_size > 1:  # rank 0's share of the halo exchanges of the epoch's steps
-                    record["exchange_seconds"] = step_stats.exchange_seconds
-                    record["exchange_mib"] = step_stats.exchange_bytes / 2**20
                 if graph_stats is not None:
                     stats = strategy.total_graph_stats(graph_stats)  # every rank: a collective in DS mode
                     isolated = stats.warning(gc.radius, f"the {stats.graphs} sampled graphs of epoch {epoch}",
