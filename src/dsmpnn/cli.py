@@ -686,6 +686,9 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
                                    "within tolerance (1e-10 float64, 1e-5 float32), 1 otherwise.")
     _add_mesh_decomposition_args(p, nproc_default=2, which_mesh=False)
     p.set_defaults(partition=None, halo_hops=None)  # None: the config's distributed.partition / halo_hops
+    for action in p._actions:
+        if action.dest in ("partition", "halo_hops"):
+            action.help += f"; None: the config's distributed.{action.dest}"
     p.add_argument("--steps", type=_ranged("int", 1, 10**6), default=1, metavar="N",
                    help="check the batches of the first N optimizer steps of epoch 1 (each from the initial weights)")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="precision of both runs")
