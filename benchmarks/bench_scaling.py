@@ -2,8 +2,9 @@
 
 First a deterministic table of halo volume (rows sent per exchange) for each partitioner and halo width on
 uniform 2-D/3-D clouds and a graded 2-D cloud, P = 2, 4, 8: this picks the default partitioner. Then, for every
-partitioner and halo width, it times training steps (forward, distributed loss, backward, gradient
-all-reduce, Adam) of the same MPNN and reports, per step, the slowest rank's compute and halo-exchange seconds,
+partitioner and halo width, it times training steps (:func:`dsmpnn.train.step.run_step`, the step ``dsmpnn
+train`` runs and ``dsmpnn check`` verifies: forward, distributed loss, backward, gradient all-reduce; then Adam)
+of the same MPNN and reports, per step, the slowest rank's compute and halo-exchange seconds,
 the bytes all ranks send per message-passing layer and the halo fraction (halo rows / owned rows).
 
     .venv/bin/python benchmarks/bench_scaling.py                      # defaults below, about 3 minutes on 2 cores
@@ -27,11 +28,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from dsmpnn.distributed import (DistContext, allreduce_gradients, broadcast_parameters, distributed_mse,
-                                make_exchange, make_shard, run_processes)
+from dsmpnn.distributed import DistContext, broadcast_parameters, make_exchange, make_shard, run_processes
 from dsmpnn.graph import (PARTITION_METHODS, build_graph, build_halo_plans, partition, partition_report,
                           radius_graph)
 from dsmpnn.nn import MPNN
+from dsmpnn.train.step import StepGraph, run_step
 
 
 def problem(n: int, neighbors: float, seed: int = 0):
@@ -98,22 +99,18 @@ def run_config(ctx: DistContext, args, n: int, method: str, hops: int) -> dict:
     broadcast_parameters(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     shard = make_shard(plan, graph, x, y)
-    exchange = make_exchange(plan) if ctx.world_size > 1 else None
+    graph_step = StepGraph.from_shard(shard, make_exchange(plan) if ctx.world_size > 1 else None)
     step_times, exch_times = [], []
     for step in range(args.warmup + args.steps):
-        if exchange is not None:
-            exchange.stats.reset()
         _barrier(ctx.world_size)
         t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        pred = model(shard.x, shard.edge_index, shard.edge_attr, exchange=exchange)[:plan.num_owned]
-        distributed_mse(pred, shard.y).backward()
-        allreduce_gradients(model.parameters())
+        res = run_step(model, [graph_step])  # the training step of dsmpnn train / check
         opt.step()
         dt = time.perf_counter() - t
         if step >= args.warmup:
             step_times.append(dt)
-            exch_times.append(exchange.stats.seconds if exchange is not None else 0.0)
+            exch_times.append(res.stats.exchange_seconds)
     exchanges_per_forward = -(-args.layers // hops)
     return {"owned": plan.num_owned, "halo": plan.num_halo, "edges": plan.num_edges, "setup_s": setup,
             "step_s": float(np.median(step_times)), "exchange_s": float(np.median(exch_times)),

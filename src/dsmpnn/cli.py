@@ -628,8 +628,9 @@ def _predict(args: argparse.Namespace) -> int:
 # --- partition / check ----------------------------------------------------------------------------------------
 
 
-def _add_mesh_decomposition_args(p: argparse.ArgumentParser, nproc_default: int | None) -> None:
-    """The arguments `partition` and `check` share: which mesh, how many ranks, which partitioner and halo."""
+def _add_mesh_decomposition_args(p: argparse.ArgumentParser, nproc_default: int | None,
+                                 which_mesh: bool = True) -> None:
+    """The arguments `partition` and `check` share: which meshes, how many ranks, which partitioner and halo."""
     from dsmpnn.graph.partition import DEFAULT_PARTITION_METHOD, PARTITION_METHODS
 
     p.add_argument("--data", required=True, help="dataset directory (with manifest.json)")
@@ -638,8 +639,11 @@ def _add_mesh_decomposition_args(p: argparse.ArgumentParser, nproc_default: int 
     p.add_argument("--partition", "--method", dest="partition", choices=PARTITION_METHODS,
                    default=DEFAULT_PARTITION_METHOD, help="partitioner")
     p.add_argument("--halo-hops", type=_HALO_HOPS, default=1, metavar="K", help="halo width in graph hops")
-    p.add_argument("--split", default="train", help="dataset split to take the mesh from")
-    p.add_argument("--sample", type=_ranged("int", 0, 10**9), default=0, metavar="K", help="which mesh of the split")
+    p.add_argument("--split", default="train", help="dataset split to take the mesh from" if which_mesh else
+                   "dataset split whose meshes the training steps sample (train: what `dsmpnn train` uses)")
+    if which_mesh:
+        p.add_argument("--sample", type=_ranged("int", 0, 10**9), default=0, metavar="K",
+                       help="which mesh of the split")
 
 
 def _add_partition(sub: argparse._SubParsersAction) -> None:
@@ -674,13 +678,22 @@ def _partition(args: argparse.Namespace) -> int:
 def _add_check(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="check that P ranks give the single-process outputs and gradients",
                        formatter_class=_formatter(),
-                       description="One forward + backward of the config's model on a training mesh, as one process "
-                                   "and as P local gloo ranks; prints the largest relative difference of the outputs "
-                                   "and of every parameter gradient. Exit status 0 within tolerance (1e-10 float64, "
-                                   "1e-5 float32), 1 otherwise.")
-    _add_mesh_decomposition_args(p, nproc_default=2)
+                       description="The first training step of `dsmpnn train` with the config (its model and "
+                                   "initial weights, the Nystrom-sampled graphs of epoch 1, graph.max_neighbors, "
+                                   "distributed.halo_hops or distributed.overlap), run by the trainer's step "
+                                   "function as one process and as P local gloo ranks; prints the largest relative "
+                                   "difference of the outputs and of every parameter gradient. Exit status 0 "
+                                   "within tolerance (1e-10 float64, 1e-5 float32), 1 otherwise.")
+    _add_mesh_decomposition_args(p, nproc_default=2, which_mesh=False)
+    p.set_defaults(partition=None, halo_hops=None)  # None: the config's distributed.partition / halo_hops
+    for action in p._actions:
+        if action.dest in ("partition", "halo_hops"):
+            action.help += f"; None: the config's distributed.{action.dest}"
+    p.add_argument("--steps", type=_ranged("int", 1, 10**6), default=1, metavar="N",
+                   help="check the batches of the first N optimizer steps of epoch 1 (each from the initial weights)")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="precision of both runs")
-    p.add_argument("--config", help="YAML config: the model, graph.radius and graph.max_neighbors")
+    p.add_argument("--config", help="YAML config: model, graph (radius, sampling, max_neighbors), train (seed, "
+                                    "batch_graphs) and distributed (partition, halo_hops, overlap)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. model.layers=2")
     p.set_defaults(handler=_check)
 
@@ -689,11 +702,15 @@ def _check(args: argparse.Namespace) -> int:
     import torch
 
     from dsmpnn.train import load_config
-    from dsmpnn.train.decomposition import check_dataset, format_check
+    from dsmpnn.train.check import check_training_step, format_check
 
-    cfg = load_config(args.config, args.overrides)
-    rep = check_dataset(args.data, cfg, args.nproc, args.partition, args.halo_hops, getattr(torch, args.dtype),
-                        args.split, args.sample)
+    overrides = list(args.overrides)
+    if args.partition is not None:
+        overrides.append(f"distributed.partition={args.partition}")
+    if args.halo_hops is not None:
+        overrides.append(f"distributed.halo_hops={args.halo_hops}")
+    cfg = load_config(args.config, overrides)
+    rep = check_training_step(args.data, cfg, args.nproc, getattr(torch, args.dtype), args.split, args.steps)
     print(format_check(rep))
     return 0 if rep["passed"] else 1
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from dsmpnn.distributed import DistContext, broadcast_parameters, forward_backward, gather_owned, make_exchange, make_shard
+from dsmpnn.distributed import DistContext, broadcast_parameters, make_exchange, make_shard
 from dsmpnn.graph import build_halo_plans, partition
+from dsmpnn.train.step import StepGraph, run_step
 from tests.distributed.workers import case_graph, model_for, single_process
 
 PROBLEM = "cloud2d"
@@ -29,10 +30,10 @@ def exchange_case(ctx: DistContext) -> dict | None:
         broadcast_parameters(model)
         shard = make_shard(plan, graph, x, y, device=ctx.device, dtype=torch.float32)
         exchange = make_exchange(plan, mode=mode)
-        loss, pred = forward_backward(model, shard, exchange)
-        pred_all = gather_owned(pred, plan)
-        out[mode] = {"device": pred.device.type, "exchanges": exchange.stats.calls,
-                     "rows_sent": exchange.stats.rows_sent, "loss": float(loss),
+        res = run_step(model, [StepGraph.from_shard(shard, exchange)], gather=True)
+        pred_all = res.outputs
+        out[mode] = {"device": shard.x.device.type, "exchanges": exchange.stats.calls,
+                     "rows_sent": exchange.stats.rows_sent, "loss": res.loss,
                      "pred": None if pred_all is None else pred_all.cpu(),
                      "grads": {n: p.grad.cpu() for n, p in model.named_parameters()}}
     return out if ctx.is_main else None

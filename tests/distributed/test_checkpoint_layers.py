@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from dsmpnn.distributed import check
+from dsmpnn.train.check import check
 from dsmpnn.nn import MPNN
 
 pytestmark = pytest.mark.distributed

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from dsmpnn.distributed import TOLERANCE, HaloExchange, check, max_rel_diff, run_processes
+from dsmpnn.distributed import TOLERANCE, HaloExchange, max_rel_diff, run_processes
 from dsmpnn.errors import DsmpnnError, GraphError
 from dsmpnn.graph import build_halo_plans, build_sampled_plans, partition
+from dsmpnn.train.check import check
 from tests.distributed import workers as W
 
 pytestmark = pytest.mark.distributed
@@ -122,8 +123,9 @@ def test_too_many_ranks_and_no_process_group_are_refused():
 
 
 def test_one_rank_without_process_group_is_the_single_process_model():
-    """Training code can use the distributed runtime unconditionally: P = 1 needs no process group."""
-    from dsmpnn.distributed import make_exchange, make_shard, predict, train_step
+    """The one step function needs no process group for P = 1: it is the single-process step."""
+    from dsmpnn.distributed import make_exchange, make_shard
+    from dsmpnn.train.step import StepGraph, run_step
 
     pos, x, y, graph = W.case_graph("grid", torch.float64)
     plan = build_halo_plans(np.zeros(len(pos), dtype=np.int64), graph.edge_index)[0]
@@ -131,8 +133,11 @@ def test_one_rank_without_process_group_is_the_single_process_model():
     shard = make_shard(plan, graph, x, y)
     model = W.model_for(2, torch.float64)
     ref = W.single_process(W.model_for(2, torch.float64), graph, x, y)
-    torch.testing.assert_close(predict(model, shard, None), ref["pred"], rtol=0, atol=0)
-    loss = train_step(model, torch.optim.SGD(model.parameters(), lr=0.0), shard, None)
-    assert loss == pytest.approx(ref["loss"], rel=1e-14)
+    with torch.no_grad():
+        pred = run_step(model, [StepGraph.from_shard(shard, None)], backward=False, gather=True).outputs
+    torch.testing.assert_close(pred, ref["pred"], rtol=0, atol=0)
+    res = run_step(model, [StepGraph.from_shard(shard, None)], gather=True)
+    assert res.loss == pytest.approx(ref["loss"], rel=1e-14) and res.nodes == len(pos) and not res.stop
+    assert res.stats.exchange_calls == 0 and res.stats.graphs == 1 and res.stats.owned_rows == len(pos)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, ref["grads"][n], rtol=1e-13, atol=0)

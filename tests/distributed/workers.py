@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from dsmpnn.distributed import (DistContext, HaloExchange, LocalShard, all_reduce_sum, broadcast_parameters,
-                                distributed_forward_backward, forward_backward, gather_owned, make_exchange,
-                                make_shard, train_step)
+                                make_exchange, make_shard)
 from dsmpnn.errors import DsmpnnError
 from dsmpnn.graph import (Graph, build_graph, build_halo_plans, build_overlap_plans, build_sampled_plans,
                           edge_attributes, partition, sample_nodes)
 from dsmpnn.nn import MPNN
+from dsmpnn.train.step import StepGraph, run_step
 
 DATASETS = ("cloud2d", "cloud3d", "grid")
 ADAM_STEPS, ADAM_LR = 5, 1e-3
@@ -62,12 +62,17 @@ def single_process(model: MPNN, graph: Graph, x: torch.Tensor, y: torch.Tensor) 
             "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}
 
 
+def step_on_shard(model, shard: LocalShard, mode: str = "all_to_all"):
+    """The one training step (dsmpnn.train.step.run_step) on this rank's shard, the prediction gathered."""
+    return run_step(model, [StepGraph.from_shard(shard, make_exchange(shard.plan, mode=mode))], gather=True)
+
+
 def _dist_result(ctx, model, plan, graph, x, y, mode="all_to_all"):
     broadcast_parameters(model)
-    res = distributed_forward_backward(model, plan, graph, x, y, mode=mode)
+    res = step_on_shard(model, make_shard(plan, graph, x, y), mode)
     if not ctx.is_main:
         return None
-    return {"pred": res.pred, "loss": float(res.loss),
+    return {"pred": res.outputs, "loss": res.loss,
             "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}
 
 
@@ -103,11 +108,10 @@ def rank_local_data(ctx: DistContext) -> dict | None:
     attr = edge_attributes(torch.as_tensor(pos[plan.local_nodes]), plan.edge_index, r)  # float64, as build_graph
     shard = LocalShard.from_owned(plan, x[owned], attr.to(torch.float64), y[owned])
     model = model_for(3, torch.float64)
-    loss, pred = forward_backward(model, shard, make_exchange(plan))
-    pred_all = gather_owned(pred, plan)
+    res = step_on_shard(model, shard)
     if not ctx.is_main:
         return None
-    return {"pred": pred_all, "loss": float(loss), "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}
+    return {"pred": res.outputs, "loss": res.loss, "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}
 
 
 def sampled_graph(name: str, dtype: torch.dtype) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, float]:
@@ -136,7 +140,11 @@ def adam(ctx: DistContext, name: str, method: str, hops: int, dtype_name: str) -
     broadcast_parameters(model)
     opt = torch.optim.Adam(model.parameters(), lr=ADAM_LR)
     shard, exchange = make_shard(plan, graph, x, y), make_exchange(plan)
-    losses = [train_step(model, opt, shard, exchange) for _ in range(ADAM_STEPS)]
+    losses = []
+    for _ in range(ADAM_STEPS):
+        opt.zero_grad(set_to_none=True)
+        losses.append(run_step(model, [StepGraph.from_shard(shard, exchange)]).loss)
+        opt.step()
     return {"losses": losses, "params": {n: p.detach().clone() for n, p in model.named_parameters()}}
 
 

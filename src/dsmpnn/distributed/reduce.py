@@ -3,7 +3,8 @@ r"""Loss and gradient reductions that make P ranks take the single-process step.
 With the loss :math:`L = \frac{1}{n} \sum_p \sum_{i \in O_p} \ell_i` (n the global number of target entries),
 rank p back-propagates only its share :math:`L_p = \frac1n \sum_{i \in O_p} \ell_i`; the halo exchange's
 backward routes every other contribution to the owner, so summing the parameter gradients over ranks
-(``all_reduce`` SUM, not DDP's average) gives exactly :math:`\nabla L`.
+(``all_reduce`` SUM, not DDP's average) gives exactly :math:`\nabla L`. The step that does this is
+:func:`dsmpnn.train.step.run_step`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import nn
 
 from dsmpnn.distributed.process_group import collective
 
-__all__ = ["all_reduce_sum", "distributed_mse", "allreduce_gradients", "broadcast_parameters"]
+__all__ = ["all_reduce_sum", "allreduce_gradients", "broadcast_parameters"]
 
 
 def _world(group) -> int:
@@ -30,26 +31,6 @@ def all_reduce_sum(values: torch.Tensor, group: dist.ProcessGroup | None = None)
         with collective("all-reduce (sum of losses / flags)", group=group):
             dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
     return out
-
-
-def distributed_mse(pred: torch.Tensor, target: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
-    r"""Mean squared error over the owned rows of all ranks.
-
-    Shapes: pred, target [n_own, T] (this rank's owned rows only).
-
-    The value is the global MSE, the same on every rank (sums all-reduced in float64). The gradient is this
-    rank's share :math:`\frac1n \sum_{i \in O_p} \nabla (\hat y_i - y_i)^2`; call
-    :func:`allreduce_gradients` after ``backward()`` to get the full gradient on every rank.
-    """
-    if pred.shape != target.shape:
-        raise ValueError(f"prediction has shape {tuple(pred.shape)}, target {tuple(target.shape)}")
-    sse = (pred - target).pow(2).sum()
-    totals = all_reduce_sum(torch.stack([sse.detach().double(),
-                                         torch.tensor(float(pred.numel()), dtype=torch.float64,
-                                                      device=pred.device)]), group)  # [sse, count] global
-    count = totals[1].clamp(min=1.0)
-    local = sse / count.to(sse.dtype)
-    return local + (totals[0] / count).to(sse.dtype) - local.detach()
 
 
 def allreduce_gradients(params: Iterable[nn.Parameter], group: dist.ProcessGroup | None = None) -> None:

@@ -188,10 +188,9 @@ class Run:
                          None if full else cfg.graph.sample_nodes)
         self.feature_map.check(sample, self.dtype)  # values far outside the training statistics
         strategy = SingleProcess(cfg, self.feature_map, self.dtype, self.device)
-        strategy.graph_stats = GraphStats()
-        pred = strategy.predict(self.model, sample)
-        stats = strategy.take_graph_stats()
-        message = stats.warning(cfg.graph.radius, f"mesh '{sample.name}'") if stats is not None else None
+        stats = GraphStats()
+        pred = strategy.predict(self.model, sample, stats)
+        message = stats.warning(cfg.graph.radius, f"mesh '{sample.name}'")
         if message:
             warnings.warn(message, stacklevel=3)
         return pred

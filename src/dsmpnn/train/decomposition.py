@@ -1,5 +1,5 @@
-"""Look at a domain decomposition before a long run: ``dsmpnn partition`` (report + picture) and ``dsmpnn check``
-(P ranks against one process on a dataset mesh with the config's model)."""
+"""Look at a domain decomposition before a long run: ``dsmpnn partition`` (report + picture). ``dsmpnn check``
+(the training step on P ranks against one process) is :mod:`dsmpnn.train.check`."""
 
 from __future__ import annotations
 
@@ -12,22 +12,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from dsmpnn.data.dataset import Dataset  # noqa: E402
 from dsmpnn.data.sample import MeshSample  # noqa: E402
-from dsmpnn.distributed import check  # noqa: E402
 from dsmpnn.errors import DatasetError, GraphError  # noqa: E402
 from dsmpnn.graph import (HaloPlan, PartitionReport, build_halo_plans, partition, partition_report,  # noqa: E402
                           radius_graph)
 from dsmpnn.train.checkpoint import atomic_write_bytes  # noqa: E402
 from dsmpnn.train.config import Config  # noqa: E402
 from dsmpnn.train.evaluate import vtu_bytes  # noqa: E402
-from dsmpnn.train.factory import build_model  # noqa: E402
-from dsmpnn.train.features import FeatureMap  # noqa: E402
 from dsmpnn.train.sharding import check_nproc  # noqa: E402
 
-__all__ = ["PartitionView", "inspect_partition", "write_partition_figure", "check_dataset", "format_check"]
+__all__ = ["PartitionView", "inspect_partition", "write_partition_figure"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,37 +120,3 @@ def write_partition_figure(view: PartitionView, path: str | Path) -> Path:
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path
-
-
-def check_dataset(data_dir: str | Path, cfg: Config, nproc: int, method: str, halo_hops: int = 1,
-                  dtype: torch.dtype = torch.float64, split: str = "train", index: int = 0) -> dict:
-    """:func:`dsmpnn.distributed.check` on mesh ``index`` of ``split``: the config's model (seeded by
-    ``train.seed``) and radius graph, normalised inputs and targets, one forward + backward as one process and as
-    ``nproc`` local gloo ranks. Returns check's report plus ``mesh``."""
-    sample = _mesh(data_dir, split, index)
-    check_nproc(nproc, [(sample.name, sample.num_nodes)])
-    fmap = FeatureMap(Dataset(data_dir).manifest, cfg.model.use_pos)
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, fmap)
-    x, y = fmap.inputs(sample, torch.float64), fmap.targets(sample, torch.float64)
-    report = check(sample.pos, x, model, nproc, method, halo_hops, dtype, cfg.graph.radius, y=y,
-                   max_neighbors=cfg.graph.max_neighbors, seed=cfg.train.seed)
-    report["mesh"] = sample.name
-    return report
-
-
-def format_check(rep: dict) -> str:
-    """The check report as a table: one row for the outputs, one per parameter gradient, then the verdict."""
-    rows = [("outputs", rep["output_max_rel_diff"])] + [(f"grad {n}", d) for n, d in rep["grad_rel_diff"].items()]
-    width = max(len(n) for n, _ in rows)
-    tol = rep["tolerance"]
-    lines = [f"mesh '{rep['mesh']}': {rep['num_nodes']} nodes, {rep['num_edges']} edges; {rep['nproc']} ranks, "
-             f"{rep['method']}, halo_hops {rep['halo_hops']}, {rep['dtype'].replace('torch.', '')}; imbalance "
-             f"{rep['imbalance']:.3f}, halo fraction {rep['halo_fraction']:.3f}, edge cut {rep['edge_cut']}",
-             f"{'quantity':<{width}}  max rel diff", f"{'-' * width}  ------------"]
-    lines += [f"{n:<{width}}  {d:12.3e}{'' if d <= tol else '  > tolerance'}" for n, d in rows]
-    worst = max(d for _, d in rows)
-    lines.append(f"loss: one process {rep['loss_single']:.10g}, {rep['nproc']} ranks {rep['loss_distributed']:.10g}")
-    lines.append(f"{'PASSED' if rep['passed'] else 'FAILED'}: largest relative difference {worst:.3e} "
-                 f"{'<=' if rep['passed'] else '>'} tolerance {tol:g}")
-    return "\n".join(lines)

@@ -94,9 +94,9 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, split:
     data = strategy.agreed(open_dataset)
     man = data.manifest
     meshes = strategy.load(data, split, keep_full=True)
-    strategy.graph_stats = GraphStats()
-    preds = [strategy.predict(run.model, m) for m in meshes]  # None on ranks other than 0
-    _warn_isolated(strategy, cfg, f"the {len(meshes)} meshes of split '{split}'")
+    stats = GraphStats()
+    preds = [strategy.predict(run.model, m, stats) for m in meshes]  # None on ranks other than 0
+    _warn_isolated(strategy, cfg, stats, f"the {len(meshes)} meshes of split '{split}'")
     if not strategy.is_main:
         strategy.barrier()
         return None
@@ -132,11 +132,10 @@ def _full_graphs(cfg: Config, ctx: DistContext) -> bool:
     return cfg.eval.mode == "full" or (ctx.world_size > 1 and cfg.distributed.partition == "metis")
 
 
-def _warn_isolated(strategy, cfg: Config, graphs: str) -> None:
-    """One warning (rank 0) when nodes of the graphs just predicted on had no neighbour; stop counting (a
+def _warn_isolated(strategy, cfg: Config, stats: GraphStats, graphs: str) -> None:
+    """One warning (rank 0) when nodes of the graphs just predicted on (counted in ``stats``) had no neighbour (a
     collective: every rank calls it)."""
-    stats = strategy.take_graph_stats()
-    message = stats.warning(cfg.graph.radius, graphs) if stats is not None else None
+    message = strategy.total_graph_stats(stats).warning(cfg.graph.radius, graphs)
     if message and strategy.is_main:
         warnings.warn(message, stacklevel=3)
 
@@ -231,9 +230,9 @@ def predict_file(run_dir: str | Path, input_path: str | Path, out_path: str | Pa
         return sample, blocks
 
     sample, blocks = strategy.agreed(read)
-    strategy.graph_stats = GraphStats()
-    pred = strategy.predict(run.model, strategy.hold(sample))
-    _warn_isolated(strategy, cfg, f"mesh '{sample.name}'")
+    stats = GraphStats()
+    pred = strategy.predict(run.model, strategy.hold(sample), stats)
+    _warn_isolated(strategy, cfg, stats, f"mesh '{sample.name}'")
     if not strategy.is_main:
         strategy.barrier()
         return None

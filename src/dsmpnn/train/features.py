@@ -136,6 +136,12 @@ class GraphStats:
         hit[torch.as_tensor(edge_index)[1].cpu()] = True
         self.count(num_nodes, num_nodes - int(hit.sum()))
 
+    def merge(self, other: "GraphStats") -> None:
+        """Add the counts of ``other``."""
+        self.graphs += other.graphs
+        self.nodes += other.nodes
+        self.isolated += other.isolated
+
     def count(self, nodes: int, isolated: int) -> None:
         """Count one graph (or one rank's part of it) of ``nodes`` nodes, ``isolated`` of them without a
         neighbour."""

@@ -10,6 +10,7 @@ from dsmpnn.data.sample import MeshSample
 from dsmpnn.graph import covering_samples
 from dsmpnn.train.config import Config
 from dsmpnn.train.features import FeatureMap, GraphStats, make_batch
+from dsmpnn.train.step import StepGraph, run_step
 
 __all__ = ["predict_sample"]
 
@@ -36,7 +37,8 @@ def predict_sample(model: nn.Module, fmap: FeatureMap, sample: MeshSample, cfg: 
     for idx in subsets:
         b = make_batch([(sample, idx)], fmap, cfg.graph.radius, cfg.graph.max_neighbors, dtype,
                        with_targets=False, max_edges=cfg.graph.max_edges, stats=stats).to(device)
-        out = model(b.x, b.edge_index, b.edge_attr).double().cpu()  # [n, T] normalised
+        out = run_step(model, [StepGraph(b.x, b.edge_index, b.edge_attr)], backward=False,
+                       gather=True).outputs.double().cpu()  # [n, T] normalised
         rows = slice(None) if idx is None else torch.from_numpy(idx)
         total[rows] += out
         count[rows] += 1

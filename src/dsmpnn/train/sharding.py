@@ -29,13 +29,13 @@ import torch
 from torch import nn
 
 from dsmpnn.data.sample import MeshSample
-from dsmpnn.distributed import (DistContext, LocalShard, all_gather_objects, forward_owned, gather_owned,
-                                make_exchange, run_agreed)
+from dsmpnn.distributed import DistContext, LocalShard, all_gather_objects, make_exchange, run_agreed
 from dsmpnn.errors import GraphError
 from dsmpnn.graph import build_local_plan, covering_samples, partition, radius_graph
 from dsmpnn.graph.radius import DEFAULT_MAX_EDGES
 from dsmpnn.train.config import Config
 from dsmpnn.train.features import FeatureMap, GraphStats
+from dsmpnn.train.step import StepGraph, run_step
 
 __all__ = ["MeshShard", "partition_mesh", "check_nproc", "shard_meshes", "decompose", "predict_sharded"]
 
@@ -137,7 +137,7 @@ def decompose(mesh: MeshShard, ids: np.ndarray, nparts: int, cfg: Config, dtype:
     full-graph inference): built from the nodes of ``ids`` near its subdomain only
     (:func:`dsmpnn.graph.build_local_plan`), equal to its part of the whole graph; the owned rows come from
     ``mesh``. ``stats`` counts this rank's owned nodes and those without a neighbour (summed over ranks by
-    :meth:`dsmpnn.train.strategy.DomainDecomposed.take_graph_stats`)."""
+    :meth:`dsmpnn.train.strategy.DomainDecomposed.total_graph_stats`)."""
     gc = cfg.graph
     dec = build_local_plan(mesh.pos, ids, mesh.owner, mesh.rank, gc.radius, cfg.distributed.halo_hops, nparts,
                            gc.max_neighbors, dtype, overlap=cfg.distributed.overlap, max_edges=gc.max_edges)
@@ -167,8 +167,8 @@ def predict_sharded(model: nn.Module, fmap: FeatureMap, mesh: MeshShard, cfg: Co
     count = torch.zeros(n, 1, dtype=torch.float64) if ctx.is_main else None
     for ids in subsets:
         shard = decompose(mesh, ids, ctx.world_size, cfg, dtype, with_targets=False, stats=stats)
-        out = forward_owned(model, shard, make_exchange(shard.plan))  # [n_own, T] normalised
-        full = gather_owned(out, shard.plan)  # [len(ids), T] in subset order on rank 0
+        res = run_step(model, [StepGraph.from_shard(shard, make_exchange(shard.plan))], backward=False, gather=True)
+        full = res.outputs  # [len(ids), T] normalised, in subset order, on rank 0
         if ctx.is_main:
             rows = torch.from_numpy(ids)
             total[rows] += full.double().cpu()

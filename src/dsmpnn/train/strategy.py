@@ -13,6 +13,10 @@ written once against this small interface; :func:`make_strategy` picks the imple
   with :math:`O_{p,g}` its owned sampled nodes and :math:`n` the number of nodes of all graphs of the step. The
   halo exchange's backward sends every halo contribution to its owner, so after one SUM all-reduce of the
   parameter gradients every rank holds the gradient of the single-process batch MSE and takes the same step.
+
+Both build the step's graphs and hand them to the one step function, :func:`dsmpnn.train.step.run_step` (which
+``dsmpnn check`` and the benchmarks call too); it returns the loss and the step's statistics, nothing is kept on
+the strategy.
 """
 
 from __future__ import annotations
@@ -27,14 +31,14 @@ from torch import nn
 
 from dsmpnn.data.dataset import Dataset
 from dsmpnn.data.sample import MeshSample
-from dsmpnn.distributed import (DistContext, all_gather_objects, all_reduce_sum, allreduce_gradients, any_rank,
-                                barrier, broadcast_parameters, forward_owned, make_exchange, quiet_unless_main,
-                                run_agreed)
+from dsmpnn.distributed import (DistContext, all_gather_objects, all_reduce_sum, any_rank, barrier,
+                                broadcast_parameters, make_exchange, quiet_unless_main, run_agreed)
 from dsmpnn.errors import ConfigError, DatasetError, DsmpnnError
 from dsmpnn.train.config import Config
 from dsmpnn.train.features import FeatureMap, GraphStats, make_batch
 from dsmpnn.train.inference import predict_sample
 from dsmpnn.train.sharding import MeshShard, decompose, predict_sharded, shard_meshes
+from dsmpnn.train.step import StepGraph, StepResult, run_step
 
 __all__ = ["SingleProcess", "DomainDecomposed", "make_strategy", "check_decomposable", "Item"]
 
@@ -43,11 +47,12 @@ Item = tuple[object, np.ndarray]
 """A sampled graph: (mesh, ascending node ids); the mesh is a MeshSample or a MeshShard."""
 
 
-def _files(data: Dataset, split: str, limit: int | None) -> tuple[str, ...]:
+def _files(data: Dataset, split: str, limit: int | None, only: Sequence[int] | None = None) -> tuple[str, ...]:
     files = data.split(split)
     if not files:
         raise DatasetError(f"{data.root / 'manifest.json'}: split '{split}' is empty")
-    return files[:limit] if limit is not None else files
+    files = files[:limit] if limit is not None else files
+    return files if only is None else tuple(files[k] for k in only)
 
 
 class SingleProcess:
@@ -57,7 +62,6 @@ class SingleProcess:
                  ctx: DistContext | None = None) -> None:
         self.cfg, self.fmap, self.dtype, self.device = cfg, fmap, dtype, torch.device(device)
         self.ctx = ctx or DistContext()
-        self.graph_stats: GraphStats | None = None  # set to count nodes without a neighbour in the graphs built
 
     @property
     def is_main(self) -> bool:
@@ -69,8 +73,10 @@ class SingleProcess:
     def error(self, err: DsmpnnError) -> DsmpnnError:
         return err
 
-    def load(self, data: Dataset, split: str, limit: int | None = None, keep_full: bool = False) -> list[MeshSample]:
-        return [self.fmap.check(data.load(f), self.dtype) for f in _files(data, split, limit)]
+    def load(self, data: Dataset, split: str, limit: int | None = None, keep_full: bool = False,
+             only: Sequence[int] | None = None) -> list[MeshSample]:
+        """The meshes of ``split`` (the first ``limit``; of those, the ones numbered ``only``)."""
+        return [self.fmap.check(data.load(f), self.dtype) for f in _files(data, split, limit, only)]
 
     def hold(self, sample: MeshSample) -> MeshSample:
         """The mesh as this strategy keeps it (for one mesh read from elsewhere, e.g. ``dsmpnn predict``)."""
@@ -85,26 +91,27 @@ class SingleProcess:
     def same_everywhere(self, value: object, what: str) -> None:
         pass
 
-    def step(self, model: nn.Module, items: Sequence[Item], stop_requested: bool) -> tuple[float, int, bool]:
-        """Forward and backward of one optimizer step over ``items``; gradients accumulate into ``.grad``.
-
-        Returns (batch MSE, nodes in the batch, whether to stop after this step)."""
+    def step(self, model: nn.Module, items: Sequence[Item], stop_requested: bool = False,
+             gather: bool = False) -> StepResult:
+        """Forward and backward of one optimizer step over ``items`` (joined into one disjoint graph) by
+        :func:`~dsmpnn.train.step.run_step`; gradients accumulate into ``.grad``. ``gather``: keep the outputs."""
+        stats = GraphStats()
         batch = make_batch(list(items), self.fmap, self.cfg.graph.radius, self.cfg.graph.max_neighbors,
-                           self.dtype, max_edges=self.cfg.graph.max_edges, stats=self.graph_stats).to(self.device)
-        pred = model(batch.x, batch.edge_index, batch.edge_attr)  # [n, T] normalised
-        loss = torch.nn.functional.mse_loss(pred, batch.y)
-        loss.backward()
-        return loss.item(), batch.x.shape[0], stop_requested
+                           self.dtype, max_edges=self.cfg.graph.max_edges, stats=stats).to(self.device)
+        res = run_step(model, [StepGraph(batch.x, batch.edge_index, batch.edge_attr, batch.y)],
+                       stop_requested=stop_requested, gather=gather)
+        res.graph_stats = stats
+        return res
 
     def agree_stop(self, requested: bool) -> bool:
         return requested
 
-    def predict(self, model: nn.Module, mesh: MeshSample) -> np.ndarray:
-        return predict_sample(model, self.fmap, mesh, self.cfg, self.device, stats=self.graph_stats)
+    def predict(self, model: nn.Module, mesh: MeshSample, stats: GraphStats | None = None) -> np.ndarray:
+        """[N, T] physical prediction; ``stats`` counts the nodes without a neighbour in the graphs built."""
+        return predict_sample(model, self.fmap, mesh, self.cfg, self.device, stats=stats)
 
-    def take_graph_stats(self) -> GraphStats | None:
-        """The counts of nodes without a neighbour since ``graph_stats`` was set; stops counting."""
-        stats, self.graph_stats = self.graph_stats, None
+    def total_graph_stats(self, stats: GraphStats) -> GraphStats:
+        """``stats`` counted by every rank, summed (here: ``stats``)."""
         return stats
 
     def barrier(self) -> None:
@@ -119,7 +126,6 @@ class DomainDecomposed:
             raise DsmpnnError("DomainDecomposed needs an initialised process group of at least 2 ranks")
         self.cfg, self.fmap, self.dtype, self.ctx = cfg, fmap, dtype, ctx
         self.device = ctx.device
-        self.graph_stats: GraphStats | None = None  # set to count nodes without a neighbour in the graphs built
 
     @property
     def is_main(self) -> bool:
@@ -133,8 +139,9 @@ class DomainDecomposed:
         """``err`` as raised by every rank: reported by rank 0, quiet elsewhere."""
         return quiet_unless_main(err)
 
-    def load(self, data: Dataset, split: str, limit: int | None = None, keep_full: bool = False) -> list[MeshShard]:
-        files = self.agreed(lambda: _files(data, split, limit))
+    def load(self, data: Dataset, split: str, limit: int | None = None, keep_full: bool = False,
+             only: Sequence[int] | None = None) -> list[MeshShard]:
+        files = self.agreed(lambda: _files(data, split, limit, only))
         return shard_meshes(lambda k: data.load(files[k]), len(files), self.ctx, self.cfg, self.fmap, self.dtype,
                             keep_full)
 
@@ -155,41 +162,39 @@ class DomainDecomposed:
             raise self.error(DsmpnnError(f"ranks disagree on {what}: {values}; every rank must see the same files "
                                          "(a shared file system)"))
 
-    def step(self, model: nn.Module, items: Sequence[Item], stop_requested: bool) -> tuple[float, int, bool]:
-        """Forward and backward of one optimizer step over ``items``; on return every rank's ``.grad`` holds the
-        gradient of the batch MSE (summed over ranks). Returns (batch MSE, nodes in the batch, stop on all ranks)."""
+    def step(self, model: nn.Module, items: Sequence[Item], stop_requested: bool = False,
+             gather: bool = False) -> StepResult:
+        """Forward and backward of one optimizer step over ``items`` by :func:`~dsmpnn.train.step.run_step`: each
+        sampled graph decomposed (this rank's part and halo plan, built when its turn comes), run with the halo
+        exchange and back-propagated; on return every rank's ``.grad`` holds the gradient of the batch MSE and
+        the result the global loss and whether any rank asked to stop. ``gather``: the outputs on rank 0."""
         n = sum(len(ids) for _, ids in items)
-        denom = n * self.fmap.out_channels  # entries of the whole batch, all ranks
-        sse = torch.zeros((), dtype=torch.float64, device=self.device)
-        for mesh, ids in items:
-            shard = decompose(mesh, ids, self.ctx.world_size, self.cfg, self.dtype, stats=self.graph_stats)
-            pred = forward_owned(model, shard, make_exchange(shard.plan))  # [n_own, T] normalised
-            err = (pred - shard.y).pow(2).sum()  # owned nodes of this rank only
-            (err / denom).backward()
-            sse += err.detach().double()
-        allreduce_gradients(model.parameters())
-        # one all-reduce for both the global SSE and the stop flag (sum of the flags > 0 == their MAX)
-        flag = torch.tensor(float(stop_requested), dtype=torch.float64, device=self.device)
-        total = all_reduce_sum(torch.stack([sse, flag]))  # [global SSE, ranks asking to stop]
-        return float(total[0]) / denom, n, bool(total[1] > 0)
+        stats = GraphStats()
+
+        def graphs():
+            for mesh, ids in items:
+                shard = decompose(mesh, ids, self.ctx.world_size, self.cfg, self.dtype, stats=stats)
+                yield StepGraph.from_shard(shard, make_exchange(shard.plan))
+
+        res = run_step(model, graphs(), n * self.fmap.out_channels, stop_requested=stop_requested, gather=gather)
+        res.graph_stats = stats
+        return res
 
     def agree_stop(self, requested: bool) -> bool:
         """True on every rank when any rank received SIGINT/SIGTERM, so all stop after the same step."""
         return any_rank(requested, device=self.device)
 
-    def take_graph_stats(self) -> GraphStats | None:
-        """The counts of nodes without a neighbour since ``graph_stats`` was set, summed over ranks (each counted
-        its owned nodes; a collective: every rank calls it); stops counting."""
-        stats, self.graph_stats = self.graph_stats, None
-        if stats is None:
-            return None
+    def total_graph_stats(self, stats: GraphStats) -> GraphStats:
+        """Counts of nodes without a neighbour, summed over ranks (each counted its owned nodes; a collective:
+        every rank calls it)."""
         nodes, isolated = all_reduce_sum(torch.tensor([stats.nodes, stats.isolated], dtype=torch.float64,
                                                       device=self.device)).tolist()
         return GraphStats(stats.graphs, int(nodes), int(isolated))
 
-    def predict(self, model: nn.Module, mesh: MeshShard) -> np.ndarray | None:
-        """[N, T] physical prediction on rank 0, None elsewhere (a collective)."""
-        return predict_sharded(model, self.fmap, mesh, self.cfg, self.ctx, stats=self.graph_stats)
+    def predict(self, model: nn.Module, mesh: MeshShard, stats: GraphStats | None = None) -> np.ndarray | None:
+        """[N, T] physical prediction on rank 0, None elsewhere (a collective); ``stats`` counts this rank's owned
+        nodes without a neighbour."""
+        return predict_sharded(model, self.fmap, mesh, self.cfg, self.ctx, stats=stats)
 
     def barrier(self) -> None:
         barrier()

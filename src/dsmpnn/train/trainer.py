@@ -1,10 +1,12 @@
 """The training loop: Adam on the MSE of normalised targets over Nyström-sampled radius graphs.
 
 Each epoch draws ``graph.samples_per_mesh`` node subsets of ``graph.sample_nodes`` nodes from every training mesh
-(numpy generator seeded by (seed, epoch), so a resumed run draws exactly what an uninterrupted one would, and every
-rank of a distributed run draws the same), builds the radius graph on each subset, and takes one optimizer step per
-``train.batch_graphs`` graphs. How a step runs -- one process (S-MPNN) or P ranks with halo exchange (DS-MPNN) -- is
-the step strategy's business (:mod:`dsmpnn.train.strategy`); the loop is the same.
+(:func:`dsmpnn.train.step.epoch_batches`: numpy generator seeded by (seed, epoch), so a resumed run draws exactly
+what an uninterrupted one would, and every rank of a distributed run draws the same), builds the radius graph on
+each subset, and takes one optimizer step per ``train.batch_graphs`` graphs. How a step's graphs are built -- one
+process (S-MPNN) or P ranks with halo exchange (DS-MPNN) -- is the step strategy's business
+(:mod:`dsmpnn.train.strategy`); both run the one step function :func:`dsmpnn.train.step.run_step`, which
+``dsmpnn check`` verifies.
 
 Run on P ranks (one process per rank; ``--nproc`` launches them as ``torchrun --standalone`` would)::
 
@@ -25,7 +27,6 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -33,7 +34,6 @@ from dsmpnn.data.dataset import Dataset
 from dsmpnn.data.paths import check_output_path
 from dsmpnn.distributed import DistContext, current_context, run_agreed
 from dsmpnn.errors import CheckpointError, Interrupted, TrainingDiverged
-from dsmpnn.graph import sample_nodes
 from dsmpnn.train.checkpoint import (list_checkpoints, load_checkpoint, load_state, rng_state, save_checkpoint,
                                      set_rng_state)
 from dsmpnn.train.config import Config
@@ -44,6 +44,7 @@ from dsmpnn.train.logger import MetricsLogger, read_jsonl
 from dsmpnn.train.metrics import compute_metrics
 from dsmpnn.train.plots import plot_loss_curve
 from dsmpnn.train.rundir import RunDir, RunLock, check_out_dir, resume_changes
+from dsmpnn.train.step import epoch_batches
 from dsmpnn.train.strategy import make_strategy
 
 __all__ = ["train", "lr_factor", "resolve_device", "StopRequest"]
@@ -221,22 +222,23 @@ def _train_claimed(cfg: Config, data: Dataset, data_dir: Path, rd: RunDir, resum
     record: dict = {}
     bar = tqdm(range(start + 1, tc.epochs + 1), desc="train", unit="epoch", disable=not (progress and main),
                initial=start, total=tc.epochs)
-    strategy.graph_stats = GraphStats()  # nodes without a neighbour in the first epoch's graphs, reported once
+    sizes = [s.num_nodes for s in train_set]
     try:
         with StopRequest() as stop:
             for epoch in bar:
                 t0 = time.perf_counter()
-                rng = np.random.default_rng([tc.seed, epoch])  # the same draws on every rank
-                items = [(s, sample_nodes(s.num_nodes, gc.sample_nodes, rng))
-                         for s in train_set for _ in range(gc.samples_per_mesh)]
-                order = rng.permutation(len(items))
+                batches = epoch_batches(sizes, cfg, epoch)  # the same draws on every rank
+                graph_stats = GraphStats() if epoch == start + 1 else None  # reported once, for the first epoch
                 model.train()
                 first = resume_batch if epoch == start + 1 else 0
                 loss_sum, nodes = partial if first else (0.0, 0)
-                for b in range(first, len(order), tc.batch_graphs):
+                for b in range(first, len(batches) * tc.batch_graphs, tc.batch_graphs):
                     opt.zero_grad(set_to_none=True)
-                    loss, n, stopping = strategy.step(model, [items[i] for i in order[b:b + tc.batch_graphs]],
-                                                      stop.requested)
+                    res = strategy.step(model, [(train_set[k], ids) for k, ids in batches[b // tc.batch_graphs]],
+                                        stop.requested)
+                    loss, n, stopping = res.loss, res.nodes, res.stop
+                    if graph_stats is not None:
+                        graph_stats.merge(res.graph_stats)
                     grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
                                  if tc.grad_clip else None)
                     problem = non_finite(loss, grad_norm)
@@ -256,8 +258,8 @@ def _train_claimed(cfg: Config, data: Dataset, data_dir: Path, rd: RunDir, resum
                             f"interrupted during epoch {epoch}; saved {written}; continue with --resume"))
                 record = {"epoch": epoch, "step": epoch * steps_per_epoch, "train_loss": loss_sum / nodes,
                           "lr": opt.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0}
-                stats = strategy.take_graph_stats()  # every rank: a collective in DS mode
-                if stats is not None:
+                if graph_stats is not None:
+                    stats = strategy.total_graph_stats(graph_stats)  # every rank: a collective in DS mode
                     isolated = stats.warning(gc.radius, f"the {stats.graphs} sampled graphs of epoch {epoch}",
                                              "a larger graph.radius or graph.sample_nodes")
                     if isolated and main:

@@ -1,15 +1,11 @@
-"""One rank's share of a forward, backward and optimizer step of the MPNN, and gathering owned results.
+"""The tensors one rank works on (:class:`LocalShard`: its subdomain plus halo of a graph) and gathering
+per-owned-node results on one rank. Graph-agnostic beyond the :class:`~dsmpnn.graph.HaloPlan`; the step that
+runs a model on shards is :func:`dsmpnn.train.step.run_step`::
 
-A training step on rank p (every rank runs the same code)::
-
-    ctx = init_from_env()
     plans = build_halo_plans(partition(pos, ctx.world_size, "metis", graph.edge_index.numpy()),
                              graph.edge_index, halo_hops=2)
     shard = make_shard(plans[ctx.rank], graph, x, y, device=ctx.device)
-    exchange = make_exchange(plans[ctx.rank])
-    broadcast_parameters(model)                       # same initial weights everywhere
-    loss = train_step(model, optimizer, shard, exchange)   # global MSE; same step on every rank
-    pred = predict(model, shard, exchange)           # [N, T] on rank 0, None elsewhere
+    result = run_step(model, [StepGraph.from_shard(shard, make_exchange(shard.plan))], gather=True)
 """
 
 from __future__ import annotations
@@ -18,17 +14,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
-from dsmpnn.distributed.exchange import LayerExchange, make_exchange
 from dsmpnn.distributed.process_group import collective
-from dsmpnn.distributed.reduce import allreduce_gradients, distributed_mse
 from dsmpnn.errors import DsmpnnError
 from dsmpnn.graph.halo import HaloPlan
 from dsmpnn.graph.radius import Graph
 
-__all__ = ["LocalShard", "make_shard", "forward_owned", "forward_backward", "train_step", "predict", "gather_owned",
-           "DistributedResult", "distributed_forward_backward"]
+__all__ = ["LocalShard", "make_shard", "gather_owned"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,44 +76,6 @@ def make_shard(plan: HaloPlan, graph: Graph, x: torch.Tensor, y: torch.Tensor | 
                       None if y is None else y[owned].to(device=device, dtype=dtype))
 
 
-def forward_owned(model: nn.Module, shard: LocalShard, exchange: LayerExchange | None) -> torch.Tensor:
-    """The model's output on this rank's owned nodes: [n_own, T], in ``plan.owned`` order."""
-    out = model(shard.x, shard.edge_index, shard.edge_attr, exchange=exchange)  # [n_local, T]
-    return out[:shard.plan.num_owned]
-
-
-def forward_backward(model: nn.Module, shard: LocalShard, exchange: LayerExchange | None,
-                     group: dist.ProcessGroup | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward, global MSE, backward and gradient all-reduce; returns (loss (global value), owned prediction).
-
-    Gradients ACCUMULATE into ``.grad`` as usual (zero them before) and are summed over ranks, so every rank
-    holds the single-process gradient afterwards.
-    """
-    if shard.y is None:
-        raise DsmpnnError("forward_backward needs targets: build the shard with y")
-    pred = forward_owned(model, shard, exchange)
-    loss = distributed_mse(pred, shard.y, group)
-    loss.backward()
-    allreduce_gradients(model.parameters(), group)
-    return loss.detach(), pred.detach()
-
-
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, shard: LocalShard, exchange: LayerExchange | None,
-               group: dist.ProcessGroup | None = None) -> float:
-    """One optimizer step, identical on every rank and equal to the single-process step; returns the loss."""
-    optimizer.zero_grad(set_to_none=True)
-    loss, _ = forward_backward(model, shard, exchange, group)
-    optimizer.step()
-    return float(loss)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, shard: LocalShard, exchange: LayerExchange | None, dst: int = 0,
-            group: dist.ProcessGroup | None = None) -> torch.Tensor | None:
-    """Inference: the prediction on every node, ``[N, T]`` in global node order on rank ``dst`` (None elsewhere)."""
-    return gather_owned(forward_owned(model, shard, exchange), shard.plan, dst, group)
-
-
 def gather_owned(values: torch.Tensor, plan: HaloPlan, dst: int = 0,
                  group: dist.ProcessGroup | None = None) -> torch.Tensor | None:
     """Per-node values of all ranks as one ``[N, ...]`` tensor in global node order on rank ``dst``.
@@ -157,33 +111,3 @@ def gather_owned(values: torch.Tensor, plan: HaloPlan, dst: int = 0,
         n = int(c.item())
         out.index_copy_(0, i[:n], v[:n])
     return out
-
-
-@dataclass
-class DistributedResult:
-    """What :func:`distributed_forward_backward` returns on each rank.
-
-    Shapes: pred_owned [n_own, T]; pred [N, T] on rank 0 (None elsewhere); loss a scalar or None.
-    Gradients are left in the model's ``.grad`` (summed over ranks).
-    """
-
-    pred_owned: torch.Tensor
-    pred: torch.Tensor | None
-    loss: torch.Tensor | None
-
-
-def distributed_forward_backward(model: nn.Module, plan: HaloPlan, graph: Graph, x: torch.Tensor,
-                                 y: torch.Tensor | None = None, group: dist.ProcessGroup | None = None,
-                                 gather: bool = True, mode: str = "all_to_all") -> DistributedResult:
-    """Forward (and, with targets ``y``, the global-MSE backward with summed gradients) of ``model`` on this
-    rank's part of ``graph``; gathers the prediction on rank 0 when ``gather``. Tensors are placed on the device
-    and dtype of the model's parameters."""
-    param = next(model.parameters())
-    shard = make_shard(plan, graph, x, y, device=param.device, dtype=param.dtype)
-    exchange = make_exchange(plan, group, mode)
-    if y is None:
-        with torch.no_grad():
-            pred, loss = forward_owned(model, shard, exchange), None
-    else:
-        loss, pred = forward_backward(model, shard, exchange, group)
-    return DistributedResult(pred, gather_owned(pred, plan, 0, group) if gather else None, loss)
