@@ -1,5 +1,5 @@
 // Fused CPU kernels: one call evaluates one chunk of the edge-conditioned aggregation, forward or backward
-// (dsmpnn.nn.native loads this file and describes the arguments).
+// (dsmpnn.nn.kernels.native loads this file and describes the arguments).
 //
 // A chunk holds n sources; source j owns d_j consecutive (sorted) edges. With a [e, F] the edge inputs,
 // h = mlp(a) [e, K] the kernel features (h~ = [h, 1], K' = K + 1, when Q has the bias row), Q_j = x_j W [K', C]
