@@ -10,7 +10,9 @@ import numpy as np
 
 from dsmpnn.errors import GraphError
 
-__all__ = ["sample_nodes", "covering_samples"]
+__all__ = ["sample_nodes", "covering_samples", "sampled_cap", "CAP_MODES"]
+
+CAP_MODES = ("scaled", "fixed")
 
 
 def sample_nodes(num_nodes: int, m: int, rng: np.random.Generator) -> np.ndarray:
@@ -36,3 +38,18 @@ def covering_samples(num_nodes: int, m: int, k: int, rng: np.random.Generator) -
     for _ in range(rounds):
         out.extend(np.sort(p) for p in np.array_split(rng.permutation(num_nodes), parts))
     return out
+
+
+def sampled_cap(max_neighbors: int | None, m: int, n: int, mode: str = "scaled") -> int | None:
+    """The neighbour cap of a radius graph on m of a mesh's n nodes.
+
+    ``fixed``: ``max_neighbors`` itself. ``scaled``: ``max(1, round(k m / n))``: the k nearest neighbours of a node
+    on the full mesh lie within some distance rho_k; of them about k m / n are sampled, so capping the sampled graph
+    at k m / n keeps its reach near rho_k, and its mean aggregation stays a Monte-Carlo estimate of the full graph's
+    (a fixed cap k on a sample reaches about sqrt(n / m) farther in 2D, so training and inference graphs differ).
+    """
+    if max_neighbors is None or m >= n or mode == "fixed":
+        return max_neighbors
+    if mode != "scaled":
+        raise GraphError(f"cap mode must be one of {CAP_MODES}, got {mode!r}")
+    return max(1, round(max_neighbors * m / n))

@@ -27,6 +27,7 @@ from dsmpnn.data.textfile import read_text
 from dsmpnn.errors import ConfigError
 from dsmpnn.graph.partition import DEFAULT_PARTITION_METHOD, PARTITION_METHODS
 from dsmpnn.graph.radius import DEFAULT_MAX_EDGES
+from dsmpnn.graph.sampling import CAP_MODES
 from dsmpnn.messages import brief
 from dsmpnn.ranges import SEED_MAX, Rule
 
@@ -121,12 +122,14 @@ class GraphConfig(_Section):
     """Radius graph and Nyström sampling (radius in the mesh's length unit).
 
     ``max_edges``: a graph estimated to have more edges is refused before it is built (a radius too large for the
-    mesh would otherwise exhaust memory).
+    mesh would otherwise exhaust memory). ``sampled_cap``: the ``max_neighbors`` of a graph on m of n nodes,
+    ``scaled`` to k m / n (the reach of the full mesh's cap) or ``fixed`` (see :func:`dsmpnn.graph.sampled_cap`).
     """
 
     section: ClassVar[str] = "graph"
     radius: float = _num(0.1, 0.0, lo_open=True)
     max_neighbors: int | None = _int(None, 1, 100_000)
+    sampled_cap: str = _pick("scaled", CAP_MODES)
     sample_nodes: int = _int(1024, 1, 10**9)
     samples_per_mesh: int = _int(2, 1, 10**6)
     max_edges: int = _int(DEFAULT_MAX_EDGES, 1, 10**12)

@@ -11,7 +11,7 @@ import torch
 from dsmpnn.data.dataset import Dataset, Manifest
 from dsmpnn.data.sample import MeshSample
 from dsmpnn.errors import DatasetError, GraphError
-from dsmpnn.graph import Graph, build_graph, estimate_edges
+from dsmpnn.graph import Graph, build_graph, estimate_edges, sampled_cap
 from dsmpnn.graph.radius import DEFAULT_MAX_EDGES
 from dsmpnn.train.config import GraphConfig
 
@@ -93,15 +93,18 @@ class GraphBatch:
 
 def make_batch(items: list[tuple[MeshSample, np.ndarray | None]], fmap: FeatureMap, radius: float,
                max_neighbors: int | None, dtype: torch.dtype, with_targets: bool = True,
-               max_edges: int = DEFAULT_MAX_EDGES, stats: GraphStats | None = None) -> GraphBatch:
+               max_edges: int = DEFAULT_MAX_EDGES, stats: GraphStats | None = None,
+               cap_mode: str = "scaled") -> GraphBatch:
     """Build the radius graph of each (sample, node subset) pair (subset None = every node) and join them.
 
     ``stats`` counts the nodes without a neighbour (see :class:`GraphStats`); ``max_edges``: the refusal limit of
-    :func:`dsmpnn.graph.radius_graph`."""
+    :func:`dsmpnn.graph.radius_graph`; a subset's neighbour cap is :func:`dsmpnn.graph.sampled_cap` of
+    ``max_neighbors`` (``cap_mode``: ``graph.sampled_cap``)."""
     xs, ys, eis, eas, offset = [], [], [], [], 0
     for sample, idx in items:
         pos = sample.pos if idx is None else sample.pos[idx]
-        g: Graph = build_graph(pos, radius, max_neighbors, dtype=dtype, warn_isolated=False, max_edges=max_edges)
+        cap = sampled_cap(max_neighbors, len(pos), sample.num_nodes, cap_mode)
+        g: Graph = build_graph(pos, radius, cap, dtype=dtype, warn_isolated=False, max_edges=max_edges)
         if stats is not None:
             stats.add(g.edge_index, g.num_nodes)
         x = fmap.inputs(sample, dtype)

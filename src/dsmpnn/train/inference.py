@@ -36,7 +36,8 @@ def predict_sample(model: nn.Module, fmap: FeatureMap, sample: MeshSample, cfg: 
     count = torch.zeros(sample.num_nodes, 1, dtype=torch.float64)
     for idx in subsets:
         b = make_batch([(sample, idx)], fmap, cfg.graph.radius, cfg.graph.max_neighbors, dtype,
-                       with_targets=False, max_edges=cfg.graph.max_edges, stats=stats).to(device)
+                       with_targets=False, max_edges=cfg.graph.max_edges, stats=stats,
+                       cap_mode=cfg.graph.sampled_cap).to(device)
         out = run_step(model, [StepGraph(b.x, b.edge_index, b.edge_attr)], backward=False,
                        gather=True).outputs.double().cpu()  # [n, T] normalised
         rows = slice(None) if idx is None else torch.from_numpy(idx)

@@ -31,7 +31,7 @@ from torch import nn
 from dsmpnn.data.sample import MeshSample
 from dsmpnn.distributed import DistContext, LocalShard, all_gather_objects, make_exchange, run_agreed
 from dsmpnn.errors import GraphError
-from dsmpnn.graph import build_local_plan, covering_samples, partition, radius_graph
+from dsmpnn.graph import build_local_plan, covering_samples, partition, radius_graph, sampled_cap
 from dsmpnn.graph.radius import DEFAULT_MAX_EDGES
 from dsmpnn.train.config import Config
 from dsmpnn.train.features import FeatureMap, GraphStats
@@ -139,8 +139,9 @@ def decompose(mesh: MeshShard, ids: np.ndarray, nparts: int, cfg: Config, dtype:
     ``mesh``. ``stats`` counts this rank's owned nodes and those without a neighbour (summed over ranks by
     :meth:`dsmpnn.train.strategy.DomainDecomposed.total_graph_stats`)."""
     gc = cfg.graph
+    cap = sampled_cap(gc.max_neighbors, len(ids), mesh.num_nodes, gc.sampled_cap)
     dec = build_local_plan(mesh.pos, ids, mesh.owner, mesh.rank, gc.radius, cfg.distributed.halo_hops, nparts,
-                           gc.max_neighbors, dtype, overlap=cfg.distributed.overlap, max_edges=gc.max_edges)
+                           cap, dtype, overlap=cfg.distributed.overlap, max_edges=gc.max_edges)
     plan = dec.plan
     if stats is not None:
         stats.count(plan.num_owned, dec.isolated)

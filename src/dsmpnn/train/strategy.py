@@ -96,8 +96,9 @@ class SingleProcess:
         """Forward and backward of one optimizer step over ``items`` (joined into one disjoint graph) by
         :func:`~dsmpnn.train.step.run_step`; gradients accumulate into ``.grad``. ``gather``: keep the outputs."""
         stats = GraphStats()
-        batch = make_batch(list(items), self.fmap, self.cfg.graph.radius, self.cfg.graph.max_neighbors,
-                           self.dtype, max_edges=self.cfg.graph.max_edges, stats=stats).to(self.device)
+        gc = self.cfg.graph
+        batch = make_batch(list(items), self.fmap, gc.radius, gc.max_neighbors, self.dtype, max_edges=gc.max_edges,
+                           stats=stats, cap_mode=gc.sampled_cap).to(self.device)
         res = run_step(model, [StepGraph(batch.x, batch.edge_index, batch.edge_attr, batch.y)],
                        stop_requested=stop_requested, gather=gather)
         res.graph_stats = stats
