@@ -1,15 +1,29 @@
 """Radius graphs, edge attributes, Nyström sampling, partitioners and halo plans."""
 
-from dsmpnn.graph.halo import (HaloPlan, LocalDecomposition, SampledDecomposition, build_halo_plan,
-                               build_halo_plans, build_local_plan, build_overlap_plans, build_sampled_plans,
-                               check_plans)
-from dsmpnn.graph.partition import (DEFAULT_PARTITION_METHOD, PARTITION_METHODS, PartitionReport, check_owner,
-                                    partition, partition_report)
-from dsmpnn.graph.radius import Graph, build_graph, edge_attributes, estimate_edges, radius_graph
-from dsmpnn.graph.sampling import covering_samples, sample_nodes
+from typing import TYPE_CHECKING
+
+from dsmpnn._lazy import lazy_package
+
+if TYPE_CHECKING:
+    from dsmpnn.graph.halo import (HaloPlan, LocalDecomposition, SampledDecomposition, build_halo_plan,
+                                   build_halo_plans, build_local_plan, build_overlap_plans, build_sampled_plans,
+                                   check_plans)
+    from dsmpnn.graph.partition import (DEFAULT_PARTITION_METHOD, PARTITION_METHODS, PartitionReport, check_owner,
+                                        partition, partition_report)
+    from dsmpnn.graph.radius import Graph, build_graph, edge_attributes, estimate_edges, radius_graph
+    from dsmpnn.graph.sampling import covering_samples, sample_nodes
 
 __all__ = ["DEFAULT_PARTITION_METHOD", "Graph", "HaloPlan", "LocalDecomposition", "PARTITION_METHODS",
            "PartitionReport", "SampledDecomposition", "build_graph", "build_halo_plan", "build_halo_plans",
            "build_local_plan", "build_overlap_plans",
            "build_sampled_plans", "check_owner", "check_plans", "covering_samples", "edge_attributes",
            "estimate_edges", "partition", "partition_report", "radius_graph", "sample_nodes"]
+
+_LAZY = {"HaloPlan": "halo", "LocalDecomposition": "halo", "SampledDecomposition": "halo", "build_halo_plan": "halo",
+         "build_halo_plans": "halo", "build_local_plan": "halo", "build_overlap_plans": "halo",
+         "build_sampled_plans": "halo", "check_plans": "halo", "DEFAULT_PARTITION_METHOD": "partition",
+         "PARTITION_METHODS": "partition", "PartitionReport": "partition", "check_owner": "partition",
+         "partition": "partition", "partition_report": "partition", "Graph": "radius", "build_graph": "radius",
+         "edge_attributes": "radius", "estimate_edges": "radius", "radius_graph": "radius", "covering_samples":
+         "sampling", "sample_nodes": "sampling"}
+lazy_package(__name__)
