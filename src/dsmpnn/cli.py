@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from dsmpnn.errors import DsmpnnError, Interrupted
 from dsmpnn.messages import brief
 from dsmpnn.ranges import SEED_MAX, Rule
+from dsmpnn.startup_trace import mark as _mark
 
 if TYPE_CHECKING:
     from dsmpnn.data.dataset import Manifest
@@ -493,6 +494,7 @@ def _join_group(args: argparse.Namespace, timeout_s: float):
     from dsmpnn.distributed import destroy_process_group, init_from_env, quiet_unless_main
 
     ctx = init_from_env(timeout_s=timeout_s)
+    _mark("process group joined")
     if args.nproc is not None and ctx.world_size != args.nproc:
         destroy_process_group()
         raise quiet_unless_main(DsmpnnError(
@@ -802,6 +804,11 @@ def _bench_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+_RANK_MODULES = {"train": ("dsmpnn.cli", "dsmpnn.train.trainer"), "evaluate": ("dsmpnn.cli", "dsmpnn.train.evaluate"),
+                 "predict": ("dsmpnn.cli", "dsmpnn.train.evaluate")}
+"""What the ranks of ``--nproc`` commands import (their fork server does, once, while the input is checked)."""
+
+
 def _launched_here(args: argparse.Namespace) -> bool:
     """True when this process should start ``--nproc`` ranks (not when it is one of them, under torchrun)."""
     import os
@@ -866,20 +873,28 @@ def main(argv: list[str] | None = None) -> int:
     a file could not be written: a one-line message; anything else: a traceback), 2 bad input (a one-line message naming the file, field or option), 130 interrupted
     (a checkpoint to continue from was saved)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _mark("dsmpnn.cli imported")
     try:
         args = build_parser().parse_args(argv)
     except UsageError as e:
         print(_usage_line(e), file=sys.stderr)
         return 2
+    _mark("arguments parsed")
     with _user_warnings(args.command), _sigterm_interrupts():
         try:
             if _launched_here(args):
-                from dsmpnn.distributed import launch_module
+                from dsmpnn.distributed.launch import RankLauncher
 
-                args.precheck(args)  # refuse bad input once, before starting P processes
-                with _launcher_lock(args):
-                    return launch_module("dsmpnn.cli", argv, args.nproc, args.max_restarts)
+                # the ranks' fork server imports their modules while this process checks the input
+                with RankLauncher(args.nproc, preload=_RANK_MODULES[args.command]) as launcher:
+                    args.precheck(args)  # refuse bad input once, before starting P processes
+                    _mark("precheck done")
+                    with _launcher_lock(args):
+                        code = launcher.run("dsmpnn.cli", argv, args.max_restarts)
+                _mark("ranks finished, launcher returned")
+                return code
             code = args.handler(args)
+            _mark("command done")
         except Interrupted as e:
             if not e.quiet:
                 print(f"dsmpnn {args.command}: {e}", file=sys.stderr)
