@@ -48,4 +48,6 @@ def mark(phase: str, at: float | None = None, who: str | None = None) -> None:
         os.environ.setdefault(_T0, repr(start))  # the first process of the command: its ranks inherit its clock
         mark("process started", start, who)
     who = who or (f"rank {os.environ['RANK']}" if "RANK" in os.environ else "parent")
-    print(f"[dsmpnn startup] {now - float(os.environ[_T0]):+.3f} s {who}: {phase}", file=sys.stderr, flush=True)
+    # one write per line: the ranks share stderr, and print() would write the text and its newline apart
+    sys.stderr.write(f"[dsmpnn startup] {now - float(os.environ[_T0]):+.3f} s {who}: {phase}\n")
+    sys.stderr.flush()
