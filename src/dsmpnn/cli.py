@@ -804,9 +804,10 @@ def _bench_scale(args: argparse.Namespace) -> int:
     return 0
 
 
-_RANK_MODULES = {"train": ("dsmpnn.cli", "dsmpnn.train.trainer"), "evaluate": ("dsmpnn.cli", "dsmpnn.train.evaluate"),
-                 "predict": ("dsmpnn.cli", "dsmpnn.train.evaluate")}
-"""What the ranks of ``--nproc`` commands import (their fork server does, once, while the input is checked)."""
+_RANK_MODULES = {"train": ("dsmpnn.cli", "dsmpnn.train.trainer", "torch._dynamo"),
+                 "evaluate": ("dsmpnn.cli", "dsmpnn.train.evaluate"), "predict": ("dsmpnn.cli", "dsmpnn.train.evaluate")}
+"""What the ranks of ``--nproc`` commands import (their fork server does, once, while the input is checked).
+``torch._dynamo``: torch.optim.Adam imports it when constructed (1.5-2 s per rank, sympy included)."""
 
 
 def _launched_here(args: argparse.Namespace) -> bool:
