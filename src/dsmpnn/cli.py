@@ -4,9 +4,11 @@ Each subcommand is a thin shell over a library function (tests call the function
 Errors caused by user input (:class:`dsmpnn.errors.DsmpnnError`) are printed without a traceback and exit with 2.
 
 ``train``, ``evaluate`` and ``predict`` run as P ranks with ``--nproc P``: this process then checks the input and
-re-launches ``python -m dsmpnn.cli <the same arguments>`` as P local ranks through torchrun's elastic launcher
-(each rank sees torchrun's RANK/WORLD_SIZE and joins the group instead of launching again). Multi-node runs start
-the same entry point with ``torchrun ... -m dsmpnn.cli train ...`` directly.
+runs ``dsmpnn.cli.main(<the same arguments>)`` as P local ranks through torchrun's elastic launcher, forked from
+a fork server that imported the ranks' modules while the input was checked (:class:`dsmpnn.distributed.launch.
+RankLauncher`; each rank sees torchrun's RANK/WORLD_SIZE and joins the group instead of launching again).
+Multi-node runs start the same entry point with ``torchrun ... -m dsmpnn.cli train ...`` directly.
+``DSMPNN_TRACE_STARTUP=1`` prints when each start-up phase ends (:mod:`dsmpnn.startup_trace`).
 """
 
 from __future__ import annotations
