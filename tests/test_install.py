@@ -93,7 +93,7 @@ def test_wheel_carries_the_kernel_source_and_no_tests(tmp_path):
     assert "dsmpnn/cli.py" in names and "dsmpnn/optional.py" in names
     assert not [n for n in names if n.startswith("tests/")]
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "dsmpnn = dsmpnn.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "dsmpnn = dsmpnn.cli:run" in zipfile.ZipFile(wheel).read(entry_points).decode()
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "Provides-Extra: gcn" in metadata
     assert "Requires-Dist: torch_geometric>=2.4; extra == \"gcn\"" in metadata

@@ -4,9 +4,11 @@ Each subcommand is a thin shell over a library function (tests call the function
 Errors caused by user input (:class:`dsmpnn.errors.DsmpnnError`) are printed without a traceback and exit with 2.
 
 ``train``, ``evaluate`` and ``predict`` run as P ranks with ``--nproc P``: this process then checks the input and
-re-launches ``python -m dsmpnn.cli <the same arguments>`` as P local ranks through torchrun's elastic launcher
-(each rank sees torchrun's RANK/WORLD_SIZE and joins the group instead of launching again). Multi-node runs start
-the same entry point with ``torchrun ... -m dsmpnn.cli train ...`` directly.
+runs ``dsmpnn.cli.main(<the same arguments>)`` as P local ranks through torchrun's elastic launcher, forked from
+a fork server that imported the ranks' modules while the input was checked (:class:`dsmpnn.distributed.launch.
+RankLauncher`; each rank sees torchrun's RANK/WORLD_SIZE and joins the group instead of launching again).
+Multi-node runs start the same entry point with ``torchrun ... -m dsmpnn.cli train ...`` directly.
+``DSMPNN_TRACE_STARTUP=1`` prints when each start-up phase ends (:mod:`dsmpnn.startup_trace`).
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from typing import TYPE_CHECKING
 from dsmpnn.errors import DsmpnnError, Interrupted
 from dsmpnn.messages import brief
 from dsmpnn.ranges import SEED_MAX, Rule
+from dsmpnn.startup_trace import mark as _mark
 
 if TYPE_CHECKING:
     from dsmpnn.data.dataset import Manifest
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "run"]
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -493,6 +496,7 @@ def _join_group(args: argparse.Namespace, timeout_s: float):
     from dsmpnn.distributed import destroy_process_group, init_from_env, quiet_unless_main
 
     ctx = init_from_env(timeout_s=timeout_s)
+    _mark("process group joined")
     if args.nproc is not None and ctx.world_size != args.nproc:
         destroy_process_group()
         raise quiet_unless_main(DsmpnnError(
@@ -819,6 +823,12 @@ def _bench_scale(args: argparse.Namespace) -> int:
     return 0
 
 
+_RANK_MODULES = {"train": ("dsmpnn.cli", "dsmpnn.train.trainer", "torch._dynamo"),
+                 "evaluate": ("dsmpnn.cli", "dsmpnn.train.evaluate"), "predict": ("dsmpnn.cli", "dsmpnn.train.evaluate")}
+"""What the ranks of ``--nproc`` commands import (their fork server does, once, while the input is checked).
+``torch._dynamo``: torch.optim.Adam imports it when constructed (1.5-2 s per rank, sympy included)."""
+
+
 def _launched_here(args: argparse.Namespace) -> bool:
     """True when this process should start ``--nproc`` ranks (not when it is one of them, under torchrun)."""
     import os
@@ -883,20 +893,28 @@ def main(argv: list[str] | None = None) -> int:
     a file could not be written: a one-line message; anything else: a traceback), 2 bad input (a one-line message naming the file, field or option), 130 interrupted
     (a checkpoint to continue from was saved)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _mark("dsmpnn.cli imported")
     try:
         args = build_parser().parse_args(argv)
     except UsageError as e:
         print(_usage_line(e), file=sys.stderr)
         return 2
+    _mark("arguments parsed")
     with _user_warnings(args.command), _sigterm_interrupts():
         try:
             if _launched_here(args):
-                from dsmpnn.distributed import launch_module
+                from dsmpnn.distributed.launch import RankLauncher
 
-                args.precheck(args)  # refuse bad input once, before starting P processes
-                with _launcher_lock(args):
-                    return launch_module("dsmpnn.cli", argv, args.nproc, args.max_restarts)
+                # the ranks' fork server imports their modules while this process checks the input
+                with RankLauncher(args.nproc, preload=_RANK_MODULES[args.command]) as launcher:
+                    args.precheck(args)  # refuse bad input once, before starting P processes
+                    _mark("precheck done")
+                    with _launcher_lock(args):
+                        code = launcher.run("dsmpnn.cli", argv, args.max_restarts)
+                _mark("ranks finished, launcher returned")
+                return code
             code = args.handler(args)
+            _mark("command done")
         except Interrupted as e:
             if not e.quiet:
                 print(f"dsmpnn {args.command}: {e}", file=sys.stderr)
@@ -911,5 +929,19 @@ def main(argv: list[str] | None = None) -> int:
     return int(code or 0)
 
 
+def run() -> typing.NoReturn:
+    """The ``dsmpnn`` program: :func:`main` with ``sys.argv``, then exit with its status.
+
+    Before exiting it moves every object into the garbage collector's permanent generation (``gc.freeze``): the
+    interpreter's final collections would otherwise walk the millions of objects torch, scipy and matplotlib made,
+    which takes 0.5-1 s for a command that ran for two. Objects are still freed by reference counting and files
+    closed; only unreachable cycles are left to the end of the process."""
+    code = main()
+    import gc
+
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

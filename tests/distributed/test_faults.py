@@ -56,19 +56,30 @@ def logged(run: Path) -> list[dict]:
 
 
 def rank_pids(parent: int) -> dict[int, int]:
-    """{rank: pid} of the torchrun workers among the children of process ``parent`` (from /proc)."""
-    out = {}
+    """{rank: pid} of the torchrun workers among the descendants of process ``parent`` (from /proc): a rank forked
+    from the launcher's fork server is named ``dsmpnn rank R`` (/proc/PID/comm), one started as a subprocess has
+    RANK=R in its environment."""
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # exited meanwhile
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = {}, list(children.get(parent, []))
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
         try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            env = (entry / "environ").read_bytes().split(b"\0") if ppid == parent else []
-        except (OSError, IndexError, ValueError):
-            continue  # exited meanwhile
-        ranks = [int(v.split(b"=", 1)[1]) for v in env if v.startswith(b"RANK=")]
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ranks = [int(comm.rsplit(" ", 1)[1])] if comm.startswith("dsmpnn rank ") else \
+            [int(v.split(b"=", 1)[1]) for v in env if v.startswith(b"RANK=")]
         if ranks:
-            out[ranks[0]] = int(entry.name)
+            out[ranks[0]] = pid
     return out
 
 
@@ -80,7 +91,7 @@ def test_killed_rank_restarts_and_resumes_exactly(darcy, reference, tmp_path, ca
     run = tmp_path / "run"
     killed: dict = {}
 
-    def killer() -> None:  # the launcher runs in this process's main thread; its workers are our children
+    def killer() -> None:  # the launcher runs in this process's main thread; its workers are our descendants
         checkpoint = run / "checkpoints" / f"ckpt_epoch_{after_epoch:06d}.pt"
         deadline = time.monotonic() + 300
         while not checkpoint.exists() and time.monotonic() < deadline:

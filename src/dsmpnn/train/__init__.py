@@ -5,18 +5,23 @@ Called, this package trains: ``dsmpnn.train(config, data_dir, out_dir, overrides
 the package is callable). :func:`train` below is the training loop it runs.
 """
 
-import sys
-import types
+from typing import TYPE_CHECKING
 
-from dsmpnn.train.config import Config, load_config
-from dsmpnn.train.evaluate import evaluate_run, predict_file
-from dsmpnn.train.rundir import load_run
-from dsmpnn.train.trainer import train
+from dsmpnn._lazy import LazyPackage, lazy_package
+
+if TYPE_CHECKING:
+    from dsmpnn.train.config import Config, load_config
+    from dsmpnn.train.evaluate import evaluate_run, predict_file
+    from dsmpnn.train.rundir import load_run
+    from dsmpnn.train.trainer import train
 
 __all__ = ["Config", "evaluate_run", "load_config", "load_run", "predict_file", "train"]
 
+_LAZY = {"Config": "config", "load_config": "config", "evaluate_run": "evaluate", "predict_file": "evaluate",
+         "load_run": "rundir", "train": "trainer"}
 
-class _CallablePackage(types.ModuleType):
+
+class _CallablePackage(LazyPackage):
     def __call__(self, *args, **kwargs):
         """``dsmpnn.train(config, data_dir, out_dir, overrides=(), *, resume=False, ...)``: see
         :func:`dsmpnn.train.api.train`."""
@@ -25,4 +30,4 @@ class _CallablePackage(types.ModuleType):
         return train_api(*args, **kwargs)
 
 
-sys.modules[__name__].__class__ = _CallablePackage
+lazy_package(__name__, _CallablePackage)

@@ -5,30 +5,48 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.tri as mtri  # noqa: E402
-import numpy as np  # noqa: E402
+from dsmpnn.data.sample import MeshSample
+from dsmpnn.train.checkpoint import atomic_write_bytes
 
-from dsmpnn.data.sample import MeshSample  # noqa: E402
-from dsmpnn.train.checkpoint import atomic_write_bytes  # noqa: E402
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
+    import matplotlib.tri as mtri
 
 __all__ = ["plot_loss_curve", "plot_fields", "triangulation", "plane_slice", "ZOOMS"]
+
+
+def _pyplot() -> ModuleType:
+    """matplotlib.pyplot on the Agg backend, imported when a figure is drawn (0.4 s that predict and the ranks
+    that draw nothing do not pay)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
+
+
+def _tri() -> ModuleType:
+    import matplotlib.tri
+
+    return matplotlib.tri
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _pyplot().close(fig)
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
 def plot_loss_curve(records: Sequence[dict], path: Path) -> None:
     """Training loss per epoch (log scale) and, where logged, validation relative L2."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _pyplot().subplots(figsize=(6, 4))
     ep = [r["epoch"] for r in records if "train_loss" in r]
     ax.semilogy(ep, [r["train_loss"] for r in records if "train_loss" in r], label="train MSE (normalised)")
     val = [(r["epoch"], r["val_rel_l2"]) for r in records if "val_rel_l2" in r]
@@ -47,8 +65,8 @@ def triangulation(sample: MeshSample) -> mtri.Triangulation:
     tris = [c if kind == "triangle" else np.concatenate([c[:, [0, 1, 2]], c[:, [0, 2, 3]]])
             for kind, c in sample.cell_blocks if kind in ("triangle", "quad")]
     if tris:
-        return mtri.Triangulation(x, y, np.concatenate(tris))
-    return mtri.Triangulation(x, y)
+        return _tri().Triangulation(x, y, np.concatenate(tris))
+    return _tri().Triangulation(x, y)
 
 
 ZOOMS = {"airfoil": ((-0.5, 1.5), (-0.6, 0.6)), "airfrans": ((-0.5, 1.5), (-0.6, 0.6))}
@@ -162,7 +180,7 @@ def _draw(s: MeshSample, pred: np.ndarray, names: Sequence[str], tri: mtri.Trian
     ext = np.ptp(s.pos[inside], axis=0) + 1e-12
     aspect = float(ext[1] / ext[0]) if zoom is None else (zoom[1][1] - zoom[1][0]) / (zoom[0][1] - zoom[0][0])
     row_h = float(np.clip(4.0 * aspect, 1.6, 4.0)) + 0.6
-    fig, axes = plt.subplots(len(names), 3, figsize=(13, row_h * len(names)), squeeze=False)
+    fig, axes = _pyplot().subplots(len(names), 3, figsize=(13, row_h * len(names)), squeeze=False)
     for t, name in enumerate(names):
         true, p = s.y[:, t], pred[:, t]
         vmin = float(min(true[inside].min(), p[inside].min()))

@@ -32,6 +32,7 @@ from torch import nn
 import dsmpnn
 from dsmpnn.data.dataset import Manifest
 from dsmpnn.data.textfile import read_json
+from dsmpnn.distributed.launch import LAUNCHER_PID_ENV
 from dsmpnn.errors import CheckpointError
 from dsmpnn.train.checkpoint import atomic_write_bytes, load_checkpoint, load_state, write_error
 from dsmpnn.train.config import Config, read_config_file
@@ -160,7 +161,7 @@ class RunLock:
 
     One process of a run holds it: ``dsmpnn train --nproc P`` (the launcher, for the whole run, restarts included)
     or rank 0 (one process, or the ranks of a plain torchrun). Rank 0 of a launcher that holds the lock finds its
-    parent's PID in the file and goes on without locking. :meth:`release` empties the file (or removes it, and the
+    parent's PID, or the launcher's PID its fork server passed on, in the file and goes on without locking. :meth:`release` empties the file (or removes it, and the
     directory when it made it, when nothing else was written), so a failed start leaves nothing behind.
     """
 
@@ -182,8 +183,8 @@ class RunLock:
             except BlockingIOError:
                 holder = os.pread(fd, 256, 0).decode("utf-8", "replace").split()
                 os.close(fd)
-                if holder == [str(os.getppid()), host]:
-                    return self  # our launcher holds it for this run
+                if holder == [str(os.getppid()), host] or holder == [os.environ.get(LAUNCHER_PID_ENV), host]:
+                    return self  # our launcher holds it for this run (the ranks' parent is its fork server)
                 raise CheckpointError(f"{self.root}: run directory in use by {_holder(holder)} (lock "
                                       f"{self.path}); wait for it to end, or choose another --out") from None
             if _same_file(fd, self.path):
