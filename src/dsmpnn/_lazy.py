@@ -28,7 +28,7 @@ class LazyPackage(ModuleType):
 
     def __setattr__(self, name: str, value: Any) -> None:
         # importing submodule P.check binds it to P.check; where the package exports a function of the same name
-        # (dsmpnn.distributed.check), the function keeps the name, as with an eager `from P.check import check`
+        # (dsmpnn.graph.partition), the function keeps the name, as with an eager `from P.partition import partition`
         if (isinstance(value, ModuleType) and self.__dict__.get("_LAZY", {}).get(name) == name
                 and value.__name__ == f"{self.__name__}.{name}"):
             value = getattr(value, name)

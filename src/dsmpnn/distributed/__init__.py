@@ -26,5 +26,10 @@ _LAZY = {"all_gather_objects": "agree", "any_rank": "agree", "quiet_unless_main"
          "destroy_process_group": "process_group", "init_from_env": "process_group", "init_process_group":
          "process_group", "all_reduce_sum": "reduce", "allreduce_gradients": "reduce", "broadcast_parameters":
          "reduce", "LocalShard": "shard", "gather_owned": "shard", "make_shard": "shard"}
-__all__ = sorted(_LAZY)
+__all__ = ["DEFAULT_TIMEOUT_S", "DistContext", "EXCHANGE_MODES", "ExchangeStats", "HaloExchange", "LayerExchange",
+           "LocalShard", "SHUTDOWN_TIMEOUT_S", "TOLERANCE", "all_gather_objects", "all_reduce_sum",
+           "allreduce_gradients", "any_rank", "barrier", "broadcast_parameters", "collective", "current_context",
+           "default_backend", "destroy_process_group", "gather_owned", "init_from_env", "init_process_group",
+           "launch_module", "make_exchange", "make_shard", "max_rel_diff", "quiet_unless_main", "run_agreed",
+           "run_processes"]
 lazy_package(__name__)

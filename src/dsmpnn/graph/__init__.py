@@ -20,5 +20,9 @@ _LAZY = {"HaloPlan": "halo", "LocalDecomposition": "halo", "SampledDecomposition
          "partition": "partition", "partition_report": "partition", "Graph": "radius", "build_graph": "radius",
          "edge_attributes": "radius", "estimate_edges": "radius", "radius_graph": "radius", "CAP_MODES": "sampling",
          "covering_samples": "sampling", "sample_nodes": "sampling", "sampled_cap": "sampling"}
-__all__ = sorted(_LAZY)
+__all__ = ["CAP_MODES", "DEFAULT_PARTITION_METHOD", "Graph", "HaloPlan", "LocalDecomposition", "PARTITION_METHODS",
+           "PartitionReport", "SampledDecomposition", "build_graph", "build_halo_plan", "build_halo_plans",
+           "build_local_plan", "build_overlap_plans", "build_sampled_plans", "check_owner", "check_plans",
+           "covering_samples", "edge_attributes", "estimate_edges", "partition", "partition_report", "radius_graph",
+           "sample_nodes", "sampled_cap"]
 lazy_package(__name__)
