@@ -824,9 +824,11 @@ def _bench_scale(args: argparse.Namespace) -> int:
 
 
 _RANK_MODULES = {"train": ("dsmpnn.cli", "dsmpnn.train.trainer", "torch._dynamo"),
-                 "evaluate": ("dsmpnn.cli", "dsmpnn.train.evaluate"), "predict": ("dsmpnn.cli", "dsmpnn.train.evaluate")}
+                 "evaluate": ("dsmpnn.cli", "dsmpnn.train.evaluate", "torch._dynamo"),
+                 "predict": ("dsmpnn.cli", "dsmpnn.train.evaluate", "torch._dynamo")}
 """What the ranks of ``--nproc`` commands import (their fork server does, once, while the input is checked).
-``torch._dynamo``: torch.optim.Adam imports it when constructed (1.5-2 s per rank, sympy included)."""
+``torch._dynamo`` (1.5-2 s, sympy included): every rank imports it before it joins the process group (see
+:func:`dsmpnn.distributed.process_group.init_process_group`), and torch.optim.Adam would anyway."""
 
 
 def _launched_here(args: argparse.Namespace) -> bool:
