@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dsmpnn.errors import DsmpnnError
 
-__all__ = ["check_output_path", "directory_mode"]
+__all__ = ["check_output_path", "created_mode", "directory_mode"]
 
 
 def check_output_path(path: str | os.PathLike, kind: str = "file", what: str = "--out") -> Path:
@@ -31,9 +31,14 @@ def check_output_path(path: str | os.PathLike, kind: str = "file", what: str = "
     return path
 
 
-def directory_mode() -> int:
-    """The mode ``mkdir`` gives a new directory under the current umask (``0o777 & ~umask``); for directories made
-    by ``tempfile.mkdtemp`` (always 0700) and renamed into place."""
+def created_mode(base: int = 0o777) -> int:
+    """The mode ``open``/``mkdir`` give a new file (``base`` 0o666) or directory (0o777) under the current umask,
+    ``base & ~umask``: for files and directories made by ``tempfile`` (always 0600/0700) and renamed into place."""
     mask = os.umask(0o022)
     os.umask(mask)
-    return 0o777 & ~mask
+    return base & ~mask
+
+
+def directory_mode() -> int:
+    """:func:`created_mode` of a directory."""
+    return created_mode(0o777)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 import dsmpnn
+from dsmpnn.data.paths import created_mode
 from dsmpnn.errors import CheckpointError, WriteError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "checkpoint_name", "atomic_write_bytes",
@@ -45,13 +46,7 @@ _NAME = re.compile(r"^ckpt_epoch_(\d{6,})(?:_graphs_(\d{6,}))?\.pt$")
 _TEMP = re.compile(r"^\.ckpt_epoch_\d{6,}(?:_graphs_\d{6,})?\.pt\.")  # left by a process killed while writing
 
 
-def _file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-_FILE_MODE = _file_mode()
+_FILE_MODE = created_mode(0o666)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -316,18 +316,26 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
+def _meshio_mesh(sample: MeshSample, point_data: dict[str, np.ndarray], blocks: CellBlocks = None):
+    """The ``meshio.Mesh`` of ``sample`` with ``point_data``: 3D points (z = 0 for a 2D mesh) and the cell
+    ``blocks`` when given, else the sample's own, else one vertex cell per node."""
+    import meshio  # noqa: PLC0415 - see vtu_bytes
+
+    points = sample.pos if sample.dim == 3 else np.column_stack([sample.pos, np.zeros(sample.num_nodes)])
+    cells = blocks or sample.cell_blocks or [("vertex", np.arange(sample.num_nodes)[:, None])]
+    return meshio.Mesh(points, cells, point_data=point_data)
+
+
 def vtu_bytes(sample: MeshSample, point_data: dict[str, np.ndarray], near: Path,
               blocks: CellBlocks = None) -> bytes:
     """The VTU file of a mesh with ``point_data``: its cell ``blocks`` when given, else ``sample``'s cells, else one
     vertex cell per node; written through a temporary file next to ``near`` (meshio writes files, not buffers)."""
-    points = sample.pos if sample.dim == 3 else np.column_stack([sample.pos, np.zeros(sample.num_nodes)])
-    cells = blocks or sample.cell_blocks or [("vertex", np.arange(sample.num_nodes)[:, None])]
-    import meshio  # noqa: PLC0415 - only .vtu output needs it (as dsmpnn.data.meshfile; images without meshio import dsmpnn)
+    import meshio  # noqa: PLC0415 - only mesh output needs it (as dsmpnn.data.meshfile; images without meshio import dsmpnn)
 
     near.parent.mkdir(parents=True, exist_ok=True)
     tmp = near.with_name(f".{near.name}.{os.getpid()}.tmp.vtu")
     try:
-        meshio.write(tmp, meshio.Mesh(points, cells, point_data=point_data))
+        meshio.write(tmp, _meshio_mesh(sample, point_data, blocks))
         return tmp.read_bytes()
     finally:
         tmp.unlink(missing_ok=True)
@@ -352,12 +360,10 @@ def write_xdmf(sample: MeshSample, point_data: dict[str, np.ndarray], out_path: 
 
     import meshio  # noqa: PLC0415 - as in vtu_bytes
 
-    points = sample.pos if sample.dim == 3 else np.column_stack([sample.pos, np.zeros(sample.num_nodes)])
-    cells = blocks or sample.cell_blocks or [("vertex", np.arange(sample.num_nodes)[:, None])]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent))
     try:
-        meshio.write(tmp / out_path.name, meshio.Mesh(points, cells, point_data=point_data), file_format="xdmf")
+        meshio.write(tmp / out_path.name, _meshio_mesh(sample, point_data, blocks), file_format="xdmf")
         os.replace(tmp / out_path.with_suffix(".h5").name, out_path.with_suffix(".h5"))
         os.replace(tmp / out_path.name, out_path)
     finally:
