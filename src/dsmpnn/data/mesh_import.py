@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from dsmpnn.data.dataset import Field, Manifest, statistics_split, write_dataset
 from dsmpnn.data.grid import assign_splits
-from dsmpnn.data.meshfile import cell_blocks, read_mesh
+from dsmpnn.data.meshfile import cell_blocks, guard_meshio, read_mesh
 from dsmpnn.data.paths import check_output_path
 from dsmpnn.data.sample import CELL_NODES, MeshSample, sample_from_blocks
 from dsmpnn.data.textfile import read_text
@@ -134,22 +134,6 @@ def _xdmf_series(path: Path):  # -> meshio.xdmf.TimeSeriesReader | None
         return None
 
 
-def _guard(path: Path, what: str, fn):  # noqa: ANN001, ANN202 - any meshio call
-    """``fn()`` with meshio's printing silenced and its failures turned into one :class:`DatasetError`."""
-    said = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
-            return fn()
-    except SystemExit:
-        reason = " ".join(said.getvalue().replace("Error:", "").split()) or "no reason given"
-        raise DatasetError(f"{path}: cannot read the {what} (meshio: {reason[:200]})") from None
-    except DatasetError:
-        raise
-    except Exception as e:  # noqa: BLE001 - meshio and h5py raise many types for a corrupt file
-        raise DatasetError(f"{path}: cannot read the {what} (meshio: {type(e).__name__}: "
-                           f"{' '.join(str(e).split())[:200]})") from None
-
-
 def count_steps(path: Path) -> int:
     """Samples in a mesh file: the steps of an XDMF time series, else 1."""
     if path.suffix.lower() in XDMF_SUFFIXES:
@@ -171,14 +155,14 @@ def read_steps(path: str | os.PathLike, what: str = "mesh file", steps: Sequence
                        cell_blocks(path, mesh), dict(mesh.point_data), dict(mesh.cell_data))
         return
     with series:
-        points, cells = _guard(path, f"{what} (XDMF time series)", series.read_points_cells)
+        points, cells = guard_meshio(path, f"{what} (XDMF time series)", series.read_points_cells)
         points = np.asarray(points)
         if len(points) == 0:
             raise DatasetError(f"{path}: the {what} has no points")
         mesh_like = type("M", (), {"points": points, "cells": cells})
         blocks = cell_blocks(path, mesh_like)
         for k in range(series.num_steps) if steps is None else steps:
-            t, pd, cd = _guard(path, f"{what} (XDMF time series, step {k})", lambda k=k: series.read_data(k))
+            t, pd, cd = guard_meshio(path, f"{what} (XDMF time series, step {k})", lambda k=k: series.read_data(k))
             yield MeshStep(path, f"{path} (step {k}, t = {t:g})", _sample_name(path, k), points, blocks,
                            dict(pd), dict(cd))
 

@@ -18,7 +18,7 @@ from dsmpnn.data.untrusted import regular_file
 from dsmpnn.errors import DatasetError
 from dsmpnn.messages import brief
 
-__all__ = ["cell_blocks", "point_scalar", "read_mesh"]
+__all__ = ["cell_blocks", "guard_meshio", "point_scalar", "read_mesh"]
 
 
 def read_mesh(path: str | Path, what: str = "mesh file", expected: str = ""):  # -> meshio.Mesh
@@ -28,21 +28,28 @@ def read_mesh(path: str | Path, what: str = "mesh file", expected: str = ""):  #
     import meshio
 
     path = regular_file(path, what)
-    said = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
-            mesh = meshio.read(path)
-    except SystemExit:  # meshio's "Couldn't read file": its reason went to the silenced output
-        reason = " ".join(said.getvalue().replace("Error:", "").split()) or "no reason given"
-        raise DatasetError(f"{path}: cannot read the {what} (meshio: {reason[:200]}){expected and '; ' + expected}"
-                           ) from None
-    except Exception as e:  # meshio and its readers raise many types for a corrupt file
-        reason = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
-        raise DatasetError(f"{path}: cannot read the {what} (meshio: {reason}){expected and '; ' + expected}"
-                           ) from None
+    mesh = guard_meshio(path, what, lambda: meshio.read(path), expected)
     if len(mesh.points) == 0:
         raise DatasetError(f"{path}: the {what} has no points")
     return mesh
+
+
+def guard_meshio(path: Path, what: str, fn, expected: str = ""):  # noqa: ANN001, ANN201 - any meshio call
+    """``fn()`` (a meshio call on ``path``) with meshio's printing silenced and its failures, its ``sys.exit`` among
+    them, turned into one :class:`DatasetError` naming the file and meshio's reason; ``expected`` ends it."""
+    said = io.StringIO()
+    tail = expected and "; " + expected
+    try:
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+            return fn()
+    except SystemExit:  # meshio's "Couldn't read file": its reason went to the silenced output
+        reason = " ".join(said.getvalue().replace("Error:", "").split()) or "no reason given"
+        raise DatasetError(f"{path}: cannot read the {what} (meshio: {reason[:200]}){tail}") from None
+    except DatasetError:
+        raise
+    except Exception as e:  # noqa: BLE001 - meshio, its readers and h5py raise many types for a corrupt file
+        reason = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+        raise DatasetError(f"{path}: cannot read the {what} (meshio: {reason}){tail}") from None
 
 
 def point_scalar(path: Path, mesh, name: str) -> np.ndarray:
