@@ -60,5 +60,5 @@ def test_brief_is_short_and_cheap_for_huge_values():
     huge = "x" * 50_000_000
     t0 = time.perf_counter()
     text = brief([huge, {"k": list(range(10**6))}])
-    assert time.perf_counter() - t0 < 0.5
+    assert time.perf_counter() - t0 < 5  # ~0.01 s; a repr of the whole values takes far longer
     assert len(text) < 200 and "..." in text

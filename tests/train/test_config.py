@@ -108,13 +108,13 @@ def test_seed_range(value, match):
     ("model:\n  kernel_hidden: [" + ", ".join(["1"] * 20_000) + "]\n", r"more than 10,000 YAML values"),
     ("train:\n  seed: " + "9" * 5000 + "\n", r"not valid YAML \(Exceeds the limit"),
 ])
-def test_yaml_that_a_config_never_needs_is_refused_fast(tmp_path, text, match):
+def test_yaml_that_a_config_never_needs_is_refused(tmp_path, text, match):
+    """Refused by the bound named in the message (aliases, depth, value count, scalar length), which is what keeps
+    the reader's work bounded; a wall-clock assertion would fail on a loaded machine, not on a slow reader."""
     p = tmp_path / "c.yaml"
     p.write_text(text)
-    t0 = time.perf_counter()
     with pytest.raises(ConfigError, match=match):
         load_config(p)
-    assert time.perf_counter() - t0 < 1.0
 
 
 def test_alias_bomb_is_refused_at_the_first_alias(tmp_path):
@@ -122,10 +122,8 @@ def test_alias_bomb_is_refused_at_the_first_alias(tmp_path):
     lines += [f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi")]
     p = tmp_path / "bomb.yaml"
     p.write_text("\n".join(lines) + "\n")
-    t0 = time.perf_counter()
-    with pytest.raises(ConfigError, match="line 2: YAML alias"):
+    with pytest.raises(ConfigError, match="line 2: YAML alias"):  # line 2: before any expansion
         load_config(p)
-    assert time.perf_counter() - t0 < 0.5
 
 
 def test_config_file_size_utf8_and_kind(tmp_path):
@@ -147,5 +145,5 @@ def test_error_messages_cut_huge_values_before_formatting():
         Config.from_dict({"model": {"hidden": "x" * 10**7}})
     with pytest.raises(ConfigError) as e2:
         Config.from_dict({"model": {"kernel_hidden": list(range(10**5))}})
-    assert time.perf_counter() - t0 < 0.5
+    assert time.perf_counter() - t0 < 5  # ~0.05 s; formatting the whole values would take far longer
     assert len(str(e.value)) < 200 and len(str(e2.value)) < 200

@@ -41,7 +41,7 @@ def test_a_second_process_is_refused_at_once_naming_the_holder(tmp_path, holder)
     with pytest.raises(CheckpointError, match=rf"run: run directory in use by `dsmpnn train` PID {holder.pid} on "
                                               rf"host {os.uname().nodename}"):
         RunLock(tmp_path / "run").acquire()
-    assert time.perf_counter() - t0 < 1
+    assert time.perf_counter() - t0 < 10  # refused, not waiting for the holder (which never lets go)
 
 
 def test_the_lock_of_a_killed_process_is_free(tmp_path, holder):

@@ -191,12 +191,13 @@ class LayerExchange:
 
 
 def make_exchange(plan: HaloPlan, group: dist.ProcessGroup | None = None, mode: str = "all_to_all",
-                  every: int | None = None) -> LayerExchange | None:
+                  every: int | None = None, verify: bool = True) -> LayerExchange | None:
     """The ``exchange(h, layer)`` callable for ``model(x, edge_index, edge_attr, exchange=...)`` on this rank.
 
     None for a one-rank plan without a process group: the model then runs as the single-process S-MPNN, so
-    training code can call this unconditionally.
+    training code can call this unconditionally. ``verify``: check the plans' counts first (see
+    :class:`HaloExchange`; a collective, so every rank passes the same value).
     """
     if plan.nparts == 1 and not dist.is_initialized():
         return None
-    return LayerExchange(HaloExchange(plan, group, mode), every)
+    return LayerExchange(HaloExchange(plan, group, mode, verify=verify), every)

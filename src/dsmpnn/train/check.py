@@ -15,6 +15,7 @@ geometric ``overlap``, ``graph.max_neighbors`` cap and partitioner on P ranks) a
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ from dsmpnn.graph.partition import DEFAULT_PARTITION_METHOD
 from dsmpnn.train.config import Config
 from dsmpnn.train.factory import build_model
 from dsmpnn.train.features import FeatureMap
+from dsmpnn.train.prefetch import prefetched
 from dsmpnn.train.sharding import check_nproc
 from dsmpnn.train.step import StepGraph, StepResult, epoch_batches, run_step
 from dsmpnn.train.strategy import check_decomposable, make_strategy
@@ -113,10 +115,11 @@ def _run_steps(ctx: DistContext, data_dir: str, cfg: Config, dtype_name: str, sp
     model.train()
     used, batches = _first_batches(data, cfg, split, steps)
     meshes = strategy.load(data, split, only=used)
+    steps = [[(meshes[i], ids) for i, ids in batch] for batch in batches]
     out = []
-    for batch in batches:
+    for prepared in prefetched(strategy.prepare, steps, cfg.train.prefetch):  # as the trainer does
         model.zero_grad(set_to_none=True)
-        res = strategy.step(model, [(meshes[i], ids) for i, ids in batch], gather=True)
+        res = strategy.step(model, prepared, gather=True)
         out.append(_record(res, model, strategy.is_main))
     return out
 
@@ -125,7 +128,9 @@ def check_training_step(data_dir: str | Path, cfg: Config, nproc: int, dtype: to
                         split: str = "train", steps: int = 1, threads: int = 1) -> dict:
     """The first ``steps`` optimizer steps of epoch 1 of ``dsmpnn train`` with ``cfg`` on the meshes of
     ``split`` (forward, loss, backward, gradient all-reduce; each from the initial parameters), as one process
-    and as ``nproc`` local gloo ranks (``cfg.distributed``: partitioner, halo_hops or overlap), in ``dtype``.
+    and as ``nproc`` local gloo ranks (``cfg.distributed``: partitioner, halo_hops or overlap), in ``dtype``;
+    the graphs are built as the trainer builds them (``train.prefetch``), and the ranks verify their halo plans'
+    counts before every exchange.
 
     Returns a dict: ``passed`` (outputs, every parameter gradient and the agreement of the ranks within
     ``tolerance``), ``output_max_rel_diff``, ``grad_rel_diff`` (per parameter), ``grad_max_rel_diff``,
@@ -136,6 +141,7 @@ def check_training_step(data_dir: str | Path, cfg: Config, nproc: int, dtype: to
     if dtype not in TOLERANCE:
         raise DsmpnnError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
     check_decomposable(cfg, nproc)
+    cfg = dataclasses.replace(cfg, distributed=dataclasses.replace(cfg.distributed, verify_exchange=True))
     data = Dataset(data_dir)
     used, batches = _first_batches(data, cfg, split, steps)
     files = data.split(split)

@@ -137,7 +137,11 @@ class GraphConfig(_Section):
 
 @dataclass
 class TrainConfig(_Section):
-    """Optimisation: Adam on the MSE of normalised targets over sampled graphs."""
+    """Optimisation: Adam on the MSE of normalised targets over sampled graphs.
+
+    ``prefetch``: build the next step's sampled graphs (and halo plans) in a background thread while this step
+    computes (:mod:`dsmpnn.train.prefetch`); the same graphs and results either way.
+    """
 
     section: ClassVar[str] = "train"
     epochs: int = _int(50, 1, 10**6)
@@ -154,6 +158,7 @@ class TrainConfig(_Section):
     eval_every: int = _int(10, 1, 10**6)
     checkpoint_every: int = _int(5, 1, 10**6)
     keep_checkpoints: int = _int(3, 1, 10_000)
+    prefetch: bool = _flag(True)
 
 
 @dataclass
@@ -176,6 +181,8 @@ class DistributedConfig(_Section):
     ``overlap``: null = the exact graph halo (``halo_hops``); a distance l (mesh length unit) = the paper's
     geometric overlap, halo = nodes within l of a subdomain, exchange before every layer. l >= graph.radius is
     exact; l < radius drops edges, so the run differs from one process (a warning says so).
+    ``verify_exchange``: before a graph's first halo exchange, the ranks swap their send counts and check them
+    against their plans' receive counts (one more all-to-all per graph; ``dsmpnn check`` always does it).
     """
 
     section: ClassVar[str] = "distributed"
@@ -183,6 +190,7 @@ class DistributedConfig(_Section):
     halo_hops: int = _int(1, 1, 1000)
     timeout_s: float = _num(300.0, 0.0, 7 * 24 * 3600.0, lo_open=True)
     overlap: float | None = _num(None, 0.0)
+    verify_exchange: bool = _flag(False)
 
     def check_together(self) -> None:
         if self.overlap is not None and self.halo_hops != 1:

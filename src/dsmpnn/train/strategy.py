@@ -14,7 +14,8 @@ written once against this small interface; :func:`make_strategy` picks the imple
   halo exchange's backward sends every halo contribution to its owner, so after one SUM all-reduce of the
   parameter gradients every rank holds the gradient of the single-process batch MSE and takes the same step.
 
-Both build the step's graphs and hand them to the one step function, :func:`dsmpnn.train.step.run_step` (which
+Both build the step's graphs (``prepare``, which the trainer runs one step ahead in a background thread) and
+hand them to the one step function, :func:`dsmpnn.train.step.run_step` (which
 ``dsmpnn check`` and the benchmarks call too); it returns the loss and the step's statistics, nothing is kept on
 the strategy.
 """
@@ -22,6 +23,7 @@ the strategy.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -40,11 +42,22 @@ from dsmpnn.train.inference import predict_sample
 from dsmpnn.train.sharding import MeshShard, decompose, predict_sharded, shard_meshes
 from dsmpnn.train.step import StepGraph, StepResult, run_step
 
-__all__ = ["SingleProcess", "DomainDecomposed", "make_strategy", "check_decomposable", "Item"]
+__all__ = ["SingleProcess", "DomainDecomposed", "PreparedStep", "make_strategy", "check_decomposable", "Item"]
 
 T = TypeVar("T")
 Item = tuple[object, np.ndarray]
 """A sampled graph: (mesh, ascending node ids); the mesh is a MeshSample or a MeshShard."""
+
+
+@dataclass
+class PreparedStep:
+    """The graphs of one step, built before the model runs: one joined :class:`GraphBatch` (one process) or this
+    rank's :class:`~dsmpnn.distributed.LocalShard` of each graph (DS); ``nodes``: nodes of all the step's graphs;
+    ``stats``: the nodes without a neighbour among those built."""
+
+    graphs: list
+    nodes: int
+    stats: GraphStats
 
 
 def _files(data: Dataset, split: str, limit: int | None, only: Sequence[int] | None = None) -> tuple[str, ...]:
@@ -91,17 +104,24 @@ class SingleProcess:
     def same_everywhere(self, value: object, what: str) -> None:
         pass
 
-    def step(self, model: nn.Module, items: Sequence[Item], stop_requested: bool = False,
-             gather: bool = False) -> StepResult:
-        """Forward and backward of one optimizer step over ``items`` (joined into one disjoint graph) by
-        :func:`~dsmpnn.train.step.run_step`; gradients accumulate into ``.grad``. ``gather``: keep the outputs."""
+    def prepare(self, items: Sequence[Item]) -> PreparedStep:
+        """The step's sampled graphs joined into one disjoint graph (no collective: may run in a background
+        thread, see :mod:`dsmpnn.train.prefetch`)."""
         stats = GraphStats()
         gc = self.cfg.graph
         batch = make_batch(list(items), self.fmap, gc.radius, gc.max_neighbors, self.dtype, max_edges=gc.max_edges,
-                           stats=stats, cap_mode=gc.sampled_cap).to(self.device)
+                           stats=stats, cap_mode=gc.sampled_cap)
+        return PreparedStep([batch], sum(len(ids) for _, ids in items), stats)
+
+    def step(self, model: nn.Module, items: Sequence[Item] | PreparedStep, stop_requested: bool = False,
+             gather: bool = False) -> StepResult:
+        """Forward and backward of one optimizer step over ``items`` (or their :meth:`prepare`-d graphs) by
+        :func:`~dsmpnn.train.step.run_step`; gradients accumulate into ``.grad``. ``gather``: keep the outputs."""
+        prepared = items if isinstance(items, PreparedStep) else self.prepare(items)
+        batch = prepared.graphs[0].to(self.device)
         res = run_step(model, [StepGraph(batch.x, batch.edge_index, batch.edge_attr, batch.y)],
                        stop_requested=stop_requested, gather=gather)
-        res.graph_stats = stats
+        res.graph_stats = prepared.stats
         return res
 
     def agree_stop(self, requested: bool) -> bool:
@@ -163,22 +183,25 @@ class DomainDecomposed:
             raise self.error(DsmpnnError(f"ranks disagree on {what}: {values}; every rank must see the same files "
                                          "(a shared file system)"))
 
-    def step(self, model: nn.Module, items: Sequence[Item], stop_requested: bool = False,
-             gather: bool = False) -> StepResult:
-        """Forward and backward of one optimizer step over ``items`` by :func:`~dsmpnn.train.step.run_step`: each
-        sampled graph decomposed (this rank's part and halo plan, built when its turn comes), run with the halo
-        exchange and back-propagated; on return every rank's ``.grad`` holds the gradient of the batch MSE and
-        the result the global loss and whether any rank asked to stop. ``gather``: the outputs on rank 0."""
-        n = sum(len(ids) for _, ids in items)
+    def prepare(self, items: Sequence[Item]) -> PreparedStep:
+        """This rank's part and halo plan of each sampled graph of the step (no collective: may run in a background
+        thread, see :mod:`dsmpnn.train.prefetch`)."""
         stats = GraphStats()
+        shards = [decompose(mesh, ids, self.ctx.world_size, self.cfg, self.dtype, stats=stats) for mesh, ids in items]
+        return PreparedStep(shards, sum(len(ids) for _, ids in items), stats)
 
-        def graphs():
-            for mesh, ids in items:
-                shard = decompose(mesh, ids, self.ctx.world_size, self.cfg, self.dtype, stats=stats)
-                yield StepGraph.from_shard(shard, make_exchange(shard.plan))
-
-        res = run_step(model, graphs(), n * self.fmap.out_channels, stop_requested=stop_requested, gather=gather)
-        res.graph_stats = stats
+    def step(self, model: nn.Module, items: Sequence[Item] | PreparedStep, stop_requested: bool = False,
+             gather: bool = False) -> StepResult:
+        """Forward and backward of one optimizer step over ``items`` (or their :meth:`prepare`-d shards) by
+        :func:`~dsmpnn.train.step.run_step`, each graph run with its halo exchange and back-propagated; on return
+        every rank's ``.grad`` holds the gradient of the batch MSE and the result the global loss and whether any
+        rank asked to stop. ``gather``: the outputs on rank 0."""
+        prepared = items if isinstance(items, PreparedStep) else self.prepare(items)
+        verify = self.cfg.distributed.verify_exchange
+        graphs = (StepGraph.from_shard(s, make_exchange(s.plan, verify=verify)) for s in prepared.graphs)
+        res = run_step(model, graphs, prepared.nodes * self.fmap.out_channels, stop_requested=stop_requested,
+                       gather=gather)
+        res.graph_stats = prepared.stats
         return res
 
     def agree_stop(self, requested: bool) -> bool:

@@ -25,12 +25,14 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
-from dsmpnn.data.dataset import Dataset
+from dsmpnn.data.dataset import Dataset, Manifest
 from dsmpnn.data.paths import check_output_path
 from dsmpnn.distributed import DistContext, current_context, run_agreed
 from dsmpnn.errors import CheckpointError, Interrupted, TrainingDiverged
@@ -44,8 +46,9 @@ from dsmpnn.train.logger import MetricsLogger, read_jsonl
 from dsmpnn.train.metrics import compute_metrics
 from dsmpnn.train.plots import plot_loss_curve
 from dsmpnn.train.rundir import RunDir, RunLock, check_out_dir, resume_changes
+from dsmpnn.train.prefetch import prefetched
 from dsmpnn.train.step import epoch_batches
-from dsmpnn.train.strategy import make_strategy
+from dsmpnn.train.strategy import DomainDecomposed, SingleProcess, make_strategy
 
 __all__ = ["train", "lr_factor", "resolve_device", "StopRequest"]
 
@@ -152,8 +155,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
 def _train_claimed(cfg: Config, data: Dataset, data_dir: Path, rd: RunDir, resume: bool, changes: list[str],
                    progress: bool, echo: Callable[[str], None], ctx: DistContext) -> dict:
     """:func:`train` once the run directory is known to be usable and this run holds it."""
-    main = ctx.is_main
-    say = echo if main else (lambda s: None)
+    say = echo if ctx.is_main else (lambda s: None)
     tc, gc = cfg.train, cfg.graph
     state, path = run_agreed(lambda: load_checkpoint(rd.checkpoints)) if resume else ({}, None)
     start, resume_batch = int(state.get("epoch", 0)), int(state.get("batch", 0))
@@ -161,132 +163,179 @@ def _train_claimed(cfg: Config, data: Dataset, data_dir: Path, rd: RunDir, resum
         say(f"run {rd.root} is complete: {start} of {tc.epochs} epochs; raise train.epochs to continue "
             f"(e.g. train.epochs={start + tc.epochs}), nothing was written")
         return {}
-    dtype = getattr(torch, tc.dtype)
-    device = ctx.device if ctx.world_size > 1 else resolve_device()
-    man = data.manifest
-    fmap = FeatureMap(man, cfg.model.use_pos)
-    strategy = make_strategy(ctx, cfg, fmap, dtype, device)
-    model = build_model(cfg.model, fmap).to(dtype).to(device)
-    strategy.broadcast(model)
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    train_set = strategy.load(data, "train")
-    val_set = strategy.load(data, "val", limit=VAL_SAMPLES, keep_full=True) if man.splits.get("val") else []
-    graphs_per_epoch = len(train_set) * gc.samples_per_mesh
-    steps_per_epoch = math.ceil(graphs_per_epoch / tc.batch_graphs)
-    total = tc.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total, tc.warmup_epochs * steps_per_epoch, tc.scheduler, tc.min_lr_ratio))
-
-    partial = (0.0, 0)
+    loop = _Loop.build(cfg, data, data_dir, rd, ctx)
     if resume:
-        def restore() -> None:
-            against = "the configuration of this --resume (config file and overrides)"
-            for key, target in (("model", model), ("optimizer", opt), ("scheduler", sched)):
-                load_state(target, state, key, path, against)
-
-        strategy.agreed(restore)
-        set_rng_state(state.get("rng"))  # rank 0's generators, which are every rank's (see checkpoint.py)
-        partial = tuple(state.get("partial", (0.0, 0)))
-        strategy.same_everywhere((path.name, start, resume_batch), "the checkpoint to resume from")
-        say(f"resuming from {path} (epoch {start} done" + (f", {resume_batch} graphs into epoch {start + 1})"
-                                                           if resume_batch else ")"))
-    if main and not resume:
-        rd.write_meta(cfg, data_dir, man)  # first: it makes the directory a run (rundir.is_run_dir)
-    logger = strategy.agreed(lambda: MetricsLogger(rd.root, resume_epoch=start if resume else None) if main
-                             else None)
+        loop.restore(state, path, start, resume_batch, say)
+    if ctx.is_main and not resume:
+        rd.write_meta(cfg, data_dir, data.manifest)  # first: it makes the directory a run (rundir.is_run_dir)
+    loop.logger = loop.strategy.agreed(lambda: MetricsLogger(rd.root, resume_epoch=start if resume else None)
+                                       if ctx.is_main else None)
     if changes:
         say("changed by this --resume (recorded in the run's config.yaml with its first checkpoint): "
             + "; ".join(changes))
-    n_params = sum(p.numel() for p in model.parameters())
+    loop.unrecorded = bool(changes)
+    n_params = sum(p.numel() for p in loop.model.parameters())
     where = (f"{ctx.world_size} ranks ({cfg.distributed.partition} partition, halo_hops "
-             f"{cfg.distributed.halo_hops}), device {device}" if ctx.world_size > 1 else f"device {device}")
-    say(f"training {n_params:,} parameters on {len(train_set)} meshes x {gc.samples_per_mesh} samples of "
-        f"{gc.sample_nodes} nodes, {steps_per_epoch} steps/epoch, epochs {start + 1}..{tc.epochs}, {where}")
-    saved = [path.name if path is not None else None]  # the newest checkpoint of this run
-    unrecorded = [bool(changes)]  # the run directory describes what produced its checkpoints
-
-    def checkpoint(epoch: int, batch: int = 0, part: tuple[float, int] = (0.0, 0)) -> Path | None:
-        """``epoch`` epochs done, plus ``batch`` graphs of the next one (an interrupted epoch). Rank 0 writes."""
-        if not main:
-            return None
-        if unrecorded[0]:
-            rd.write_meta(cfg, data_dir, man)
-            unrecorded[0] = False
-        written = save_checkpoint(rd.checkpoints, epoch, {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "rng": rng_state(), "epoch": epoch, "batch": batch, "partial": list(part), "step": sched.last_epoch,
-            "config": cfg.to_dict()}, keep=tc.keep_checkpoints, graphs=batch)
-        saved[0] = written.name
-        return written
-
+             f"{cfg.distributed.halo_hops}), device {loop.strategy.device}" if ctx.world_size > 1
+             else f"device {loop.strategy.device}")
+    say(f"training {n_params:,} parameters on {len(loop.train_set)} meshes x {gc.samples_per_mesh} samples of "
+        f"{gc.sample_nodes} nodes, {loop.steps_per_epoch} steps/epoch, epochs {start + 1}..{tc.epochs}, {where}")
     record: dict = {}
-    bar = tqdm(range(start + 1, tc.epochs + 1), desc="train", unit="epoch", disable=not (progress and main),
+    bar = tqdm(range(start + 1, tc.epochs + 1), desc="train", unit="epoch", disable=not (progress and ctx.is_main),
                initial=start, total=tc.epochs)
-    sizes = [s.num_nodes for s in train_set]
     try:
         with StopRequest() as stop:
             for epoch in bar:
-                t0 = time.perf_counter()
-                batches = epoch_batches(sizes, cfg, epoch)  # the same draws on every rank
-                graph_stats = GraphStats() if epoch == start + 1 else None  # reported once, for the first epoch
-                model.train()
                 first = resume_batch if epoch == start + 1 else 0
-                loss_sum, nodes = partial if first else (0.0, 0)
-                for b in range(first, len(batches) * tc.batch_graphs, tc.batch_graphs):
-                    opt.zero_grad(set_to_none=True)
-                    res = strategy.step(model, [(train_set[k], ids) for k, ids in batches[b // tc.batch_graphs]],
-                                        stop.requested)
-                    loss, n, stopping = res.loss, res.nodes, res.stop
-                    if graph_stats is not None:
-                        graph_stats.merge(res.graph_stats)
-                    grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                                 if tc.grad_clip else None)
-                    problem = non_finite(loss, grad_norm)
-                    if problem is None:
-                        opt.step()
-                        sched.step()
-                        problem = non_finite_parameters(model)
-                    if problem is not None:  # every rank sees the same loss, gradients and parameters
-                        raise strategy.error(TrainingDiverged(diverged_message(
-                            problem, epoch, b // tc.batch_graphs + 1, steps_per_epoch, saved[0], cfg, man)))
-                    loss_sum += loss * n
-                    nodes += n
-                    if stopping:
-                        written = checkpoint(epoch - 1, b + tc.batch_graphs, (loss_sum, nodes))
-                        strategy.barrier()
-                        raise strategy.error(Interrupted(
-                            f"interrupted during epoch {epoch}; saved {written}; continue with --resume"))
-                record = {"epoch": epoch, "step": epoch * steps_per_epoch, "train_loss": loss_sum / nodes,
-                          "lr": opt.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0}
-                if graph_stats is not None:
-                    stats = strategy.total_graph_stats(graph_stats)  # every rank: a collective in DS mode
-                    isolated = stats.warning(gc.radius, f"the {stats.graphs} sampled graphs of epoch {epoch}",
-                                             "a larger graph.radius or graph.sample_nodes")
-                    if isolated and main:
-                        warnings.warn(isolated, stacklevel=2)
-                if val_set and (epoch % tc.eval_every == 0 or epoch == tc.epochs):
-                    preds = [strategy.predict(model, s) for s in val_set]  # None on ranks other than 0
-                    if main:
-                        record["val_rel_l2"] = compute_metrics(preds, [strategy.full(s).y for s in val_set],
-                                                               [f.name for f in man.target_fields])["rel_l2"]
-                if main:
-                    logger.log(record)
+                record = loop.epoch(epoch, first, loop.partial if first else (0.0, 0), epoch == start + 1, stop)
+                if ctx.is_main:
                     bar.set_postfix(loss=f"{record['train_loss']:.3g}", **(
                         {"val_rel_l2": f"{record['val_rel_l2']:.3g}"} if "val_rel_l2" in record else {}))
-                stopping = strategy.agree_stop(stop.requested)
+                stopping = loop.strategy.agree_stop(stop.requested)
                 if epoch % tc.checkpoint_every == 0 or epoch == tc.epochs or stopping:
-                    checkpoint(epoch)
+                    loop.checkpoint(epoch)
                 if stopping:
-                    strategy.barrier()
-                    raise strategy.error(Interrupted(
+                    loop.strategy.barrier()
+                    raise loop.strategy.error(Interrupted(
                         f"interrupted after epoch {epoch}; checkpoint saved; continue with --resume"))
     finally:
-        if logger is not None:
-            logger.close()
+        if loop.logger is not None:
+            loop.logger.close()
         bar.close()
-    if main:
-        records = read_jsonl(logger.path)
+    if ctx.is_main:
+        records = read_jsonl(loop.logger.path)
         if records:
             plot_loss_curve(records, rd.plots / "loss_curve.png")
-    strategy.barrier()  # the run directory is complete when train() returns on any rank
+    loop.strategy.barrier()  # the run directory is complete when train() returns on any rank
     return record
+
+
+@dataclass
+class _Loop:
+    """What the epochs of one training run share: model, optimizer, schedule, data, strategy and run directory."""
+
+    cfg: Config
+    manifest: Manifest
+    data_dir: Path
+    rd: RunDir
+    strategy: SingleProcess | DomainDecomposed
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    train_set: list
+    val_set: list
+    steps_per_epoch: int
+    logger: MetricsLogger | None = None
+    saved: str | None = None  # the newest checkpoint of this run
+    unrecorded: bool = False  # the run directory does not yet describe what produces its checkpoints
+    partial: tuple[float, int] = (0.0, 0)  # loss sum and nodes of the interrupted epoch resumed from
+
+    @classmethod
+    def build(cls, cfg: Config, data: Dataset, data_dir: Path, rd: RunDir, ctx: DistContext) -> "_Loop":
+        tc, gc = cfg.train, cfg.graph
+        dtype = getattr(torch, tc.dtype)
+        device = ctx.device if ctx.world_size > 1 else resolve_device()
+        fmap = FeatureMap(data.manifest, cfg.model.use_pos)
+        strategy = make_strategy(ctx, cfg, fmap, dtype, device)
+        model = build_model(cfg.model, fmap).to(dtype).to(device)
+        strategy.broadcast(model)
+        opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        train_set = strategy.load(data, "train")
+        val_set = (strategy.load(data, "val", limit=VAL_SAMPLES, keep_full=True) if data.manifest.splits.get("val")
+                   else [])
+        steps_per_epoch = math.ceil(len(train_set) * gc.samples_per_mesh / tc.batch_graphs)
+        total = tc.epochs * steps_per_epoch
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_factor(s, total, tc.warmup_epochs * steps_per_epoch, tc.scheduler, tc.min_lr_ratio))
+        return cls(cfg, data.manifest, data_dir, rd, strategy, model, opt, sched, train_set, val_set,
+                   steps_per_epoch)
+
+    def restore(self, state: dict, path: Path, start: int, resume_batch: int, say: Callable[[str], None]) -> None:
+        """Parameters, optimizer, schedule and generators of the checkpoint ``state`` read from ``path``."""
+        def restore() -> None:
+            against = "the configuration of this --resume (config file and overrides)"
+            for key, target in (("model", self.model), ("optimizer", self.opt), ("scheduler", self.sched)):
+                load_state(target, state, key, path, against)
+
+        self.strategy.agreed(restore)
+        set_rng_state(state.get("rng"))  # rank 0's generators, which are every rank's (see checkpoint.py)
+        self.partial = tuple(state.get("partial", (0.0, 0)))
+        self.saved = path.name
+        self.strategy.same_everywhere((path.name, start, resume_batch), "the checkpoint to resume from")
+        say(f"resuming from {path} (epoch {start} done" + (f", {resume_batch} graphs into epoch {start + 1})"
+                                                           if resume_batch else ")"))
+
+    def checkpoint(self, epoch: int, batch: int = 0, part: tuple[float, int] = (0.0, 0)) -> Path | None:
+        """``epoch`` epochs done, plus ``batch`` graphs of the next one (an interrupted epoch). Rank 0 writes."""
+        if not self.strategy.is_main:
+            return None
+        if self.unrecorded:
+            self.rd.write_meta(self.cfg, self.data_dir, self.manifest)
+            self.unrecorded = False
+        written = save_checkpoint(self.rd.checkpoints, epoch, {
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "rng": rng_state(), "epoch": epoch, "batch": batch,
+            "partial": list(part), "step": self.sched.last_epoch, "config": self.cfg.to_dict()},
+            keep=self.cfg.train.keep_checkpoints, graphs=batch)
+        self.saved = written.name
+        return written
+
+    def epoch(self, epoch: int, first: int, partial: tuple[float, int], report_graphs: bool,
+              stop: StopRequest) -> dict:
+        """Epoch ``epoch`` from its graph ``first`` on (``partial``: loss sum and nodes of the graphs before):
+        its optimizer steps, each step's graphs built one step ahead (``train.prefetch``), then validation and
+        the logged record."""
+        tc = self.cfg.train
+        t0 = time.perf_counter()
+        batches = epoch_batches([s.num_nodes for s in self.train_set], self.cfg, epoch)  # the same on every rank
+        graph_stats = GraphStats() if report_graphs else None  # reported once, for the run's first epoch
+        self.model.train()
+        loss_sum, nodes = partial
+        steps = [[(self.train_set[k], ids) for k, ids in batch] for batch in batches[first // tc.batch_graphs:]]
+        for s, prepared in enumerate(prefetched(self.strategy.prepare, steps, tc.prefetch)):
+            b = first + s * tc.batch_graphs  # graphs of the epoch before this step
+            self.opt.zero_grad(set_to_none=True)
+            res = self.strategy.step(self.model, prepared, stop.requested)
+            if graph_stats is not None:
+                graph_stats.merge(res.graph_stats)
+            self._optimizer_step(res.loss, epoch, b // tc.batch_graphs + 1)
+            loss_sum += res.loss * res.nodes
+            nodes += res.nodes
+            if res.stop:
+                written = self.checkpoint(epoch - 1, b + tc.batch_graphs, (loss_sum, nodes))
+                self.strategy.barrier()
+                raise self.strategy.error(Interrupted(
+                    f"interrupted during epoch {epoch}; saved {written}; continue with --resume"))
+        record = {"epoch": epoch, "step": epoch * self.steps_per_epoch, "train_loss": loss_sum / nodes,
+                  "lr": self.opt.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0}
+        if graph_stats is not None:
+            self._warn_isolated(graph_stats, epoch)
+        if self.val_set and (epoch % tc.eval_every == 0 or epoch == tc.epochs):
+            preds = [self.strategy.predict(self.model, s) for s in self.val_set]  # None on ranks other than 0
+            if self.strategy.is_main:
+                record["val_rel_l2"] = compute_metrics(preds, [self.strategy.full(s).y for s in self.val_set],
+                                                       [f.name for f in self.manifest.target_fields])["rel_l2"]
+        if self.logger is not None:
+            self.logger.log(record)
+        return record
+
+    def _optimizer_step(self, loss: float, epoch: int, step: int) -> None:
+        """Clip, step and schedule; a :class:`TrainingDiverged` on every rank when the loss, the gradients or the
+        parameters stop being finite (every rank sees the same ones)."""
+        tc = self.cfg.train
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip) if tc.grad_clip else None
+        problem = non_finite(loss, grad_norm)
+        if problem is None:
+            self.opt.step()
+            self.sched.step()
+            problem = non_finite_parameters(self.model)
+        if problem is not None:
+            raise self.strategy.error(TrainingDiverged(diverged_message(
+                problem, epoch, step, self.steps_per_epoch, self.saved, self.cfg, self.manifest)))
+
+    def _warn_isolated(self, graph_stats: GraphStats, epoch: int) -> None:
+        stats = self.strategy.total_graph_stats(graph_stats)  # every rank: a collective in DS mode
+        isolated = stats.warning(self.cfg.graph.radius, f"the {stats.graphs} sampled graphs of epoch {epoch}",
+                                 "a larger graph.radius or graph.sample_nodes")
+        if isolated and self.strategy.is_main:
+            warnings.warn(isolated, stacklevel=3)
