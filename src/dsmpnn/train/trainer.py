@@ -164,7 +164,7 @@ def _train_claimed(cfg: Config, data: Dataset, data_dir: Path, rd: RunDir, resum
     dtype = getattr(torch, tc.dtype)
     device = ctx.device if ctx.world_size > 1 else resolve_device()
     man = data.manifest
-    fmap = FeatureMap(man, cfg.model.use_pos)
+    fmap = FeatureMap.from_config(man, cfg)
     strategy = make_strategy(ctx, cfg, fmap, dtype, device)
     model = build_model(cfg.model, fmap).to(dtype).to(device)
     strategy.broadcast(model)
