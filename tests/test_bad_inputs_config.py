@@ -105,6 +105,8 @@ CASES = {
     "threads negative": override("train.threads", "-3", "expected an integer in [1, 4096] or null"),
     "weight decay negative": override("train.weight_decay", "-5", "-5.0, expected a number >= 0 and <= 1000"),
     "grad clip negative": override("train.grad_clip", "-1", "expected a finite number > 0 or null"),
+    "edge features unknown": override("graph.edge_features", "coefficient",
+                                      "graph.edge_features is 'coefficient', expected one of ['geometry', 'inputs']"),
     "warmup negative": override("train.warmup_epochs", "-5", "expected an integer in [0, 1000000]"),
     "lr infinite": override("train.lr", "inf", "inf, expected a number > 0 and <= 1000"),
     "lr NaN": override("train.lr", ".nan", "nan, expected a number > 0"),

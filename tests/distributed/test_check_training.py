@@ -52,6 +52,17 @@ def test_check_passes_for_sampled_training_steps(darcy, extra, dtype, steps):
     assert rep["max_neighbors"] == 6 and rep["num_edges"] <= 6 * rep["num_nodes"]
 
 
+def test_check_passes_with_input_edge_features(darcy):
+    """``graph.edge_features: inputs``: each rank appends the input fields at both ends of its local edges, halo
+    rows (two hops of them) included, from the fields it holds; outputs and gradients equal one process."""
+    cfg = load_config(None, [*TINY, "graph.edge_features=inputs", "distributed.partition=rcb",
+                             "distributed.halo_hops=2"])
+    rep = check_training_step(darcy, cfg, 2, torch.float64)
+    assert_passed(rep, torch.float64)
+    assert rep["graphs"] == 2 and rep["halo_hops"] == 2 and rep["max_neighbors"] is None
+    assert set(rep["grad_rel_diff"]) >= {"convs.0.kernel_hidden.0.weight", "convs.2.kernel_hidden.0.weight"}
+
+
 def test_check_builds_the_trainers_first_step_and_both_call_the_one_step_function(darcy, tmp_path, monkeypatch):
     """The step object of train, predict, check and the strategies is dsmpnn.train.step.run_step; a 1-step
     float64 training run logs the loss that check's one process computes for step 1, and the P ranks (rcb, a

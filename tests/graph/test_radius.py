@@ -6,9 +6,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from dsmpnn.errors import GraphError
-from dsmpnn.graph import build_graph, edge_attributes, radius_graph
+from dsmpnn.graph import build_graph, edge_attributes, node_pair_fields, radius_graph
 from dsmpnn.graph.radius import available_memory, graph_bytes
-from tests.helpers.oracles import brute_radius_graph
+from tests.helpers.oracles import brute_edge_attributes, brute_radius_graph
 
 
 def test_golden_tiny_case():
@@ -86,3 +86,38 @@ def test_edge_attributes_in_chunks_equal_one_pass():
     torch.testing.assert_close(chunked, whole.float())
     rel = (pos[ei[0]] - pos[ei[1]]) / 0.3
     np.testing.assert_allclose(whole.numpy(), np.column_stack([rel, np.linalg.norm(rel, axis=1)]), rtol=1e-12)
+
+
+def test_golden_tiny_case_with_node_fields():
+    """GKN edge features [p_j - p_i, |p_j - p_i|, a_i, a_j] / r (positions only) on the tiny case above."""
+    pos = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.5], [3.0, 3.0]])
+    ei = np.array([[1, 2, 0, 0], [0, 0, 1, 2]])
+    a = torch.tensor([[10.0, -1.0], [20.0, -2.0], [30.0, -3.0], [40.0, -4.0]], dtype=torch.float64)
+    attr = edge_attributes(pos, ei, 1.5, fields=a)
+    assert attr.shape == (4, 3 + 4)
+    np.testing.assert_allclose(attr[0].numpy(), [1 / 1.5, 0.0, 1 / 1.5, 10, -1, 20, -2])  # edge 1 -> 0
+    np.testing.assert_allclose(attr[3].numpy(), [0.0, -1.0, 1.0, 30, -3, 10, -1])  # edge 0 -> 2
+    assert node_pair_fields(a, ei).tolist() == attr[:, 3:].tolist()
+
+
+@pytest.mark.parametrize("dim,chunk", [(2, 1 << 20), (3, 7)])
+def test_edge_attributes_with_node_fields_equal_the_reference(dim, chunk):
+    rng = np.random.default_rng(dim)
+    pos, fields = rng.random((120, dim)), rng.standard_normal((120, 3))
+    ei = radius_graph(pos, 0.3, warn_isolated=False)
+    ref = brute_edge_attributes(pos, ei, 0.3, fields)  # [E, d + 1 + 6]
+    attr = edge_attributes(pos, ei, 0.3, chunk=chunk, fields=torch.from_numpy(fields))
+    assert attr.dtype == torch.float64 and attr.shape == (ei.shape[1], dim + 1 + 6)
+    np.testing.assert_allclose(attr.numpy(), ref, rtol=1e-12, atol=1e-15)
+    # float32: the geometry rounded once from float64, the field columns exact copies of the float32 fields
+    f32 = torch.from_numpy(fields).float()
+    g = build_graph(pos, 0.3, dtype=torch.float32, fields=f32, warn_isolated=False)
+    torch.testing.assert_close(g.edge_attr[:, :dim + 1], attr[:, :dim + 1].float(), rtol=0, atol=0)
+    assert torch.equal(g.edge_attr[:, dim + 1:], torch.cat([f32[ei[1]], f32[ei[0]]], 1))
+
+
+def test_edge_attributes_refuse_fields_of_another_graph():
+    pos = np.random.default_rng(0).random((10, 2))
+    ei = radius_graph(pos, 0.5, warn_isolated=False)
+    with pytest.raises(GraphError, match=r"node fields have shape \(9, 1\), expected \[10, F\]"):
+        edge_attributes(pos, ei, 0.5, fields=torch.zeros(9, 1))

@@ -13,6 +13,20 @@ def brute_radius_graph(pos: np.ndarray, radius: float) -> np.ndarray:
     return np.stack([j, i])
 
 
+def brute_edge_attributes(pos: np.ndarray, edge_index: np.ndarray, radius: float,
+                          fields: np.ndarray | None = None) -> np.ndarray:
+    """One edge at a time: [(p_j - p_i) / r, |p_j - p_i| / r] and, with node fields f [N, F], then f_i and f_j
+    (the GKN edge features), for each edge (j -> i) of ``edge_index`` (row 0 source j, row 1 target i)."""
+    rows = []
+    for j, i in edge_index.T:
+        rel = (pos[j] - pos[i]) / radius
+        row = [*rel, np.sqrt(np.sum(rel ** 2))]
+        if fields is not None:
+            row += [*fields[i], *fields[j]]
+        rows.append(row)
+    return np.array(rows, dtype=np.float64).reshape(len(rows), -1)
+
+
 def dense_nnconv(x, edge_index, edge_attr, theta_fn, root, bias, aggr):
     """Per-edge NNConv with the full [E, C_in, C_out] kernel tensor."""
     src, dst = edge_index

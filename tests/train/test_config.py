@@ -31,6 +31,7 @@ def test_yaml_file(tmp_path):
     ("model:\n  hidden: eight\n", r"model.hidden is str 'eight', expected int"),
     ("model:\n  hidden: true\n", r"model.hidden is bool True, expected int"),
     ("model:\n  aggr: max\n", r"model.aggr is 'max', expected one of \['mean', 'sum'\]"),
+    ("graph:\n  edge_features: gkn\n", r"graph.edge_features is 'gkn', expected one of \['geometry', 'inputs'\]"),
     ("graph:\n  radius: -1\n", r"graph.radius is -1.0, expected a finite number > 0"),
     ("graph:\n  max_neighbors: 2.5\n", r"graph.max_neighbors is float 2.5, expected int or null"),
     ("train: 3\n", r"section 'train' must be a mapping"),

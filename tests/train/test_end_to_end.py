@@ -1,5 +1,6 @@
 """Generate -> train -> evaluate -> predict on a tiny Darcy set, and resume equals an uninterrupted run."""
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from dsmpnn.cli import main
 from dsmpnn.data import Dataset, generate_darcy
 from dsmpnn.train import evaluate_run, load_config, load_run, train
 from dsmpnn.train.checkpoint import load_checkpoint
+from dsmpnn.train.inference import predict_sample
 from dsmpnn.train.logger import read_jsonl
 
 pytestmark = pytest.mark.slow
@@ -67,6 +69,33 @@ def test_cli_train_evaluate_predict(darcy, tmp_path, capsys):
     assert main(["train", "--data", str(darcy), "--out", str(run), "train.epochs=1", *TINY]) == 2
     assert main(["predict", str(run), "--input", str(sample_file), "--out", str(tmp_path / "p.txt")]) == 2
     assert "already holds a trained run" in capsys.readouterr().err
+
+
+def test_cli_train_evaluate_predict_with_input_edge_features(darcy, tmp_path, capsys):
+    """``graph.edge_features=inputs`` end to end: the run's config keeps it, so evaluate, predict and load_run
+    rebuild the model with edge kernels of d + 1 + 2F = 13 inputs (Darcy: F = 5 input fields); a resume cannot
+    change it."""
+    run = tmp_path / "run"
+    args = ["--data", str(darcy), "--out", str(run), "--no-progress", *TINY, "graph.edge_features=inputs"]
+    assert main(["train", *args, "train.epochs=2"]) == 0
+    loaded = load_run(run)
+    assert loaded.cfg.graph.edge_features == "inputs" and loaded.fmap.edge_dim == 13
+    assert loaded.model.convs[0].kernel_hidden[0].in_features == 13
+    assert main(["evaluate", str(run), "--split", "test"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 < metrics["rel_l2"] < 10 and metrics["n_samples"] == 2
+    data = Dataset(darcy)
+    sample_file = darcy / data.split("test")[0]
+    assert main(["predict", str(run), "--input", str(sample_file), "--out", str(tmp_path / "p.npz")]) == 0
+    with np.load(tmp_path / "p.npz") as z:
+        full = z["pred"]
+    assert full.shape == (144, 1) and np.isfinite(full).all()
+    sampled = dataclasses.replace(loaded.cfg, eval=dataclasses.replace(loaded.cfg.eval, mode="sampled", samples=3))
+    pred = predict_sample(loaded.model, loaded.fmap, data.load(data.split("test")[0]), sampled)
+    assert pred.shape == (144, 1) and np.isfinite(pred).all() and not np.allclose(pred, full)
+    capsys.readouterr()
+    assert main(["train", "--resume", *args, "train.epochs=3", "graph.edge_features=geometry"]) == 2
+    assert "--resume changes graph.edge_features from 'inputs'" in capsys.readouterr().err
 
 
 def test_resume_equals_uninterrupted(darcy, tmp_path):

@@ -55,7 +55,8 @@ class LocalShard:
                    y_owned: torch.Tensor | None = None) -> "LocalShard":
         """A shard from this rank's data only: ``x_owned [n_own, F]`` (halo rows padded with zeros) and the
         local edges' attributes ``edge_attr_local [E_loc, D]`` (``edge_attributes(pos_local, plan.edge_index,
-        r)`` from the positions of the local rows gives the global graph's values)."""
+        r)`` from the positions of the local rows gives the global graph's values; ``fields=`` the node fields of
+        the local rows, halo included, when the graph's attributes carry them)."""
         x = torch.cat([x_owned, x_owned.new_zeros(plan.num_halo, *x_owned.shape[1:])])
         ei = plan.tensor("edge_index", x_owned.device)
         return cls(plan, x, ei, edge_attr_local, y_owned)

@@ -35,7 +35,8 @@ from dsmpnn.graph.partition import check_edge_index, check_owner, unique_sorted
 from dsmpnn.graph.radius import DEFAULT_MAX_EDGES, Graph, build_graph
 
 __all__ = ["HaloPlan", "build_halo_plans", "build_halo_plan", "build_overlap_plans", "check_plans",
-           "SampledDecomposition", "build_sampled_plans", "LocalDecomposition", "build_local_plan"]
+           "SampledDecomposition", "build_sampled_plans", "LocalDecomposition", "build_local_plan", "halo_reach",
+           "within_reach"]
 
 _INDEX_FIELDS = ("owned", "halo", "halo_owner", "halo_ring", "edge_index", "edge_ids", "send_counts", "send_rows")
 
@@ -513,8 +514,7 @@ def build_local_plan(pos: np.ndarray, sample_ids: np.ndarray, owner: np.ndarray,
                                   _isolated(whole.graph.edge_index[1].numpy(), m, plan.owned))
     pos_s = np.asarray(pos[sample_ids], dtype=np.float64)  # [m, d]
     owner_s = owner[sample_ids].astype(np.int64)
-    reach = max(overlap, radius) if overlap is not None else halo_hops * radius
-    keep = _near(pos_s, owner_s == rank, reach)
+    keep = within_reach(pos_s, owner_s == rank, halo_reach(radius, halo_hops, overlap))
     near = np.flatnonzero(keep)  # ascending sample indices: the order of the whole graph is kept
     if near.size == 0:  # no sampled node in this rank's region: it only takes part in the exchanges
         none = np.zeros(0, dtype=np.int64)
@@ -542,7 +542,14 @@ def build_local_plan(pos: np.ndarray, sample_ids: np.ndarray, owner: np.ndarray,
                                                       plan.num_local), isolated)
 
 
-def _near(pos: np.ndarray, mine: np.ndarray, reach: float) -> np.ndarray:
+def halo_reach(radius: float, halo_hops: int = 1, overlap: float | None = None) -> float:
+    """How far from a rank's owned nodes the nodes of its plan lie at most (halo rows, sources of local edges, the
+    nodes it sends to): ``halo_hops * radius`` for the graph halo (k hops of edges no longer than r), ``max(l, r)``
+    for a geometric ``overlap`` l (see :func:`build_local_plan`)."""
+    return max(overlap, radius) if overlap is not None else halo_hops * radius
+
+
+def within_reach(pos: np.ndarray, mine: np.ndarray, reach: float) -> np.ndarray:
     """Mask of the points within ``reach`` of a point where ``mine`` (those included): a box test first, then the
     distance to the nearest of them (k-d tree), with a relative slack of 1e-9 (a superset is always safe)."""
     if not mine.any():
@@ -550,7 +557,7 @@ def _near(pos: np.ndarray, mine: np.ndarray, reach: float) -> np.ndarray:
     reach = reach * (1 + 1e-9) + 1e-300
     own = pos[mine]
     box = np.all((pos >= own.min(0) - reach) & (pos <= own.max(0) + reach), axis=1)
-    out = np.zeros(len(pos), dtype=bool)
+    out = mine.copy()  # included even for a reach of 0 (the tree compares squared distances, which underflow)
     cand = np.flatnonzero(box)
     dist, _ = cKDTree(own).query(pos[cand], distance_upper_bound=reach)
     out[cand[dist <= reach]] = True

@@ -17,8 +17,8 @@ from scipy.spatial import cKDTree
 from dsmpnn.errors import GraphError
 from dsmpnn.resources import available_memory
 
-__all__ = ["Graph", "radius_graph", "edge_attributes", "build_graph", "estimate_edges", "graph_bytes",
-           "available_memory", "DEFAULT_MAX_EDGES"]
+__all__ = ["Graph", "radius_graph", "edge_attributes", "node_pair_fields", "build_graph", "estimate_edges",
+           "graph_bytes", "available_memory", "DEFAULT_MAX_EDGES"]
 
 DEFAULT_MAX_EDGES = 400_000_000
 """Refuse to build graphs with more edges than this (about 3 GiB of int64 indices alone)."""
@@ -30,7 +30,8 @@ class Graph:
 
     Shapes:
         edge_index: [2, E] int64, sorted by target then source
-        edge_attr:  [E, d + 1] float, ``[(p_j - p_i) / r, |p_j - p_i| / r]``
+        edge_attr:  [E, d + 1] float, ``[(p_j - p_i) / r, |p_j - p_i| / r]``, or [E, d + 1 + 2F] with node
+                    fields ``f [N, F]``: ``[(p_j - p_i) / r, |p_j - p_i| / r, f_i, f_j]`` (:func:`edge_attributes`)
     """
 
     edge_index: torch.Tensor
@@ -162,31 +163,57 @@ def _all_pairs(tree: cKDTree, n: int, radius: float) -> np.ndarray:
 
 
 def edge_attributes(pos: np.ndarray | torch.Tensor, edge_index: np.ndarray | torch.Tensor, radius: float,
-                    dtype: torch.dtype | None = None, chunk: int = 1 << 20) -> torch.Tensor:
-    r"""Edge features :math:`e_{ij} = [(p_j - p_i) / r, |p_j - p_i| / r]`.
+                    dtype: torch.dtype | None = None, chunk: int = 1 << 20,
+                    fields: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Edge features :math:`e_{ij} = [(p_j - p_i) / r, |p_j - p_i| / r]` of every edge (j -> i), and with node
+    fields ``f`` (the GKN edge features of Li et al. 2020, which condition the kernel on the input coefficient at
+    both ends) :math:`e_{ij} = [(p_j - p_i) / r, |p_j - p_i| / r, f_i, f_j]`.
 
-    Computed in the precision of ``pos`` (float64 for numpy input), ``chunk`` edges at a time, and written into
-    one [E, d + 1] tensor of ``dtype`` (default: that of ``pos`` when a tensor, else float64): no per-edge
-    temporary larger than one chunk.
+    The geometry is computed in the precision of ``pos`` (float64 for numpy input), ``chunk`` edges at a time, and
+    everything is written into one tensor of ``dtype`` (default: that of ``pos`` when a tensor, else float64): no
+    per-edge temporary larger than one chunk. The field columns are copies of rows of ``fields``
+    (:func:`node_pair_fields`).
 
-    Shapes: pos [N, d], edge_index [2, E] -> [E, d + 1].
+    Shapes: pos [N, d], edge_index [2, E], fields [N, F] or None -> [E, d + 1 + 2F] (F = 0 without fields).
     """
     pos = torch.as_tensor(pos)
     ei = torch.as_tensor(edge_index)
     dtype = pos.dtype if dtype is None else dtype
-    num_edges = ei.shape[1]
-    out = torch.empty(num_edges, pos.shape[1] + 1, dtype=dtype, device=pos.device)  # [E, d + 1]
+    num_edges, dim = ei.shape[1], pos.shape[1]
+    width = 0 if fields is None else 2 * _check_fields(fields, len(pos)).shape[1]
+    out = torch.empty(num_edges, dim + 1 + width, dtype=dtype, device=pos.device)  # [E, d + 1 + 2F]
     for s in range(0, num_edges, chunk):
         e = slice(s, min(num_edges, s + chunk))
         rel = (pos[ei[0, e]] - pos[ei[1, e]]) / radius  # [e, d] in pos's precision
-        out[e, :-1] = rel
-        out[e, -1] = rel.norm(dim=1)
+        out[e, :dim] = rel
+        out[e, dim] = rel.norm(dim=1)
+        if fields is not None:
+            out[e, dim + 1:] = node_pair_fields(fields, ei[:, e])  # [e, 2F]
     return out
 
 
+def node_pair_fields(fields: torch.Tensor, edge_index: np.ndarray | torch.Tensor) -> torch.Tensor:
+    r"""The node fields at both ends of every edge (j -> i): :math:`[f_i, f_j]`, target first, as in the GKN edge
+    features :math:`[p_j - p_i, |p_j - p_i|, a_i, a_j]`.
+
+    Shapes: fields [N, F], edge_index [2, E] (row 0 source j, row 1 target i) -> [E, 2F], dtype of ``fields``.
+    """
+    ei = torch.as_tensor(edge_index, device=fields.device)
+    return torch.cat([fields[ei[1]], fields[ei[0]]], dim=1)
+
+
+def _check_fields(fields: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    """``fields`` once known to be [num_nodes, F]; a GraphError saying what was found otherwise."""
+    if fields.ndim != 2 or fields.shape[0] != num_nodes:
+        raise GraphError(f"edge attribute node fields have shape {tuple(fields.shape)}, expected [{num_nodes}, F] "
+                         "(one row per node of the graph)")
+    return fields
+
+
 def build_graph(pos: np.ndarray, radius: float, max_neighbors: int | None = None,
-                dtype: torch.dtype = torch.float32, **kwargs) -> Graph:
-    """Radius graph plus edge attributes for node positions ``pos [N, d]``."""
+                dtype: torch.dtype = torch.float32, fields: torch.Tensor | None = None, **kwargs) -> Graph:
+    """Radius graph plus edge attributes (:func:`edge_attributes`, with the node ``fields [N, F]`` when given) for
+    node positions ``pos [N, d]``."""
     ei = radius_graph(pos, radius, max_neighbors, **kwargs)
-    attr = edge_attributes(torch.as_tensor(pos, dtype=torch.float64), ei, radius, dtype=dtype)
+    attr = edge_attributes(torch.as_tensor(pos, dtype=torch.float64), ei, radius, dtype=dtype, fields=fields)
     return Graph(torch.from_numpy(ei), attr, len(pos))

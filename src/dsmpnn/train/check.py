@@ -107,7 +107,7 @@ def _run_steps(ctx: DistContext, data_dir: str, cfg: Config, dtype_name: str, sp
     (no optimizer step between them), with the strategy the trainer would use in this process group."""
     dtype = getattr(torch, dtype_name)
     data = Dataset(data_dir)
-    fmap = FeatureMap(data.manifest, cfg.model.use_pos)
+    fmap = FeatureMap.from_config(data.manifest, cfg)
     strategy = make_strategy(ctx, cfg, fmap, dtype, ctx.device)
     model = build_model(cfg.model, fmap).to(dtype).to(ctx.device)
     model.load_state_dict(state)
@@ -146,7 +146,7 @@ def check_training_step(data_dir: str | Path, cfg: Config, nproc: int, dtype: to
     used, batches = _first_batches(data, cfg, split, steps)
     files = data.split(split)
     check_nproc(nproc, [(Path(files[k]).stem, data.num_nodes(files[k])) for k in used])
-    fmap = FeatureMap(data.manifest, cfg.model.use_pos)
+    fmap = FeatureMap.from_config(data.manifest, cfg)
     torch.manual_seed(cfg.train.seed)  # the trainer's initial parameters
     state = build_model(cfg.model, fmap).to(dtype).state_dict()
     name = str(dtype).replace("torch.", "")

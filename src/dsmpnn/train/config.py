@@ -3,7 +3,7 @@
 A config has five sections; every key has a default, so a YAML file lists only what it changes::
 
     model:  {hidden: 32, layers: 4, kernel_hidden: [64], aggr: mean, act: gelu, ...}
-    graph:  {radius: 0.06, sample_nodes: 1024, samples_per_mesh: 4, max_neighbors: null}
+    graph:  {radius: 0.06, sample_nodes: 1024, samples_per_mesh: 4, max_neighbors: null, edge_features: geometry}
     train:  {epochs: 100, batch_graphs: 4, lr: 1e-3, scheduler: cosine, seed: 0, ...}
     eval:   {mode: full, samples: 8, plot_samples: 3}
     distributed: {partition: metis, halo_hops: 1, timeout_s: 300, overlap: null}   # used on P > 1 ranks
@@ -32,7 +32,7 @@ from dsmpnn.messages import brief
 from dsmpnn.ranges import SEED_MAX, Rule
 
 __all__ = ["ModelConfig", "GraphConfig", "TrainConfig", "EvalConfig", "DistributedConfig", "Config", "Rule",
-           "load_config", "apply_overrides", "read_config_file", "MAX_CONFIG_BYTES"]
+           "load_config", "apply_overrides", "read_config_file", "MAX_CONFIG_BYTES", "EDGE_FEATURES"]
 
 MAX_CONFIG_BYTES = 1 << 20
 """A config file larger than this (1 MiB) is refused unread; real configs are under 2 KB."""
@@ -42,6 +42,8 @@ MAX_YAML_DEPTH = 32
 """Deepest nesting of lists and mappings a YAML document may have."""
 MAX_OVERRIDE_CHARS = 4096
 """Longest ``section.key=value`` override accepted."""
+EDGE_FEATURES = ("geometry", "inputs")
+"""Values of ``graph.edge_features`` (see :class:`GraphConfig`)."""
 
 
 # --- the values each key accepts (one Rule per field) ------------------------------------------------------
@@ -124,6 +126,14 @@ class GraphConfig(_Section):
     ``max_edges``: a graph estimated to have more edges is refused before it is built (a radius too large for the
     mesh would otherwise exhaust memory). ``sampled_cap``: the ``max_neighbors`` of a graph on m of n nodes,
     ``scaled`` to k m / n (the reach of the full mesh's cap) or ``fixed`` (see :func:`dsmpnn.graph.sampled_cap`).
+
+    ``edge_features``: what the edge kernel is conditioned on (:func:`dsmpnn.graph.edge_attributes`) for the edge
+    j -> i with positions p and normalised input fields a (every input field of the dataset, in manifest order;
+    not the positions):
+
+    - ``geometry``: :math:`e_{ij} = [(p_j - p_i) / r, |p_j - p_i| / r]`, d + 1 values;
+    - ``inputs``: the Graph Kernel Network's features (Li et al. 2020),
+      :math:`e_{ij} = [(p_j - p_i) / r, |p_j - p_i| / r, a_i, a_j]`, d + 1 + 2F values for F input fields.
     """
 
     section: ClassVar[str] = "graph"
@@ -133,6 +143,7 @@ class GraphConfig(_Section):
     sample_nodes: int = _int(1024, 1, 10**9)
     samples_per_mesh: int = _int(2, 1, 10**6)
     max_edges: int = _int(DEFAULT_MAX_EDGES, 1, 10**12)
+    edge_features: str = _pick("geometry", EDGE_FEATURES)
 
 
 @dataclass

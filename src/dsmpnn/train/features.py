@@ -13,20 +13,27 @@ from dsmpnn.data.sample import MeshSample
 from dsmpnn.errors import DatasetError, GraphError
 from dsmpnn.graph import Graph, build_graph, estimate_edges, sampled_cap
 from dsmpnn.graph.radius import DEFAULT_MAX_EDGES
-from dsmpnn.train.config import GraphConfig
+from dsmpnn.train.config import Config, GraphConfig
 
 __all__ = ["FeatureMap", "GraphBatch", "GraphStats", "check_graph_size", "check_split_graphs", "make_batch"]
 
 
 @dataclass(frozen=True)
 class FeatureMap:
-    """Normalisation of a dataset: node input ``[pos_n, x_n]`` (``pos_n`` only with ``use_pos``), target ``y_n``.
+    """Normalisation of a dataset: node input ``[pos_n, x_n]`` (``pos_n`` only with ``use_pos``), target ``y_n``;
+    and the width of the edge attributes (``edge_features``, the config key ``graph.edge_features``).
 
     Every quantity is normalised per channel with the training split's mean and std: z = (v - mean) / std.
     """
 
     manifest: Manifest
     use_pos: bool = True
+    edge_features: str = "geometry"
+
+    @classmethod
+    def from_config(cls, manifest: Manifest, cfg: Config) -> "FeatureMap":
+        """The feature map of a run: ``model.use_pos`` and ``graph.edge_features`` of ``cfg``."""
+        return cls(manifest, cfg.model.use_pos, cfg.graph.edge_features)
 
     @property
     def in_channels(self) -> int:
@@ -38,7 +45,20 @@ class FeatureMap:
 
     @property
     def edge_dim(self) -> int:
-        return self.manifest.dim + 1
+        """Edge attribute width: d + 1 (``geometry``) or d + 1 + 2F (``inputs``, F input fields), see
+        :func:`dsmpnn.graph.edge_attributes`."""
+        fields = 2 * len(self.manifest.input_fields) if self.edge_features == "inputs" else 0
+        return self.manifest.dim + 1 + fields
+
+    def edge_fields(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The node fields the edge attributes carry: with ``inputs`` the normalised input fields ``x_n``, the last
+        F columns of the model inputs; None with ``geometry``.
+
+        Shapes: x [N, in_channels] -> [N, F] (a view) or None.
+        """
+        if self.edge_features != "inputs":
+            return None
+        return x[:, x.shape[1] - len(self.manifest.input_fields):]
 
     def inputs(self, sample: MeshSample, dtype: torch.dtype) -> torch.Tensor:
         """[N, in_channels] normalised node inputs."""
@@ -95,7 +115,8 @@ def make_batch(items: list[tuple[MeshSample, np.ndarray | None]], fmap: FeatureM
                max_neighbors: int | None, dtype: torch.dtype, with_targets: bool = True,
                max_edges: int = DEFAULT_MAX_EDGES, stats: GraphStats | None = None,
                cap_mode: str = "scaled") -> GraphBatch:
-    """Build the radius graph of each (sample, node subset) pair (subset None = every node) and join them.
+    """Build the radius graph of each (sample, node subset) pair (subset None = every node) and join them; the
+    edge attributes carry the node fields ``fmap.edge_fields`` of the subset's inputs (``graph.edge_features``).
 
     ``stats`` counts the nodes without a neighbour (see :class:`GraphStats`); ``max_edges``: the refusal limit of
     :func:`dsmpnn.graph.radius_graph`; a subset's neighbour cap is :func:`dsmpnn.graph.sampled_cap` of
@@ -104,11 +125,13 @@ def make_batch(items: list[tuple[MeshSample, np.ndarray | None]], fmap: FeatureM
     for sample, idx in items:
         pos = sample.pos if idx is None else sample.pos[idx]
         cap = sampled_cap(max_neighbors, len(pos), sample.num_nodes, cap_mode)
-        g: Graph = build_graph(pos, radius, cap, dtype=dtype, warn_isolated=False, max_edges=max_edges)
+        x = fmap.inputs(sample, dtype)
+        x = x if idx is None else x[idx]  # [n, in_channels]
+        g: Graph = build_graph(pos, radius, cap, dtype=dtype, fields=fmap.edge_fields(x), warn_isolated=False,
+                               max_edges=max_edges)
         if stats is not None:
             stats.add(g.edge_index, g.num_nodes)
-        x = fmap.inputs(sample, dtype)
-        xs.append(x if idx is None else x[idx])
+        xs.append(x)
         if with_targets:
             y = fmap.targets(sample, dtype)
             ys.append(y if idx is None else y[idx])

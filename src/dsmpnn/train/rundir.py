@@ -251,7 +251,7 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> LoadedR
     """Rebuild the trained model from the newest readable checkpoint of a run directory."""
     rd = RunDir(Path(run_dir))
     cfg, data_dir, manifest = rd.read_meta()
-    fmap = FeatureMap(manifest, cfg.model.use_pos)
+    fmap = FeatureMap.from_config(manifest, cfg)
     state, path = load_checkpoint(rd.checkpoints)
     model = build_model(cfg.model, fmap).to(getattr(torch, cfg.train.dtype))
     load_state(model, state, "model", path, str(rd.root / "config.yaml"))

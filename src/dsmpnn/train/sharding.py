@@ -8,7 +8,11 @@ Memory of rank p of P for a mesh of N nodes (:class:`MeshShard`):
   the whole sampled graph);
 - ``owner [N]`` (one byte per node up to 256 ranks): the partition of the full mesh;
 - the normalised inputs ``x`` and targets ``y`` of its own ~N/P nodes only. Halo rows of the inputs are never
-  read (the first halo exchange overwrites the encoder's halo outputs), so they are zero-padded.
+  read by the model (the first halo exchange overwrites the encoder's halo outputs), so they are zero-padded;
+- with ``graph.edge_features: inputs`` also the normalised input fields of the nodes within
+  :func:`~dsmpnn.graph.halo_reach` of its own (``near``, ``near_fields``): every halo node of any graph on the
+  mesh lies there, so the rank writes its local edges' attributes ``[.., a_i, a_j]`` itself, equal to the rows of
+  the single-process ones, without communication.
 
 Rank 0 additionally keeps the whole :class:`MeshSample` of the meshes it evaluates or predicts on (``keep_full``):
 it gathers the prediction, computes the metrics and writes the outputs.
@@ -31,7 +35,8 @@ from torch import nn
 from dsmpnn.data.sample import MeshSample
 from dsmpnn.distributed import DistContext, LocalShard, all_gather_objects, make_exchange, run_agreed
 from dsmpnn.errors import GraphError
-from dsmpnn.graph import build_local_plan, covering_samples, partition, radius_graph, sampled_cap
+from dsmpnn.graph import (build_local_plan, covering_samples, halo_reach, node_pair_fields, partition, radius_graph,
+                          sampled_cap, within_reach)
 from dsmpnn.graph.radius import DEFAULT_MAX_EDGES
 from dsmpnn.train.config import Config
 from dsmpnn.train.features import FeatureMap, GraphStats
@@ -48,8 +53,11 @@ class MeshShard:
     """Rank ``rank``'s part of one mesh.
 
     Shapes: pos [N, d] float64 (all nodes), owner [N] (rank of every node), owned [n_own] int64 ascending global
-    ids, x [n_own, F] and y [n_own, T] (or None) normalised model inputs/targets of the owned nodes, in the model
+    ids, x [n_own, C] and y [n_own, T] (or None) normalised model inputs/targets of the owned nodes, in the model
     dtype and on the rank's device. ``sample``: the whole mesh, only where kept (rank 0 with ``keep_full``).
+    ``near [n_near]`` (ascending global ids: the owned nodes and those within the halo reach) and ``near_fields
+    [n_near, F]`` (their normalised input fields, :meth:`FeatureMap.edge_fields`): only with
+    ``graph.edge_features: inputs``, else None.
     """
 
     name: str
@@ -60,6 +68,8 @@ class MeshShard:
     x: torch.Tensor
     y: torch.Tensor | None
     sample: MeshSample | None = None
+    near: np.ndarray | None = None
+    near_fields: torch.Tensor | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -67,16 +77,38 @@ class MeshShard:
 
     @staticmethod
     def from_sample(sample: MeshSample, owner: np.ndarray, rank: int, fmap: FeatureMap, dtype: torch.dtype,
-                    device: torch.device | str = "cpu", keep_full: bool = False) -> "MeshShard":
+                    device: torch.device | str = "cpu", keep_full: bool = False,
+                    reach: float = 0.0) -> "MeshShard":
+        """Rank ``rank``'s share of ``sample``; with ``fmap.edge_features == "inputs"`` the input fields of the
+        nodes within ``reach`` of the owned ones too (:func:`~dsmpnn.graph.halo_reach` of the config; 0 holds the
+        owned nodes' only, enough for one rank)."""
         owned = np.flatnonzero(owner == rank)
         idx = torch.from_numpy(owned)
-        x = fmap.inputs(sample, dtype)[idx].to(device)  # [n_own, F]
+        inputs = fmap.inputs(sample, dtype)  # [N, C]
+        x = inputs[idx].to(device)  # [n_own, C]
         y = None if sample.y is None else fmap.targets(sample, dtype)[idx].to(device)  # [n_own, T]
-        return MeshShard(sample.name, rank, sample.pos, owner, owned, x, y, sample if keep_full else None)
+        fields, near = fmap.edge_fields(inputs), None  # [N, F] or None
+        if fields is not None:
+            near = np.flatnonzero(within_reach(sample.pos, owner == rank, reach))
+            fields = fields[torch.from_numpy(near)].to(device)  # [n_near, F]
+        return MeshShard(sample.name, rank, sample.pos, owner, owned, x, y, sample if keep_full else None, near,
+                         fields)
 
     def rows(self, ids: np.ndarray) -> torch.Tensor:
         """Rows of ``x``/``y`` holding the owned global node ids ``ids``."""
         return torch.from_numpy(np.searchsorted(self.owned, ids)).to(self.x.device)
+
+    def edge_fields(self, ids: np.ndarray) -> torch.Tensor | None:
+        """The input fields of the global node ids ``ids`` (all within the reach the shard was made for), [len(ids),
+        F]; None without ``near_fields``."""
+        if self.near_fields is None:
+            return None
+        rows = np.minimum(np.searchsorted(self.near, ids), len(self.near) - 1)
+        if not np.array_equal(self.near[rows], ids):
+            raise GraphError(f"rank {self.rank}, mesh '{self.name}': the edge attributes need the input fields of "
+                             f"{int((self.near[rows] != ids).sum())} node(s) farther from the subdomain than the "
+                             "halo reach this rank holds; expected every halo node within it")
+        return self.near_fields[torch.from_numpy(rows).to(self.near_fields.device)]
 
 
 def partition_mesh(pos: np.ndarray, nparts: int, method: str, radius: float, max_neighbors: int | None = None,
@@ -109,6 +141,7 @@ def shard_meshes(load: Callable[[int], MeshSample], count: int, ctx: DistContext
     """
     P, rank = ctx.world_size, ctx.rank
     dc, gc = cfg.distributed, cfg.graph
+    reach = halo_reach(gc.radius, dc.halo_hops, dc.overlap)
     out: list[MeshShard] = []
     for start in range(0, count, CHUNK):
         ks = range(start, min(count, start + CHUNK))
@@ -127,7 +160,7 @@ def shard_meshes(load: Callable[[int], MeshSample], count: int, ctx: DistContext
         for part in all_gather_objects(run_agreed(partition_mine)):
             owners.update(part)
         out.extend(run_agreed(lambda: [MeshShard.from_sample(load(k), owners[k], rank, fmap, dtype, ctx.device,
-                                                             keep_full and ctx.is_main) for k in ks]))
+                                                             keep_full and ctx.is_main, reach) for k in ks]))
     return out
 
 
@@ -136,7 +169,9 @@ def decompose(mesh: MeshShard, ids: np.ndarray, nparts: int, cfg: Config, dtype:
     """This rank's :class:`LocalShard` of the radius graph on the mesh nodes ``ids`` (ascending; all nodes for
     full-graph inference): built from the nodes of ``ids`` near its subdomain only
     (:func:`dsmpnn.graph.build_local_plan`), equal to its part of the whole graph; the owned rows come from
-    ``mesh``. ``stats`` counts this rank's owned nodes and those without a neighbour (summed over ranks by
+    ``mesh``, and with ``graph.edge_features: inputs`` the input fields at both ends of each local edge
+    (:func:`dsmpnn.graph.node_pair_fields`) from ``mesh.near_fields``. ``stats`` counts this rank's owned nodes
+    and those without a neighbour (summed over ranks by
     :meth:`dsmpnn.train.strategy.DomainDecomposed.total_graph_stats`)."""
     gc = cfg.graph
     cap = sampled_cap(gc.max_neighbors, len(ids), mesh.num_nodes, gc.sampled_cap)
@@ -147,6 +182,9 @@ def decompose(mesh: MeshShard, ids: np.ndarray, nparts: int, cfg: Config, dtype:
         stats.count(plan.num_owned, dec.isolated)
     rows = mesh.rows(dec.sample_ids[plan.owned])
     attr = dec.graph.edge_attr.to(mesh.x.device)  # [E_loc, d + 1]
+    fields = mesh.edge_fields(dec.local_rows())  # [n_local, F] or None
+    if fields is not None:
+        attr = torch.cat([attr, node_pair_fields(fields, plan.tensor("edge_index"))], dim=1)  # [E_loc, d + 1 + 2F]
     y = mesh.y[rows] if with_targets and mesh.y is not None else None
     return LocalShard.from_owned(plan, mesh.x[rows], attr, y)
 

@@ -235,7 +235,7 @@ class _Loop:
         tc, gc = cfg.train, cfg.graph
         dtype = getattr(torch, tc.dtype)
         device = ctx.device if ctx.world_size > 1 else resolve_device()
-        fmap = FeatureMap(data.manifest, cfg.model.use_pos)
+        fmap = FeatureMap.from_config(data.manifest, cfg)
         strategy = make_strategy(ctx, cfg, fmap, dtype, device)
         model = build_model(cfg.model, fmap).to(dtype).to(device)
         strategy.broadcast(model)
