@@ -85,24 +85,43 @@ def paper_rmse(rmse: dict, std: dict) -> dict:
 
 
 def parameter_count(run_dir: Path) -> int:
-    """Trainable parameters of the run's model (through the public API, which verifies the checkpoint)."""
-    import dsmpnn
+    """Trainable parameters of the run's model, through the public API in a fresh interpreter (this long-running
+    script must not import dsmpnn: code changed while it runs would read newer run directories)."""
+    code = ("import sys, dsmpnn; m = dsmpnn.load_run(sys.argv[1]).model; "
+            "print(sum(p.numel() for p in m.parameters() if p.requires_grad))")
+    return int(subprocess.run([sys.executable, "-c", code, str(run_dir)], check=True, capture_output=True,
+                              text=True, cwd=ROOT).stdout.split()[-1])
 
-    return sum(p.numel() for p in dsmpnn.load_run(run_dir).model.parameters() if p.requires_grad)
+
+def peak_so_far(out: Path, measured: dict) -> dict:
+    """Peak RSS over every train command of the run (a resumed run keeps the larger peaks), kept in
+    ``RUN.peak.json`` beside the run."""
+    path = out.with_suffix(".peak.json")
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    peak = {k: max(measured[k], old.get(k, 0.0)) for k in ("peak_rss_mib", "peak_rss_sum_mib")}
+    path.write_text(json.dumps(peak))
+    return peak
 
 
-def train_and_evaluate(spec: dict, data: Path, runs: Path, log: Path, threads: int, plots: bool) -> dict:
-    """Train and evaluate one row of the table; ``spec``: dataset, model, nproc, config, overrides, name."""
-    out = runs / spec["name"]
-    if out.exists():
-        shutil.rmtree(out)
+def train_and_evaluate(spec: dict, data: Path, runs: Path, threads: int, plots: bool, redo: bool = False) -> dict:
+    """Train and evaluate one row of the table; ``spec``: dataset, model, nproc, config, overrides, name. A run
+    directory left by an interrupted run is resumed (``dsmpnn train --resume``; ``redo``: start again)."""
+    out, log = runs / spec["name"], runs / f"{spec['name']}.log"
+    if redo:
+        shutil.rmtree(out, ignore_errors=True)
+        for stale in (log, out.with_suffix(".peak.json")):
+            stale.unlink(missing_ok=True)
+    resume = ["--resume"] if (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()) else []
+    if not resume:
+        shutil.rmtree(out, ignore_errors=True)
     nproc = spec["nproc"]
     ds_opts = ["--nproc", str(nproc)] if nproc > 1 else []
     per_rank = threads if nproc == 1 else max(1, threads // nproc)
     cmd = [*DSMPNN, "train", "--config", spec["config"], "--data", str(data), "--out", str(out), "--no-progress",
-           *ds_opts, f"train.threads={per_rank}", *spec["overrides"]]
+           *resume, *ds_opts, f"train.threads={per_rank}", *spec["overrides"]]
     print(f"[{time.strftime('%H:%M:%S')}] {spec['name']}: {' '.join(cmd[3:])}", flush=True)
     t = run_tree(cmd, log)
+    t.update(peak_so_far(out, t))
     ev = run_tree([*DSMPNN, "evaluate", str(out), "--split", "test", *ds_opts,
                    *([] if plots else ["--no-plots"])], log)
     m = json.loads((out / "metrics.json").read_text())

@@ -137,7 +137,7 @@ def run_stage(args: argparse.Namespace, doc: dict, facts: dict, log: Path) -> No
             continue
         if done(doc, section, key) and not args.redo:
             continue
-        row = train_and_evaluate(spec, data, work / "runs", log, args.threads, plots=args.stage == "table")
+        row = train_and_evaluate(spec, data, work / "runs", args.threads, args.stage == "table", args.redo)
         if args.stage == "capacity":
             row["sample_nodes"] = spec["nproc"] * CAPACITY["per_rank"]
             row["peak_rss_mib_per_rank"] = row["peak_rss_mib"]

@@ -36,6 +36,7 @@ from dsmpnn.data.dataset import Dataset, Manifest
 from dsmpnn.data.paths import check_output_path
 from dsmpnn.distributed import DistContext, current_context, run_agreed
 from dsmpnn.errors import CheckpointError, Interrupted, TrainingDiverged
+from dsmpnn.profiling import profiled
 from dsmpnn.train.checkpoint import (list_checkpoints, load_checkpoint, load_state, rng_state, save_checkpoint,
                                      set_rng_state)
 from dsmpnn.train.config import Config
@@ -147,7 +148,8 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
 
     try:
         run_agreed(claim)
-        return _train_claimed(cfg, data, Path(data_dir), rd, resume, changes, progress, echo, ctx)
+        return profiled(lambda: _train_claimed(cfg, data, Path(data_dir), rd, resume, changes, progress, echo, ctx),
+                        ctx.rank)
     finally:
         lock.release()
 
