@@ -56,18 +56,36 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "scaling_model.json"), help="JSON of everything")
     ap.add_argument("--plot", default=str(HERE / "scaling_model.png"), help="efficiency plot (PNG)")
     ap.add_argument("--report", default=None, help="also write the Markdown tables to this file")
+    ap.add_argument("--survey-cache", default=None,
+                    help="an .npz of partition loads, read when present and written after the survey (the survey is "
+                         "deterministic; this skips ~7 min on a rerun)")
+    ap.add_argument("--from-json", default=None, help="render the report and plot of an earlier --out file only")
+    ap.add_argument("--save-check", default=None, help="also keep the --check measurements in this JSON file")
     args = ap.parse_args(argv)
 
+    if args.from_json:  # only render the report and the plot again
+        with open(args.from_json) as f:
+            result = json.load(f)
+        report = format_report(result, (2, 8, 64, 256, 1024))
+        print(report)
+        print(f"wrote {plot_scaling_model(result, args.plot)}")
+        if args.report:
+            written = write_text(report + "\n", args.report)
+            print(f"wrote {written}")
+        return
     measured = None
     if args.measured:
         with open(args.measured) as f:
             measured = json.load(f)
     elif args.check:
         measured = run_check(args.check_nodes, args.check_per_rank, args.check_steps)
-    result = run_scaling_model(measured=measured, **(QUICK_RUN if args.quick else {"meshes": DEFAULT_MESHES}))
+        if args.save_check:
+            print(f"wrote {write_json(measured, args.save_check)}")
+    result = run_scaling_model(measured=measured, survey_cache=args.survey_cache,
+                               **(QUICK_RUN if args.quick else {"meshes": DEFAULT_MESHES}))
+    print(f"wrote {write_json(result, args.out)}")
     report = format_report(result, (2, 8, 64) if args.quick else (2, 8, 64, 256, 1024))
     print("\n" + report)
-    print(f"wrote {write_json(result, args.out)}")
     print(f"wrote {plot_scaling_model(result, args.plot)}")
     if args.report:
         written = write_text(report + "\n", args.report)

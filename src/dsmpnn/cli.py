@@ -848,10 +848,10 @@ def _bench_model(args: argparse.Namespace) -> int:
     _check_output_files(args, "out", "plot", "report")
     measured = None if args.measured is None else read_json(args.measured, "bench_scaling.py --json output")
     result = run_scaling_model(measured=measured, **(QUICK_RUN if args.quick else {"meshes": DEFAULT_MESHES}))
-    report = format_report(result, (2, 8, 64) if args.quick else (2, 8, 64, 256, 1024))
-    print(report)
     if args.out:
         print(f"wrote {write_json(result, args.out)}")
+    report = format_report(result, (2, 8, 64) if args.quick else (2, 8, 64, 256, 1024))
+    print(report)
     if args.plot:
         print(f"wrote {plot_scaling_model(result, args.plot)}")
     if args.report:

@@ -173,3 +173,16 @@ def test_bench_model_command_help(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--quick" in out and "--measured" in out and "1024" in out
+
+
+def test_survey_cache_round_trip(tmp_path):
+    from dsmpnn.bench.scaling_measure import NEIGHBORS, load_survey, save_survey
+
+    survey = _survey(1000)
+    path = save_survey(survey, tmp_path / "s.npz", NEIGHBORS, 0)
+    back = load_survey(path, NEIGHBORS, 0)
+    assert back.keys() == survey.keys()
+    for key, loads in survey.items():
+        for name in ("owned", "halo", "edges", "cut_edges", "pair_recv", "pair_send", "pair_rows"):
+            assert np.array_equal(getattr(back[key], name), getattr(loads, name))
+    assert load_survey(path, {2: 10.0, 3: 24.0}, 0) == {} and load_survey(tmp_path / "none.npz", NEIGHBORS, 0) == {}

@@ -37,10 +37,14 @@ from dsmpnn.bench.scaling_model import (POWERS_OF_TWO, ComputeCosts, Link, Machi
 __all__ = ["measure_exchange", "measure_ecconv", "measure_mpnn_step", "fit_cpu_costs", "cpu_machine", "gpu_machine",
            "model_flops", "mpnn_parameters", "survey_partitions", "law_fits", "loads_for", "predict_scenarios",
            "compare_measured", "run_scaling_model", "format_report", "plot_scaling_model", "MeshSpec", "DEFAULT_MESHES",
-           "GPU_ASSUMPTIONS", "EXCHANGE_SIZES", "QUICK_RUN"]
+           "GPU_ASSUMPTIONS", "EXCHANGE_SIZES", "QUICK_RUN", "NEIGHBORS", "save_survey", "load_survey"]
 
 EXCHANGE_SIZES = tuple(2**k for k in range(10, 27, 2))
 """Bytes each rank sends per exchange in the gloo micro-benchmark: 1 KiB, 4 KiB, ..., 64 MiB."""
+
+NEIGHBORS = {2: 16.0, 3: 24.0}
+"""Mean neighbours per node of the surveyed meshes (radius graph): 16 in 2-D (as benchmarks/bench_scaling.py), 24
+in 3-D."""
 
 MeshSpec = tuple[int, int, Sequence[str], Sequence[int]]
 """(dim, N, partition methods, P values) of one surveyed mesh."""
@@ -50,16 +54,18 @@ DEFAULT_MESHES: tuple[MeshSpec, ...] = (
     (2, 10**6, ("slab", "rcb", "metis"), POWERS_OF_TWO[1:]),
     (2, 10**7, ("rcb",), (16, 128, 1024)),
     (3, 10**5, ("rcb", "metis"), POWERS_OF_TWO[1:]),
-    (3, 10**6, ("rcb", "metis"), POWERS_OF_TWO[1:]),
+    (3, 10**6, ("rcb",), POWERS_OF_TWO[1:]),
+    (3, 10**6, ("metis",), (2, 8, 64, 256, 1024)),
 )
-"""The meshes partitioned by default: about 7 minutes and 3 GiB on the 2-core test machine (1e7 nodes in 2-D
-needs 2.8 GiB for its 80 M edge pairs; its rcb partitions take 5-50 s each, hence three P only)."""
+"""The meshes partitioned by default: about 6 minutes and 3 GiB on the 2-core test machine (1e7 nodes in 2-D
+needs 2.8 GiB for its 80 M edge pairs and its rcb partitions take 5-50 s each, hence three P only; METIS on the
+3-D 1e6 mesh takes ~10 s per P, hence five)."""
 
 QUICK_RUN: dict = {
     "meshes": ((2, 20_000, ("rcb", "metis"), (2, 4, 16, 64)), (2, 80_000, ("rcb",), (4, 64)),
                (3, 20_000, ("rcb",), (2, 8, 64))),
     "conv_points": ((3000, 8), (3000, 24), (8000, 16)), "mpnn_nodes": (3000, 8000),
-    "exchange_sizes": (1024, 65536, 1 << 20), "exchange_rounds": 3}
+    "exchange_sizes": (1024, 1 << 20, 1 << 24), "exchange_rounds": 3}
 """Keyword arguments of :func:`run_scaling_model` for a smoke run (about 20 s): small meshes, few sizes."""
 
 GPU_ASSUMPTIONS = {
@@ -131,10 +137,10 @@ def _exchange_rank(ctx, sizes: Sequence[int], channels: int, modes: Sequence[str
 
 
 def measure_exchange(sizes: Sequence[int] = EXCHANGE_SIZES, channels: int = 32,
-                     modes: Sequence[str] = ("all_to_all", "p2p"), rounds: int = 5) -> dict:
+                     modes: Sequence[str] = ("all_to_all", "p2p"), rounds: int = 7) -> dict:
     """Two gloo processes exchange ``size`` bytes each way with the library's HaloExchange; per mode the bytes,
-    the slower rank's median and min seconds per exchange over ``rounds`` rounds, and the alpha-beta fit (on the
-    medians). Also ``"all_reduce"``: ``dist.all_reduce`` of ``size`` bytes, whose fit is the two-rank ring,
+    the slower rank's median and min seconds per exchange over ``rounds`` rounds, and the alpha-beta fit on the
+    mins (the medians of a shared host include waits for a core). Also ``"all_reduce"``: ``dist.all_reduce`` of ``size`` bytes, whose fit is the two-rank ring,
     :math:`t = 2\alpha + b/\beta` (its ``alpha_s`` is the fitted intercept / 2, the per-step latency)."""
     from dsmpnn.distributed import run_processes  # noqa: PLC0415
 
@@ -144,13 +150,16 @@ def measure_exchange(sizes: Sequence[int] = EXCHANGE_SIZES, channels: int = 32,
         times = np.maximum(*(np.asarray(r[mode]["times_s"]) for r in per_rank))  # [sizes, rounds], slower rank
         nbytes = per_rank[0][mode]["bytes"]
         med, mins = np.median(times, axis=1), times.min(axis=1)
-        link = fit_alpha_beta(nbytes, med)
+        try:
+            link, fit = fit_alpha_beta(nbytes, mins), "weighted least squares"
+        except ValueError:  # too noisy to show any growth: the bandwidth bound of the largest message
+            link, fit = Link(float(mins.min()), nbytes[-1] / float(mins[-1])), "fallback: no growth with the size"
         pred = link.seconds(np.asarray(nbytes))
         if mode == "all_reduce":
             link = Link(link.alpha_s / 2, link.beta_bytes_per_s)
         result[mode] = {"bytes": nbytes, "median_s": med.tolist(), "min_s": mins.tolist(), "alpha_s": link.alpha_s,
-                        "beta_bytes_per_s": link.beta_bytes_per_s,
-                        "fit_rel_error_max": float(np.max(np.abs(pred / med - 1)))}
+                        "beta_bytes_per_s": link.beta_bytes_per_s, "fit": fit,
+                        "fit_rel_error_max": float(np.max(np.abs(pred / mins - 1)))}
     return result
 
 
@@ -168,7 +177,11 @@ def measure_ecconv(points: Sequence[tuple[int, float]] = ((10_000, 8), (10_000, 
                    echo: Callable[[str], None] | None = print) -> list[dict]:
     """Forward and backward seconds (min over ``repeats``, after a warm-up that builds the edge plan) of one
     ECConv layer (``channels`` in and out, kernel MLP 3 -> ``kernel_hidden``, GELU, mean) on N uniform random
-    points in the unit square with about ``k`` neighbours each, for every (N, k) of ``points``."""
+    points in the unit square with about ``k`` neighbours each, for every (N, k) of ``points``.
+
+    The times are the process's CPU time (``time.process_time``; one thread, so CPU time is the time on a core of
+    its own): on a host whose cores other jobs share, wall-clock times include the time the process waited for a
+    core, which a rank with a dedicated core (what the model predicts) does not. Wall times are kept beside."""
     import torch  # noqa: PLC0415
 
     from dsmpnn.nn import ECConv  # noqa: PLC0415
@@ -184,22 +197,25 @@ def measure_ecconv(points: Sequence[tuple[int, float]] = ((10_000, 8), (10_000, 
             x = torch.randn(n, channels, requires_grad=True)  # [N, C]
             grad = torch.randn(n, channels)
             conv(x, g.edge_index, g.edge_attr).backward(grad)  # warm-up: edge plan, kernels
-            fwd, bwd = [], []
+            fwd, bwd, wall = [], [], []
             for _ in range(repeats):
                 x.grad = None
                 conv.zero_grad(set_to_none=True)
-                t0 = time.perf_counter()
+                w0, t0 = time.perf_counter(), time.process_time()
                 out = conv(x, g.edge_index, g.edge_attr)
-                t1 = time.perf_counter()
+                t1 = time.process_time()
                 out.backward(grad)
-                t2 = time.perf_counter()
+                t2 = time.process_time()
+                wall.append(time.perf_counter() - w0)
                 fwd.append(t1 - t0)
                 bwd.append(t2 - t1)
             total = [a + b for a, b in zip(fwd, bwd)]
             rows.append({"nodes": n, "neighbors": k, "edges": g.num_edges, "forward_s": min(fwd),
-                         "backward_s": min(bwd), "step_s": min(total), "step_median_s": float(np.median(total))})
+                         "backward_s": min(bwd), "step_s": min(total), "step_median_s": float(np.median(total)),
+                         "wall_min_s": min(wall), "wall_median_s": float(np.median(wall))})
             if echo:
-                echo(f"  ECConv N={n:>6} edges={g.num_edges:>8}: forward {min(fwd):.4f} s, backward {min(bwd):.4f} s")
+                echo(f"  ECConv N={n:>6} edges={g.num_edges:>8}: CPU time forward {min(fwd):.4f} s, backward "
+                     f"{min(bwd):.4f} s (wall, fwd + bwd: {min(wall):.4f} s)")
     finally:
         torch.set_num_threads(old)
     return rows
@@ -219,7 +235,7 @@ def measure_mpnn_step(nodes: Sequence[int] = (10_000, 30_000, 60_000), neighbors
                       echo: Callable[[str], None] | None = print) -> list[dict]:
     """Seconds of one whole training step of the MPNN of ``benchmarks/bench_scaling.py`` (3 inputs, 2 outputs,
     ``layers`` x ``channels``, kernel MLP [``kernel_hidden``]; forward, mean squared error, backward, Adam) in
-    one process, min over ``repeats`` after one warm-up step, for every N."""
+    one process, min over ``repeats`` after one warm-up step, for every N; CPU time as in :func:`measure_ecconv`."""
     import torch  # noqa: PLC0415
 
     from dsmpnn.nn import MPNN  # noqa: PLC0415
@@ -236,18 +252,20 @@ def measure_mpnn_step(nodes: Sequence[int] = (10_000, 30_000, 60_000), neighbors
             x = torch.as_tensor(np.column_stack([pos, np.sin(4 * pos[:, 0])]), dtype=torch.float32)  # [N, 3]
             y = torch.as_tensor(np.column_stack([np.cos(3 * pos.sum(1)), pos[:, 0] * pos[:, 1]]),
                                 dtype=torch.float32)  # [N, 2]
-            times = []
+            times, wall = [], []
             for step in range(repeats + 1):
-                t0 = time.perf_counter()
+                w0, t0 = time.perf_counter(), time.process_time()
                 opt.zero_grad(set_to_none=True)
                 (model(x, g.edge_index, g.edge_attr) - y).square().mean().backward()
                 opt.step()
                 if step:
-                    times.append(time.perf_counter() - t0)
+                    times.append(time.process_time() - t0)
+                    wall.append(time.perf_counter() - w0)
             rows.append({"nodes": n, "edges": g.num_edges, "step_s": min(times),
-                         "step_median_s": float(np.median(times))})
+                         "step_median_s": float(np.median(times)), "wall_min_s": min(wall),
+                         "wall_median_s": float(np.median(wall))})
             if echo:
-                echo(f"  MPNN step N={n:>6} edges={g.num_edges:>8}: {min(times):.4f} s")
+                echo(f"  MPNN step N={n:>6} edges={g.num_edges:>8}: CPU time {min(times):.4f} s (wall {min(wall):.4f} s)")
     finally:
         torch.set_num_threads(old)
     return rows
@@ -338,10 +356,12 @@ def survey_partitions(meshes: Sequence[MeshSpec], neighbors: dict[int, float] | 
     from dsmpnn.bench.scale import scale_radius  # noqa: PLC0415
     from dsmpnn.graph import partition  # noqa: PLC0415
 
-    neighbors = {2: 16.0, 3: 24.0} if neighbors is None else neighbors
+    neighbors = NEIGHBORS if neighbors is None else neighbors
     out: dict[tuple[int, str, int, int], RankLoads] = {}
     for dim, n, methods, parts in meshes:
         parts = [P for P in parts if 2 <= P <= n // 8]
+        if not parts or not methods:
+            continue
         t0 = time.perf_counter()
         pos = np.random.default_rng(seed).random((n, dim))
         pairs = cKDTree(pos).query_pairs(scale_radius(n, dim, neighbors[dim]), output_type="ndarray")
@@ -365,6 +385,43 @@ def survey_partitions(meshes: Sequence[MeshSpec], neighbors: dict[int, float] | 
                 echo(f"    {method}: P={','.join(map(str, parts))} in {time.perf_counter() - t_method:.1f} s; at "
                      f"P={last.nparts} max halo {last.halo.max():,} rows, max peers {last.peers.max()}")
         del edge_index, pairs
+    return out
+
+
+_LOAD_ARRAYS = ("owned", "halo", "edges", "cut_edges", "pair_recv", "pair_send", "pair_rows")
+
+
+def save_survey(survey: dict[tuple[int, str, int, int], RankLoads], path: str | Path, neighbors: dict[int, float],
+                seed: int) -> Path:
+    """The survey's per-rank arrays (and partition timings) as one ``.npz``, with the mesh settings, so a rerun
+    of the deterministic survey can be skipped (:func:`load_survey`)."""
+    arrays = {"meta": np.array([seed, neighbors[2], neighbors[3]], dtype=float)}
+    for (dim, method, P, n), loads in survey.items():
+        key = f"{dim}|{method}|{P}|{n}"
+        for name in _LOAD_ARRAYS:
+            arrays[f"{key}|{name}"] = np.asarray(getattr(loads, name))
+        arrays[f"{key}|timing"] = np.array([loads._derived.get("partition_s", np.nan),
+                                            loads._derived.get("count_s", np.nan)])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def load_survey(path: str | Path, neighbors: dict[int, float], seed: int) -> dict[tuple[int, str, int, int], RankLoads]:
+    """The survey saved by :func:`save_survey`; empty when the file is missing or was made with other settings."""
+    if not Path(path).exists():
+        return {}
+    with np.load(path) as data:
+        if not np.array_equal(data["meta"], [seed, neighbors[2], neighbors[3]]):
+            return {}
+        out = {}
+        for key in {k.rsplit("|", 1)[0] for k in data.files if k != "meta"}:
+            dim, method, P, n = key.split("|")
+            loads = RankLoads(nodes=int(n), dim=int(dim), method=method,
+                              **{name: data[f"{key}|{name}"] for name in _LOAD_ARRAYS})
+            loads._derived["partition_s"], loads._derived["count_s"] = data[f"{key}|timing"].tolist()
+            out[(int(dim), method, int(P), int(n))] = loads
     return out
 
 
@@ -484,7 +541,9 @@ def compare_measured(measured: dict, machine: Machine, parameters: int) -> list[
     Measured step: the slowest rank's fastest step (``step_min_s``; the median where the file has no min), the
     statistic the model's costs were fitted with. The measured "exchange" is the time a rank spends inside the exchange calls, which includes waiting for a
     slower peer to arrive; the model puts that wait in the compute of the slowest rank, so only the step times
-    compare like with like. ``predicted_shared_cores_step_s``: the compute stretched by P / cores when the ranks
+    compare like with like. ``measured_cpu_s``: the slowest rank's CPU seconds per step (its fastest step), to
+    compare with ``predicted_compute_s`` (layers and the rest of the step on a core of its own; the CPU time also
+    holds the exchanges' copies and gloo's work). ``predicted_shared_cores_step_s``: the compute stretched by P / cores when the ranks
     outnumber the cores (P = 4 on this 2-core machine)."""
     args = measured["args"]
     layers, channels, neighbors = args["layers"], args["hidden"], args["neighbors"]
@@ -503,7 +562,9 @@ def compare_measured(measured: dict, machine: Machine, parameters: int) -> list[
                      "predicted_step_s": pred.step_s,
                      "predicted_shared_cores_step_s": (pred.step_s - exchange) * share + exchange,
                      "measured_exchange_s": r["exchange_s"], "predicted_exchange_s": exchange,
-                     "measured_compute_s": r["compute_s"], "predicted_compute_s": pred.step_s - exchange,
+                     "measured_compute_s": r["compute_s"],
+                     "predicted_compute_s": layers * pred.compute_layer_s + pred.rest_s,
+                     "measured_cpu_s": r.get("cpu_min_s"), "measured_cpu_median_s": r.get("cpu_s"),
                      "ratio": pred.step_s / measured_step, "oversubscribed": share > 1})
     return rows
 
@@ -516,13 +577,15 @@ def run_scaling_model(meshes: Sequence[MeshSpec], measured: dict | None = None,
                       channels: int = 32, kernel_hidden: int = 32, layers: int = 4,
                       conv_points: Sequence[tuple[int, float]] | None = None,
                       mpnn_nodes: Sequence[int] = (10_000, 30_000, 60_000),
-                      exchange_sizes: Sequence[int] = EXCHANGE_SIZES, exchange_rounds: int = 5,
-                      sensitivity: Sequence[float] = (3e12, 30e12),
+                      exchange_sizes: Sequence[int] = EXCHANGE_SIZES, exchange_rounds: int = 7,
+                      sensitivity: Sequence[float] = (3e12, 30e12), survey_cache: str | Path | None = None,
                       echo: Callable[[str], None] | None = print) -> dict:
     """Measure, fit, survey, predict; returns everything as one JSON-able dict (see :func:`format_report`).
 
     ``meshes``: the (dim, N, methods, P values) to partition; ``measured``: a ``benchmarks/bench_scaling.py --json`` output
-    to compare with (None: no comparison); ``sensitivity``: other GPU throughputs [FLOP/s] to re-predict with.
+    to compare with (None: no comparison); ``sensitivity``: other GPU throughputs [FLOP/s] to re-predict with;
+    ``survey_cache``: an ``.npz`` of partition loads (:func:`save_survey`) read when it exists (only the partitions
+    it lacks are computed) and written after the survey.
     """
     from dsmpnn.bench.conv import machine_info  # noqa: PLC0415
 
@@ -549,7 +612,16 @@ def run_scaling_model(meshes: Sequence[MeshSpec], measured: dict | None = None,
         f"runs the per-edge work at {cpu_rate / 1e9:.1f} GFLOP/s")
     say("# 3. halo volumes of real partitions")
     t_survey = time.perf_counter()
-    survey = survey_partitions(meshes, echo=echo)
+    survey = load_survey(survey_cache, NEIGHBORS, 0) if survey_cache else {}
+    if survey:
+        say(f"  {len(survey)} partitions read from {survey_cache}")
+    missing = [(d, n, [m for m in ms if any((d, m, P, n) not in survey for P in ps if 2 <= P <= n // 8)], ps)
+               for d, n, ms, ps in meshes]
+    survey = {k: v for k, v in survey.items()
+              if any(k[0] == d and k[3] == n and k[1] in ms and k[2] in ps for d, n, ms, ps in meshes)}
+    survey.update(survey_partitions(missing, echo=echo))
+    if survey_cache:
+        save_survey(survey, survey_cache, NEIGHBORS, 0)
     t_survey = time.perf_counter() - t_survey
     fits = law_fits(survey)
     parameters = mpnn_parameters(channels, kernel_hidden, layers)
@@ -569,7 +641,7 @@ def run_scaling_model(meshes: Sequence[MeshSpec], measured: dict | None = None,
     return {
         "machine": info,
         "settings": {"channels": channels, "kernel_hidden": kernel_hidden, "layers": layers, "halo_hops": 1,
-                     "parameters": parameters, "dtype": "float32", "neighbors": {"2": 16, "3": 24},
+                     "parameters": parameters, "dtype": "float32", "neighbors": {str(d): k for d, k in NEIGHBORS.items()},
                      "meshes": [[d, n, list(m), list(p)] for d, n, m, p in meshes]},
         "exchange": exchange, "ecconv": conv_rows, "mpnn_step": mpnn_rows,
         "cpu_costs": vars(costs), "cpu_fit_quality": quality, "flops": flops,
@@ -597,6 +669,11 @@ def run_scaling_model(meshes: Sequence[MeshSpec], measured: dict | None = None,
 
 def _pick(curves: list[dict], **want) -> list[dict]:
     return [c for c in curves if all(c.get(k) == v for k, v in want.items())]
+
+
+def _beyond(curve: dict) -> str:
+    """How a crossover beyond the curve's last P reads in a table."""
+    return f"> {curve['P'][-1]}"
 
 
 def _at(curve: dict, key: str, P: int) -> float | None:
@@ -627,9 +704,10 @@ def format_report(result: dict, table_parts: Sequence[int] = (2, 8, 64, 256, 102
                      + " |")
     lines.append("")
     hdr = " | ".join(f"P={P}" for P in table_parts)
-    for title, key_eff in (("no overlap", "efficiency"), ("overlap", "efficiency_overlap")):
+    for title, key_eff, cross_what in (("no overlap", "efficiency", "compute"),
+                                       ("overlap", "efficiency_overlap", "interior compute")):
         lines += [f"Parallel efficiency, {title}:", "",
-                  f"| machine | mesh | scaling | {hdr} | crossover P (exchange > compute) |",
+                  f"| machine | mesh | scaling | {hdr} | crossover P (exchange > {cross_what}) |",
                   "|---|---|---|" + "---|" * len(table_parts) + "---|"]
         for cv in result["curves"]:
             size = f"N={cv['nodes']:.0e}" if cv["scaling"] == "strong" else f"N/P={cv['nodes_per_rank']:.0e}"
@@ -640,7 +718,7 @@ def format_report(result: dict, table_parts: Sequence[int] = (2, 8, 64, 256, 102
                 cells.append("-" if v is None else f"{v:.2f}{mark}")
             cross = cv["crossover_P_overlap" if key_eff.endswith("overlap") else "crossover_P"]
             lines.append(f"| {cv['machine']} | {cv['dim']}-D {cv['method']} | {cv['scaling']} {size} | "
-                         + " | ".join(cells) + f" | {cross if cross else '> 1024'} |")
+                         + " | ".join(cells) + f" | {cross or _beyond(cv)} |")
         lines.append("")
     lines.append("`*`: halo volumes extrapolated by the surface-to-volume law from a smaller partitioned mesh.")
     lines.append("")
@@ -678,26 +756,30 @@ def format_report(result: dict, table_parts: Sequence[int] = (2, 8, 64, 256, 102
         lines.append(f"| {key} | {fit['c_fixed_exponent']:.2f} (e = {fit['exponent']:.3f}) | "
                      f"{fit['c_free']:.2f}, e = {fit['exponent_free']:.3f} |")
     lines.append("")
+    last = table_parts[-1]
     if result.get("gpu_sensitivity"):
-        lines += ["GPU throughput sensitivity (efficiency at P = 1024 without / with overlap; crossover P):", "",
-                  "| machine | mesh | scaling | E(1024) | E(1024) overlap | crossover P |", "|---|---|---|---|---|---|"]
+        lines += [f"GPU throughput sensitivity (efficiency at P = {last} without / with overlap; crossover P):", "",
+                  f"| machine | mesh | scaling | E({last}) | E({last}) overlap | crossover P |", "|---|---|---|---|---|---|"]
         for cv in result["gpu_sensitivity"] + _pick(result["curves"], machine=result["machines"][-1]["name"]):
             size = f"N={cv['nodes']:.0e}" if cv["scaling"] == "strong" else f"N/P={cv['nodes_per_rank']:.0e}"
-            e, eo = _at(cv, "efficiency", 1024), _at(cv, "efficiency_overlap", 1024)
+            e, eo = _at(cv, "efficiency", last), _at(cv, "efficiency_overlap", last)
             lines.append(f"| {cv['machine']} | {cv['dim']}-D {cv['method']} | {cv['scaling']} {size} | "
                          f"{'-' if e is None else f'{e:.2f}'} | {'-' if eo is None else f'{eo:.2f}'} | "
-                         f"{cv['crossover_P'] or '> 1024'} |")
+                         f"{cv['crossover_P'] or _beyond(cv)} |")
         lines.append("")
     if result.get("measured_vs_predicted"):
         lines += ["| scaling | P | nodes | partitioner | measured step, min (median) [s] | predicted [s] | pred / meas | "
-                  "predicted, ranks sharing the cores [s] | measured exchange [s] | predicted exchange [s] |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "predicted, ranks sharing the cores [s] | measured CPU s of the slowest rank | predicted compute [s] | "
+                  "measured exchange [s] | predicted exchange [s] |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in result["measured_vs_predicted"]:
             note = " (oversubscribed)" if r["oversubscribed"] else ""
             lines.append(f"| {r['scaling']} | {r['P']}{note} | {r['nodes']} | {r['method']} | "
                          f"{r['measured_step_s']:.3f} ({r['measured_step_median_s']:.3f}) | "
                          f"{r['predicted_step_s']:.3f} | {r['ratio']:.2f} | "
-                         f"{r['predicted_shared_cores_step_s']:.3f} | {r['measured_exchange_s']:.3f} | "
+                         f"{r['predicted_shared_cores_step_s']:.3f} | "
+                         + ("-" if r["measured_cpu_s"] is None else f"{r['measured_cpu_s']:.3f}")
+                         + f" | {r['predicted_compute_s']:.3f} | {r['measured_exchange_s']:.3f} | "
                          f"{r['predicted_exchange_s']:.3f} |")
         lines.append("")
     return "\n".join(lines)
@@ -718,7 +800,7 @@ def plot_scaling_model(result: dict, path: str | Path, dim: int = 2, method: str
     from dsmpnn.bench.scale import _atomic_write  # noqa: PLC0415
 
     gpu, cpu = result["machines"][-1]["name"], "cpu-gloo-p2p"
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 6.2))
     for ax, kind, key, what in ((axes[0], "strong", "nodes", "N"), (axes[1], "weak", "nodes_per_rank", "N/P")):
         sizes = sorted({cv[key] for cv in _pick(result["curves"], scaling=kind, dim=dim, method=method)})
         for i, size in enumerate(sizes):
@@ -741,15 +823,16 @@ def plot_scaling_model(result: dict, path: str | Path, dim: int = 2, method: str
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_yscale("log")
     ax.set(xlabel="ranks P", ylabel="exchange / compute, one layer fwd + bwd",
-           title=f"GPU model, {dim}-D {method}: communication dominates above 1")
+           title=f"GPU, {dim}-D {method}: exchange / compute (> 1: comm. dominates)")
     for ax in axes:
         ax.set_xscale("log", base=2)
         ax.set_xticks([2**k for k in range(0, 11, 2)], [str(2**k) for k in range(0, 11, 2)])
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     fig.suptitle("DS-MPNN scaling model. GPU: assumed H200 ranks, NVLink in 8-GPU nodes, InfiniBand NDR between "
-                 "(benchmarks/RESULTS.md); CPU: this VM's measured core and gloo. Halo volumes from real partitions, "
-                 "extrapolated beyond the meshes partitioned.", fontsize=9)
+                 "(benchmarks/RESULTS.md); CPU: one core of this VM per rank, its gloo as measured.\nHalo volumes from "
+                 "real partitions, extrapolated beyond the meshes partitioned. Measured wall times: a host shared with "
+                 "other jobs (load 7-9 on 2 cores).", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -772,3 +855,7 @@ def _plot_measured(axes, result: dict) -> None:
                 label=f"measured here, {'N' if strong else 'N/P'}={base[0]['nodes']:,} (P=4: 4 ranks on 2 cores)")
         ax.plot(ps, [efficiency(t1p, r["predicted_step_s"], r["P"], strong) for r in pts], "ks", mfc="none",
                 label="model of those runs (one core per rank)")
+        if base[0].get("measured_cpu_s"):
+            c1 = base[0]["measured_cpu_s"]
+            ax.plot(ps, [efficiency(c1, r["measured_cpu_s"], r["P"], strong) for r in pts], "r^",
+                    label="measured here, CPU time of the slowest rank")
