@@ -4,7 +4,8 @@ First a deterministic table of halo volume (rows sent per exchange) for each par
 uniform 2-D/3-D clouds and a graded 2-D cloud, P = 2, 4, 8: this picks the default partitioner. Then, for every
 partitioner and halo width, it times training steps (:func:`dsmpnn.train.step.run_step`, the step ``dsmpnn
 train`` runs and ``dsmpnn check`` verifies: forward, distributed loss, backward, gradient all-reduce; then Adam)
-of the same MPNN and reports, per step, the slowest rank's compute and halo-exchange seconds,
+of the same MPNN and reports, per step, the slowest rank's wall-clock and CPU seconds (process time, which leaves
+out the time a rank waited for a core on a shared host), its compute and halo-exchange seconds,
 the bytes all ranks send per message-passing layer and the halo fraction (halo rows / owned rows).
 
     .venv/bin/python benchmarks/bench_scaling.py                      # defaults below, about 3 minutes on 2 cores
@@ -100,20 +101,23 @@ def run_config(ctx: DistContext, args, n: int, method: str, hops: int) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     shard = make_shard(plan, graph, x, y)
     graph_step = StepGraph.from_shard(shard, make_exchange(plan) if ctx.world_size > 1 else None)
-    step_times, exch_times = [], []
+    step_times, exch_times, cpu_times = [], [], []
     for step in range(args.warmup + args.steps):
         _barrier(ctx.world_size)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
         res = run_step(model, [graph_step])  # the training step of dsmpnn train / check
         opt.step()
-        dt = time.perf_counter() - t
+        dt, dc = time.perf_counter() - t, time.process_time() - c
         if step >= args.warmup:
             step_times.append(dt)
+            cpu_times.append(dc)
             exch_times.append(res.stats.exchange_seconds)
     exchanges_per_forward = -(-args.layers // hops)
     return {"owned": plan.num_owned, "halo": plan.num_halo, "edges": plan.num_edges, "setup_s": setup,
-            "step_s": float(np.median(step_times)), "exchange_s": float(np.median(exch_times)),
+            "step_s": float(np.median(step_times)), "step_min_s": float(np.min(step_times)),
+            "cpu_s": float(np.median(cpu_times)), "cpu_min_s": float(np.min(cpu_times)),
+            "exchange_s": float(np.median(exch_times)),
             "fwd_bytes_per_layer": len(plan.send_rows) * args.hidden * 4 * exchanges_per_forward / args.layers}
 
 
@@ -124,9 +128,12 @@ def rank_main(ctx: DistContext, args, configs) -> list[dict]:
 def summarise(P: int, cfg, per_rank: list[dict], scaling: str) -> dict:
     n, method, hops = cfg
     step = max(r["step_s"] for r in per_rank)  # the slowest rank sets the pace
+    step_min = max(r["step_min_s"] for r in per_rank)  # each rank's fastest step, slowest rank
+    cpu = max(r["cpu_s"] for r in per_rank)  # CPU seconds of a step (process time: not the waits for a core)
     exch = max(r["exchange_s"] for r in per_rank)
     owned, halo = sum(r["owned"] for r in per_rank), sum(r["halo"] for r in per_rank)
     return {"scaling": scaling, "P": P, "nodes": n, "method": method, "halo_hops": hops, "step_s": step,
+            "step_min_s": step_min, "cpu_s": cpu, "cpu_min_s": max(r["cpu_min_s"] for r in per_rank),
             "compute_s": step - exch, "exchange_s": exch,
             "kb_per_layer": sum(r["fwd_bytes_per_layer"] for r in per_rank) / 1024,
             "halo_fraction": halo / owned, "imbalance": max(r["owned"] for r in per_rank) / (owned / P),
@@ -182,12 +189,12 @@ def main(argv=None) -> None:
         rows += [summarise(P, cfg, [r[i] for r in per_rank], kind) for i, (cfg, kind) in
                  enumerate(zip(configs, kinds))]
 
-    print("\n| scaling | P | nodes | partitioner | halo_hops | step s | compute s | exchange s | KiB sent/layer "
+    print("\n| scaling | P | nodes | partitioner | halo_hops | step s | CPU s | compute s | exchange s | KiB sent/layer "
           "| halo fraction | imbalance |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: (r["scaling"] != "strong", r["P"], r["method"], r["halo_hops"])):
         print(f"| {r['scaling']} | {r['P']} | {r['nodes']} | {r['method'] if r['P'] > 1 else '-'} | "
-              f"{r['halo_hops'] if r['P'] > 1 else '-'} | {r['step_s']:.3f} | {r['compute_s']:.3f} | "
+              f"{r['halo_hops'] if r['P'] > 1 else '-'} | {r['step_s']:.3f} | {r['cpu_s']:.3f} | {r['compute_s']:.3f} | "
               f"{r['exchange_s']:.3f} | {r['kb_per_layer']:.1f} | {r['halo_fraction']:.3f} | {r['imbalance']:.3f} |")
     if args.json:
         with open(args.json, "w") as f:

@@ -723,7 +723,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmarks: ECConv vs NNConv (conv), growth with the mesh size (scale)",
+    p = sub.add_parser("bench", help="benchmarks: ECConv vs NNConv (conv), growth with the mesh size (scale), scaling "
+                                     "model to P = 1024 (model)",
                        formatter_class=_formatter())
     bench_sub = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
     c = bench_sub.add_parser("conv", help="ECConv vs PyG NNConv: time, peak memory, throughput on one radius graph",
@@ -771,6 +772,21 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", default=None, metavar="FILE.json", help="write the result as JSON (atomically)")
     s.add_argument("--plot", default=None, metavar="FILE.png", help="log-log plot of time and memory against N")
     s.set_defaults(handler=_bench_scale)
+    m = bench_sub.add_parser("model", help="scaling model of DS-MPNN to P = 1024 (CPU gloo measured, GPU assumed)",
+                             formatter_class=_formatter(),
+                             description="Measures this machine's ECConv layer, MPNN step (1 thread) and gloo halo "
+                                         "exchange (2 processes), partitions uniform 2-D/3-D meshes of 1e5..1e7 nodes "
+                                         "into P = 2..1024, and predicts strong and weak scaling efficiency for this "
+                                         "CPU and for assumed H200 GPUs (NVLink + InfiniBand NDR). About 12 min and 3 "
+                                         "GiB by default; --quick: tiny meshes, ~20 s. benchmarks/scaling_model.py "
+                                         "--check also compares with measured P = 1, 2, 4 steps.")
+    m.add_argument("--quick", action="store_true", help="small meshes and few sizes (a smoke run)")
+    m.add_argument("--measured", default=None, metavar="FILE.json",
+                   help="a benchmarks/bench_scaling.py --json output to compare the model with; None: no comparison")
+    m.add_argument("--out", default=None, metavar="FILE.json", help="write everything as JSON (atomically)")
+    m.add_argument("--plot", default=None, metavar="FILE.png", help="efficiency against P, strong and weak")
+    m.add_argument("--report", default=None, metavar="FILE.md", help="write the Markdown tables to this file")
+    m.set_defaults(handler=_bench_model)
 
 
 def _node_list(text: str) -> list[int]:
@@ -820,6 +836,27 @@ def _bench_scale(args: argparse.Namespace) -> int:
         print(f"wrote {write_json(result, args.out)}")
     if args.plot:
         print(f"wrote {plot_scale(result, args.plot)}")
+    return 0
+
+
+def _bench_model(args: argparse.Namespace) -> int:
+    from dsmpnn.bench.scale import write_json, write_text
+    from dsmpnn.bench.scaling_measure import (DEFAULT_MESHES, QUICK_RUN, format_report, plot_scaling_model,
+                                              run_scaling_model)
+    from dsmpnn.data.textfile import read_json
+
+    _check_output_files(args, "out", "plot", "report")
+    measured = None if args.measured is None else read_json(args.measured, "bench_scaling.py --json output")
+    result = run_scaling_model(measured=measured, **(QUICK_RUN if args.quick else {"meshes": DEFAULT_MESHES}))
+    if args.out:
+        print(f"wrote {write_json(result, args.out)}")
+    report = format_report(result, (2, 8, 64) if args.quick else (2, 8, 64, 256, 1024))
+    print(report)
+    if args.plot:
+        print(f"wrote {plot_scaling_model(result, args.plot)}")
+    if args.report:
+        written = write_text(report + "\n", args.report)
+        print(f"wrote {written}")
     return 0
 
 

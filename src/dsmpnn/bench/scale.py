@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["scale_radius", "run_point", "scale_bytes", "bench_scale", "fit_slopes", "format_scale_table", "plot_scale",
-           "write_json"]
+           "write_json", "write_text"]
 
 MIB = 2**20
 
@@ -307,6 +307,11 @@ def plot_scale(result: dict, path: str | Path) -> Path:
 def write_json(result: dict, path: str | Path) -> Path:
     """``result`` as indented JSON, written atomically (temporary file, fsync, rename)."""
     return _atomic_write(Path(path), (json.dumps(result, indent=2) + "\n").encode())
+
+
+def write_text(text: str, path: str | Path) -> Path:
+    """``text`` as UTF-8, written atomically (temporary file, fsync, rename)."""
+    return _atomic_write(Path(path), text.encode())
 
 
 def _atomic_write(path: Path, data: bytes) -> Path:
