@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dsmpnn.train import load_config, load_run, train
-from dsmpnn.train.prefetch import prefetched
+from dsmpnn.train.prefetch import prefetched, use_prefetch
 from dsmpnn.train.logger import read_jsonl
 
 from tests.train.test_end_to_end import TINY, darcy  # noqa: F401 - the module's tiny Darcy fixture
@@ -65,3 +65,13 @@ def test_training_with_and_without_prefetch_is_identical(darcy, tmp_path):  # no
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
     assert ([r["train_loss"] for r in read_jsonl(tmp_path / "true" / "metrics.jsonl")]
             == [r["train_loss"] for r in read_jsonl(tmp_path / "false" / "metrics.jsonl")])
+
+
+def test_auto_prefetches_on_cuda_and_where_a_core_is_free(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_prefetch(True, cpu, 8, 1) and not use_prefetch(False, cuda, 1, 1)
+    assert use_prefetch("auto", cuda, 8, 8)  # the host's cores are free while the GPU computes
+    assert use_prefetch("auto", cpu, 2, 3)  # 4 cores per rank, 3 compute threads
+    assert not use_prefetch("auto", cpu, 2, 4)  # every core of the rank's share computes
+    assert not use_prefetch("auto", cpu, 8, 1)

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from dsmpnn.errors import CommunicationError, DsmpnnError
 
 __all__ = ["DistContext", "DEFAULT_TIMEOUT_S", "barrier", "collective", "current_context", "default_backend",
-           "init_from_env", "init_process_group", "destroy_process_group"]
+           "init_from_env", "init_process_group", "destroy_process_group", "local_ranks"]
 
 DEFAULT_TIMEOUT_S = 300.0
 """Seconds a collective may wait for its peers before the process group raises (a hung rank fails loudly)."""
@@ -187,3 +187,12 @@ def destroy_process_group() -> None:
     """Leave the process group, if there is one."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def local_ranks() -> int:
+    """Ranks of this job on this host: torchrun's ``LOCAL_WORLD_SIZE``; without it the world size of an initialised
+    process group (ranks started by :func:`dsmpnn.distributed.run_processes` all run here), else 1."""
+    try:
+        return max(1, int(os.environ["LOCAL_WORLD_SIZE"]))
+    except (KeyError, ValueError):
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from dsmpnn.data.dataset import Dataset
-from dsmpnn.distributed import (TOLERANCE, DistContext, broadcast_parameters, make_exchange, make_shard,
+from dsmpnn.distributed import (TOLERANCE, DistContext, broadcast_parameters, local_ranks, make_exchange, make_shard,
                                 max_rel_diff, run_processes)
 from dsmpnn.errors import DatasetError, DsmpnnError
 from dsmpnn.graph import Graph, build_graph, build_halo_plans, partition, partition_report
@@ -33,7 +33,7 @@ from dsmpnn.graph.partition import DEFAULT_PARTITION_METHOD
 from dsmpnn.train.config import Config
 from dsmpnn.train.factory import build_model
 from dsmpnn.train.features import FeatureMap
-from dsmpnn.train.prefetch import prefetched
+from dsmpnn.train.prefetch import prefetched, use_prefetch
 from dsmpnn.train.sharding import check_nproc
 from dsmpnn.train.step import StepGraph, StepResult, epoch_batches, run_step
 from dsmpnn.train.strategy import check_decomposable, make_strategy
@@ -117,7 +117,8 @@ def _run_steps(ctx: DistContext, data_dir: str, cfg: Config, dtype_name: str, sp
     meshes = strategy.load(data, split, only=used)
     steps = [[(meshes[i], ids) for i, ids in batch] for batch in batches]
     out = []
-    for prepared in prefetched(strategy.prepare, steps, cfg.train.prefetch):  # as the trainer does
+    ahead = use_prefetch(cfg.train.prefetch, torch.device(ctx.device), local_ranks())
+    for prepared in prefetched(strategy.prepare, steps, ahead):  # as the trainer does
         model.zero_grad(set_to_none=True)
         res = strategy.step(model, prepared, gather=True)
         out.append(_record(res, model, strategy.is_main))

@@ -151,7 +151,8 @@ class TrainConfig(_Section):
     """Optimisation: Adam on the MSE of normalised targets over sampled graphs.
 
     ``prefetch``: build the next step's sampled graphs (and halo plans) in a background thread while this step
-    computes (:mod:`dsmpnn.train.prefetch`); the same graphs and results either way.
+    computes (:mod:`dsmpnn.train.prefetch`); the same graphs and results either way; ``auto``: when a core is
+    free for it (:func:`dsmpnn.train.prefetch.use_prefetch`).
     """
 
     section: ClassVar[str] = "train"
@@ -169,7 +170,7 @@ class TrainConfig(_Section):
     eval_every: int = _int(10, 1, 10**6)
     checkpoint_every: int = _int(5, 1, 10**6)
     keep_checkpoints: int = _int(3, 1, 10_000)
-    prefetch: bool = _flag(True)
+    prefetch: bool | str = _pick("auto", ("auto", False, True))
 
 
 @dataclass

@@ -7,17 +7,26 @@ k-d tree and PyTorch's tensor kernels release the GIL, so the build runs beside 
 backward (and beside the halo exchange's waits), off the step's critical path. ``fn`` must be a pure function of
 its item (no collective, no RNG draw): results are then those of the plain loop, in the same order.
 
+Whether it pays: the builder needs a core of its own. On a GPU the step's compute is on the device and the
+host's cores are mostly idle, so it always does; on a CPU whose cores all run the model's threads the builder
+takes time from them (and the GIL from the Python between kernels). ``train.prefetch: auto`` (the default)
+turns it on for CUDA, and on CPU when this process's share of the cores exceeds its compute threads
+(:func:`use_prefetch`).
+
 An exception raised by ``fn`` is raised by the generator where its result would have been yielded; closing the
 generator early (an interrupted epoch) waits for the one build in flight and discards it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-__all__ = ["prefetched"]
+import torch
+
+__all__ = ["prefetched", "use_prefetch"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -39,3 +48,15 @@ def prefetched(fn: Callable[[T], R], items: Sequence[T], enabled: bool = True) -
                 yield current
         finally:
             ahead.cancel()
+
+
+def use_prefetch(setting: bool | str, device: torch.device, local_ranks: int, threads: int | None = None) -> bool:
+    """``train.prefetch`` resolved: True/False as given; "auto": on for CUDA, and on CPU when the cores this
+    process may use, shared among ``local_ranks`` ranks of this host, exceed its ``threads`` compute threads
+    (default ``torch.get_num_threads()``), so the builder runs on a core of its own."""
+    if setting != "auto":
+        return bool(setting)
+    if device.type == "cuda":
+        return True
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores // max(local_ranks, 1) > (threads or torch.get_num_threads())
