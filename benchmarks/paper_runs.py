@@ -133,7 +133,8 @@ def train_and_evaluate(spec: dict, data: Path, runs: Path, threads: int, plots: 
            "rmse": m["rmse"], "paper_rmse": paper_rmse(m["rmse"], facts["target_std"]),
            "seconds_per_epoch": c["seconds_per_epoch"], "peak_rss_mib": t["peak_rss_mib"],
            "peak_rss_sum_mib": t["peak_rss_sum_mib"], "train_wall_s": t["wall_s"], "eval_wall_s": ev["wall_s"],
-           "config": spec["config"], "overrides": spec["overrides"], "curves": c, "run": str(out)}
+           "config": spec["config"], "overrides": spec["overrides"], "tuning": spec.get("tuning", ""), "curves": c,
+           "run": str(out)}
     print(f"    test rel. L2 {row['rel_l2']:.4f}, final val {c['val'][-1][1] if c['val'] else float('nan'):.4f}, "
           f"{row['seconds_per_epoch']:.2f} s/epoch, peak RSS {row['peak_rss_mib']:.0f} MiB/process, "
           f"train {t['wall_s']:.0f} s", flush=True)

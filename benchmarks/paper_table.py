@@ -50,7 +50,10 @@ VARIANTS = {  # dataset: [(variant, overrides on the MPNN config)]: the Darcy le
 }
 SWEEP = [("lr 1e-3", ["train.lr=0.001"]), ("lr 2e-3", ["train.lr=0.002"]), ("lr 5e-3", ["train.lr=0.005"]),
          ("6 layers", ["model.layers=6"]), ("LayerNorm", ["model.layer_norm=true"]),
-         ("no residual", ["model.residual=false"])]
+         ("no residual", ["model.residual=false"]),
+         # round 2: the best learning rate with the options that helped either model in round 1
+         ("lr 5e-3 + LayerNorm", ["train.lr=0.005", "model.layer_norm=true"]),
+         ("lr 5e-3 + LayerNorm + 6 layers", ["train.lr=0.005", "model.layer_norm=true", "model.layers=6"])]
 CAPACITY = {"dataset": "darcy128", "gen": ["darcy", "--resolution", "128", "--n", "120", "--seed", "0"],
             "config": "configs/paper/capacity_darcy128.yaml", "per_rank": 2048, "nprocs": [1, 2, 4]}
 
@@ -87,13 +90,31 @@ def done(doc: dict, section: str, key: tuple) -> bool:
     return any(row_key(r) == key for r in doc.get(section, []))
 
 
-def table_specs(name: str, nprocs: list[int], variants: bool) -> list[dict]:
+def tuned(doc: dict, dataset: str | None) -> dict[str, tuple[str, list[str]]]:
+    """Per model ("S-MPNN", "GCN"): the sweep setting of ``dataset`` with the lowest final validation rel. L2,
+    as (name, overrides); none without a sweep."""
+    best: dict[str, tuple[float, str, list[str]]] = {}
+    for r in doc.get("sweep", []):
+        if r["dataset"] != dataset or not r["curves"]["val"]:
+            continue
+        val = r["curves"]["val"][-1][1]
+        if r["model"] not in best or val < best[r["model"]][0]:
+            best[r["model"]] = (val, r["variant"], dict(SWEEP)[r["variant"]])
+    return {m: (v, o) for m, (_, v, o) in best.items()}
+
+
+def table_specs(name: str, nprocs: list[int], variants: bool, tuning: dict) -> list[dict]:
+    """The rows of ``name``; ``tuning``: per model, the sweep setting (name, overrides) applied to its rows."""
     _, _, mpnn_cfg, gcn_cfg = DATASETS[name]
-    specs = [{"dataset": name, "model": "S-MPNN", "nproc": 1, "config": mpnn_cfg, "overrides": []},
-             {"dataset": name, "model": "GCN", "nproc": 1, "config": gcn_cfg, "overrides": []}]
-    specs += [{"dataset": name, "model": "DS-MPNN", "nproc": p, "config": mpnn_cfg, "overrides": []} for p in nprocs]
-    specs += [{"dataset": name, "model": "S-MPNN", "nproc": 1, "config": mpnn_cfg, "overrides": o, "variant": v}
-              for v, o in (VARIANTS.get(name, []) if variants else [])]
+    m_name, m_ov = tuning.get("S-MPNN", ("", []))
+    g_name, g_ov = tuning.get("GCN", ("", []))
+    specs = [{"dataset": name, "model": "S-MPNN", "nproc": 1, "config": mpnn_cfg, "overrides": m_ov,
+              "tuning": m_name},
+             {"dataset": name, "model": "GCN", "nproc": 1, "config": gcn_cfg, "overrides": g_ov, "tuning": g_name}]
+    specs += [{"dataset": name, "model": "DS-MPNN", "nproc": p, "config": mpnn_cfg, "overrides": m_ov,
+               "tuning": m_name} for p in nprocs]
+    specs += [{"dataset": name, "model": "S-MPNN", "nproc": 1, "config": mpnn_cfg, "overrides": m_ov + o,
+               "variant": v, "tuning": m_name} for v, o in (VARIANTS.get(name, []) if variants else [])]
     for s in specs:
         s["name"] = "_".join([name, s["model"], f"P{s['nproc']}", s.get("variant", "").replace(" ", "-")
                               .replace(",", "")]).rstrip("_")
@@ -129,7 +150,9 @@ def run_stage(args: argparse.Namespace, doc: dict, facts: dict, log: Path) -> No
         jobs = [(s, data) for s in capacity_specs()]
     for name in names if args.stage != "capacity" else []:
         data = ensure_data(work, name, DATASETS[name][1], log)
-        specs = sweep_specs(name, args.sweep_epochs) if args.stage == "sweep" else table_specs(name, args.nprocs, not args.no_variants)
+        tuning = tuned(doc, args.tuned_from) if args.tuned_from else {}
+        specs = (sweep_specs(name, args.sweep_epochs) if args.stage == "sweep"
+                 else table_specs(name, args.nprocs, not args.no_variants, tuning))
         jobs += [(s, data) for s in specs]
     for spec, data in jobs:
         key = (spec["dataset"], spec["model"], spec["nproc"], spec.get("variant", ""))
@@ -155,6 +178,8 @@ def main() -> None:
     ap.add_argument("--nprocs", type=lambda s: [int(p) for p in s.split(",") if p], default=[2, 4])
     ap.add_argument("--threads", type=int, default=1, help="torch threads of a one-process run (split over ranks)")
     ap.add_argument("--sweep-epochs", type=int, default=10)
+    ap.add_argument("--tuned-from", default=None,
+                    help="table: apply each model's best sweep setting (by validation) of this dataset")
     ap.add_argument("--no-variants", action="store_true", help="table: skip the VARIANTS rows")
     ap.add_argument("--redo", action="store_true", help="rerun rows already in the JSON")
     args = ap.parse_args()
