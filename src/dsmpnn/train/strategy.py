@@ -175,7 +175,8 @@ class DomainDecomposed:
         def graphs():
             for mesh, ids in items:
                 shard = decompose(mesh, ids, self.ctx.world_size, self.cfg, self.dtype, stats=stats)
-                yield StepGraph.from_shard(shard, make_exchange(shard.plan))
+                yield StepGraph.from_shard(shard, make_exchange(shard.plan,
+                                                                overlap=self.cfg.distributed.overlap_comm))
 
         res = run_step(model, graphs(), n * self.fmap.out_channels, stop_requested=stop_requested, gather=gather)
         res.graph_stats = stats
