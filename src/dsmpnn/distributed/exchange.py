@@ -103,8 +103,7 @@ class _Start(torch.autograd.Function):
     def forward(ctx, h, ex, handle):  # noqa: D401 - autograd signature
         ctx.ex, ctx.handle = ex, handle
         send_rows, _ = ex._indices(h.device)
-        handle.forward = ex._post(h.index_select(0, send_rows).contiguous(), ex.send_counts, ex.recv_counts,
-                                  "forward")
+        handle.forward = ex._post(h.index_select(0, send_rows).contiguous(), ex.send_counts, ex.recv_counts)
         return handle.forward.recv  # [R, C]
 
     @staticmethod
@@ -190,7 +189,7 @@ class HaloExchange:
             self._index[device] = (self.plan.tensor("send_rows", device), self.plan.tensor("recv_rows", device))
         return self._index[device]
 
-    def _post(self, send: torch.Tensor, send_counts: list[int], recv_counts: list[int], what: str) -> _Transfer:
+    def _post(self, send: torch.Tensor, send_counts: list[int], recv_counts: list[int]) -> _Transfer:
         """Start sending ``send [sum(send_counts), C]`` to the peers in rank order and receiving
         ``[sum(recv_counts), C]`` rows (asynchronous; :meth:`_Transfer.wait` completes it)."""
         t0 = time.perf_counter()
@@ -199,10 +198,10 @@ class HaloExchange:
         recv = send.new_empty((sum(recv_counts), *send.shape[1:]))
         waits: list[tuple[object, str, list[int] | None]] = []
         if self.mode == "all_to_all":
-            with collective(f"halo exchange ({what}, all_to_all)", self.peers or None, group=self.group):
+            with collective("halo exchange (all_to_all)", self.peers or None, group=self.group):
                 work = dist.all_to_all_single(recv, send, output_split_sizes=recv_counts,
                                               input_split_sizes=send_counts, group=self.group, async_op=True)
-            waits.append((work, f"halo exchange ({what}, all_to_all)", self.peers or None))
+            waits.append((work, "halo exchange (all_to_all)", self.peers or None))
         else:
             ops, op_peers = [], []
             s_off, r_off = [0, *accumulate(send_counts)], [0, *accumulate(recv_counts)]
@@ -215,10 +214,9 @@ class HaloExchange:
                     ops.append(dist.P2POp(dist.irecv, recv[r_off[q]:r_off[q + 1]], peer, self.group))
                     op_peers.append((q, "receive from"))
             if ops:
-                with collective(f"halo exchange ({what}, p2p: posting sends and receives)", self.peers,
-                                group=self.group):
+                with collective("halo exchange (p2p: posting sends and receives)", self.peers, group=self.group):
                     reqs = dist.batch_isend_irecv(ops)
-                waits += [(req, f"halo exchange ({what}, p2p {how} rank {q})", [q])
+                waits += [(req, f"halo exchange (p2p {how} rank {q})", [q])
                           for req, (q, how) in zip(reqs, op_peers)]
         self.stats.calls += 1
         self.stats.rows_sent += int(send.shape[0])
@@ -226,25 +224,22 @@ class HaloExchange:
         self.stats.seconds += time.perf_counter() - t0
         return _Transfer(self, recv, waits)
 
-    def _communicate(self, send: torch.Tensor, send_counts: list[int], recv_counts: list[int],
-                     what: str) -> torch.Tensor:
+    def _communicate(self, send: torch.Tensor, send_counts: list[int], recv_counts: list[int]) -> torch.Tensor:
         """Rows ``send [sum(send_counts), C]`` go to the peers in rank order; returns ``[sum(recv_counts), C]``."""
-        return self._post(send, send_counts, recv_counts, what).wait()
+        return self._post(send, send_counts, recv_counts).wait()
 
     def apply_forward(self, h: torch.Tensor) -> torch.Tensor:
         """E h without autograd: owned rows kept, halo rows replaced by the owners' rows."""
         self._check(h)
         send_rows, recv_rows = self._indices(h.device)
-        recv = self._communicate(h.index_select(0, send_rows).contiguous(), self.send_counts, self.recv_counts,
-                                 "forward")
+        recv = self._communicate(h.index_select(0, send_rows).contiguous(), self.send_counts, self.recv_counts)
         return h.index_copy(0, recv_rows, recv)  # [n_local, C]
 
     def apply_adjoint(self, g: torch.Tensor) -> torch.Tensor:
         """Eᵀ g: halo rows' values sent back to their owners and added there; halo rows zeroed."""
         self._check(g)
         send_rows, recv_rows = self._indices(g.device)
-        back = self._communicate(g.index_select(0, recv_rows).contiguous(), self.recv_counts, self.send_counts,
-                                 "adjoint")
+        back = self._communicate(g.index_select(0, recv_rows).contiguous(), self.recv_counts, self.send_counts)
         out = g.index_fill(0, recv_rows, 0)
         return out.index_add_(0, send_rows, back)  # [n_local, C]
 
@@ -265,7 +260,7 @@ class HaloExchange:
     def _post_adjoint(self, g_recv: torch.Tensor) -> _Transfer:
         """Start sending the halo rows' gradients ``g_recv [R, C]`` back to their owners (receiving the owned rows'
         ``[S, C]``)."""
-        return self._post(g_recv.contiguous(), self.recv_counts, self.send_counts, "adjoint")
+        return self._post(g_recv.contiguous(), self.recv_counts, self.send_counts)
 
     def _owned_gradient(self, back: torch.Tensor) -> torch.Tensor:
         """``back [S, C]`` (the peers' gradients of the rows this rank sent) added into zeros [n_local, C]."""
