@@ -12,8 +12,9 @@ from dsmpnn.errors import CommunicationError
 from dsmpnn.graph import build_halo_plans
 
 
-def hang_before_exchange(ctx: DistContext, sleep_s: float) -> dict | None:
-    """Rank 1 stops answering (sleeps ``sleep_s``) before a halo exchange; rank 0 reports how its exchange ended."""
+def hang_before_exchange(ctx: DistContext, sleep_s: float, overlapped: bool = False) -> dict | None:
+    """Rank 1 stops answering (sleeps ``sleep_s``) before a halo exchange; rank 0 reports how its exchange ended
+    (``overlapped``: started, then waited for in ``finish``)."""
     edge_index = np.array([[0, 1, 1, 2, 2, 3], [1, 0, 2, 1, 3, 2]])  # a path 0-1-2-3; rank 0 owns 0, 1
     plan = build_halo_plans(np.array([0, 0, 1, 1]), edge_index, 1, 2)[ctx.rank]
     exchange = HaloExchange(plan)  # both ranks answer here (it checks the plans' counts)
@@ -23,7 +24,7 @@ def hang_before_exchange(ctx: DistContext, sleep_s: float) -> dict | None:
         return None
     t0 = time.monotonic()
     try:
-        exchange(h)
+        exchange.finish(h, exchange.start(h)) if overlapped else exchange(h)
     except CommunicationError as e:
         return {"message": str(e), "seconds": time.monotonic() - t0, "exit_code": e.exit_code}
     return {"message": None, "seconds": time.monotonic() - t0}

@@ -1,7 +1,7 @@
 """``dsmpnn check`` verifies the training step itself: the trainer's Nyström-sampled batches of epoch 1, built by
 the trainer's strategies and run by the one step function, with every partitioner, halo_hops 1 and 2, a
-geometric overlap, a neighbour cap, float32 and float64. Each check launches one process group (seconds), so
-the cases are combined into few runs."""
+geometric overlap, a neighbour cap, the overlapped and the blocking (default) halo exchange, float32 and float64.
+Each check launches one process group (seconds), so the cases are combined into few runs."""
 
 import pytest
 import torch
@@ -39,17 +39,24 @@ def assert_passed(rep: dict, dtype: torch.dtype) -> None:
 
 
 @pytest.mark.parametrize("extra,dtype,steps", [
-    # slab, 2-hop halo, a neighbour cap (every rank builds the whole capped graph), float32, two steps
-    (["distributed.partition=slab", "distributed.halo_hops=2", "graph.max_neighbors=6"], torch.float32, 2),
-    # METIS, 1-hop halo, a cap, float64
-    (["distributed.partition=metis", "distributed.halo_hops=1", "graph.max_neighbors=6"], torch.float64, 1),
-], ids=["slab-hops2-cap-fp32", "metis-hops1-cap-fp64"])
+    # slab, 2-hop halo, a neighbour cap (every rank builds the whole capped graph), the overlapped exchange, float32,
+    # two steps
+    (["distributed.partition=slab", "distributed.halo_hops=2", "graph.max_neighbors=6",
+      "distributed.overlap_comm=true"], torch.float32, 2),
+    # METIS, 1-hop halo, a cap, the overlapped exchange, float64
+    (["distributed.partition=metis", "distributed.halo_hops=1", "graph.max_neighbors=6",
+      "distributed.overlap_comm=true"], torch.float64, 1),
+    # the blocking halo exchange (the default), rcb, 2-hop halo, float32
+    (["distributed.partition=rcb", "distributed.halo_hops=2"], torch.float32, 1),
+], ids=["slab-hops2-cap-overlapped-fp32", "metis-hops1-cap-overlapped-fp64", "rcb-hops2-blocking-fp32"])
 def test_check_passes_for_sampled_training_steps(darcy, extra, dtype, steps):
     cfg = load_config(None, [*TINY, *extra])
     rep = check_training_step(darcy, cfg, 2, dtype, steps=steps)
     assert_passed(rep, dtype)
+    assert rep["overlap_comm"] == cfg.distributed.overlap_comm  # the step ran with the config's exchange
     assert rep["steps"] == steps and rep["graphs"] == 2 * steps and rep["num_nodes"] == 48 * 2 * steps
-    assert rep["max_neighbors"] == 6 and rep["num_edges"] <= 6 * rep["num_nodes"]
+    if cfg.graph.max_neighbors is not None:
+        assert rep["max_neighbors"] == 6 and rep["num_edges"] <= 6 * rep["num_nodes"]
 
 
 def test_check_passes_with_input_edge_features(darcy):
@@ -77,7 +84,7 @@ def test_check_builds_the_trainers_first_step_and_both_call_the_one_step_functio
 
     monkeypatch.setattr(strategy, "run_step", counting)  # what SingleProcess.step / DomainDecomposed.step call
     overrides = [*TINY, "train.batch_graphs=4", "train.epochs=1", "train.dtype=float64",
-                 "distributed.partition=rcb", f"distributed.overlap={RADIUS}"]
+                 "distributed.partition=rcb", f"distributed.overlap={RADIUS}", "distributed.overlap_comm=true"]
     cfg = load_config(None, overrides)
     train(cfg, darcy, tmp_path / "run", progress=False, echo=lambda s: None)
     assert calls == [True]  # one optimizer step (validation predicts through the same run_step, not a step)
@@ -95,5 +102,6 @@ def test_cli_check_fails_when_the_decomposition_is_not_exact(darcy, capsys):
                  *TINY, f"distributed.overlap={RADIUS / 4}"])
     out = capsys.readouterr().out
     assert code == 1, out
-    assert "2 ranks, rcb, overlap 0.05, float32" in out and "sampled graph(s) of 48 nodes" in out
+    assert "2 ranks, rcb, overlap 0.05, float32, blocking halo exchange" in out
+    assert "sampled graph(s) of 48 nodes" in out
     assert "> tolerance" in out and out.splitlines()[-1].startswith("FAILED")

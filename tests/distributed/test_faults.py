@@ -118,10 +118,11 @@ def test_killed_rank_restarts_and_resumes_exactly(darcy, reference, tmp_path, ca
     assert max(float((p - q).detach().abs().max()) for p, q in zip(a.parameters(), b.parameters())) <= 1e-6
 
 
-def test_hung_rank_makes_its_peer_fail_within_the_timeout_naming_it():
+@pytest.mark.parametrize("overlapped", [False, True], ids=["blocking", "overlapped"])
+def test_hung_rank_makes_its_peer_fail_within_the_timeout_naming_it(overlapped):
     """Rank 1 sleeps before a halo exchange; rank 0 gives up after distributed.timeout_s (3 s), saying who."""
     timeout = 3.0
-    result = run_processes(W.hang_before_exchange, 2, (timeout + 1.5,), timeout_s=timeout)[0]
+    result = run_processes(W.hang_before_exchange, 2, (timeout + 1.5, overlapped), timeout_s=timeout)[0]
     assert result["message"] is not None, "the exchange completed although rank 1 was asleep"
     assert timeout - 0.5 <= result["seconds"] <= timeout + 5
     msg = result["message"]

@@ -19,6 +19,9 @@ from dsmpnn.nn import MPNN
 from dsmpnn.train.step import StepGraph, run_step
 
 DATASETS = ("cloud2d", "cloud3d", "grid")
+CAPS = {"gridcap": 5}
+"""Problems whose graph has a neighbour cap: on a grid, which of the equidistant neighbours the cap keeps is the
+k-d tree's choice."""
 ADAM_STEPS, ADAM_LR = 5, 1e-3
 SAMPLE_SEED, SAMPLE_SIZE = 7, 180
 
@@ -30,7 +33,7 @@ def problem(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         pos, r = rng.random((300, 2)), 0.12
     elif name == "cloud3d":
         pos, r = rng.random((250, 3)), 0.25
-    elif name == "grid":
+    elif name in ("grid", "gridcap"):
         h = 1 / 15
         pos, r = np.stack(np.meshgrid(np.arange(16) * h, np.arange(16) * h, indexing="ij"), -1).reshape(-1, 2), 1.5 * h
     else:
@@ -49,7 +52,8 @@ def model_for(dim: int, dtype: torch.dtype) -> MPNN:
 
 def case_graph(name: str, dtype: torch.dtype) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, Graph]:
     pos, x, y, r = problem(name)
-    return pos, torch.as_tensor(x, dtype=dtype), torch.as_tensor(y, dtype=dtype), build_graph(pos, r, dtype=dtype)
+    graph = build_graph(pos, r, CAPS.get(name), dtype=dtype)
+    return pos, torch.as_tensor(x, dtype=dtype), torch.as_tensor(y, dtype=dtype), graph
 
 
 def single_process(model: MPNN, graph: Graph, x: torch.Tensor, y: torch.Tensor) -> dict:
@@ -62,21 +66,24 @@ def single_process(model: MPNN, graph: Graph, x: torch.Tensor, y: torch.Tensor) 
             "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}
 
 
-def step_on_shard(model, shard: LocalShard, mode: str = "all_to_all"):
-    """The one training step (dsmpnn.train.step.run_step) on this rank's shard, the prediction gathered."""
-    return run_step(model, [StepGraph.from_shard(shard, make_exchange(shard.plan, mode=mode))], gather=True)
+def step_on_shard(model, shard: LocalShard, mode: str = "all_to_all", overlap: bool = False):
+    """The one training step (dsmpnn.train.step.run_step) on this rank's shard, the prediction gathered;
+    ``overlap``: the exchange overlapped with the layers' work (distributed.overlap_comm)."""
+    exchange = make_exchange(shard.plan, mode=mode, overlap=overlap)
+    return run_step(model, [StepGraph.from_shard(shard, exchange)], gather=True)
 
 
-def _dist_result(ctx, model, plan, graph, x, y, mode="all_to_all"):
+def _dist_result(ctx, model, plan, graph, x, y, mode="all_to_all", overlap=False):
     broadcast_parameters(model)
-    res = step_on_shard(model, make_shard(plan, graph, x, y), mode)
+    res = step_on_shard(model, make_shard(plan, graph, x, y), mode, overlap)
     if not ctx.is_main:
         return None
     return {"pred": res.outputs, "loss": res.loss,
             "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}
 
 
-def exactness(ctx: DistContext, cases: list[tuple[str, str, int, str]], mode: str = "all_to_all") -> dict | None:
+def exactness(ctx: DistContext, cases: list[tuple[str, str, int, str]], mode: str = "all_to_all",
+              overlap: bool = False) -> dict | None:
     """Forward + backward of every (problem, method, halo_hops, dtype) case on this rank's subdomain."""
     out = {}
     for name, method, hops, dtype_name in cases:
@@ -85,17 +92,17 @@ def exactness(ctx: DistContext, cases: list[tuple[str, str, int, str]], mode: st
         owner = partition(pos, ctx.world_size, method, graph.edge_index.numpy())
         plan = build_halo_plans(owner, graph.edge_index, hops)[ctx.rank]
         out[(name, method, hops, dtype_name)] = _dist_result(ctx, model_for(pos.shape[1], dtype), plan, graph, x, y,
-                                                             mode)
+                                                             mode, overlap)
     return out if ctx.is_main else None
 
 
-def overlap_case(ctx: DistContext) -> dict | None:
+def overlap_case(ctx: DistContext, overlap_comm: bool = False) -> dict | None:
     """Geometric overlap l = r (the paper's DS-MPNN subdomains), exchange before every layer."""
     pos, x, y, graph = case_graph("cloud2d", torch.float64)
     r = problem("cloud2d")[3]
     owner = partition(pos, ctx.world_size, "slab")
     plan = build_overlap_plans(owner, graph.edge_index, pos, overlap=r, radius=r)[ctx.rank]
-    return _dist_result(ctx, model_for(2, torch.float64), plan, graph, x, y)
+    return _dist_result(ctx, model_for(2, torch.float64), plan, graph, x, y, overlap=overlap_comm)
 
 
 def rank_local_data(ctx: DistContext) -> dict | None:
@@ -121,13 +128,14 @@ def sampled_graph(name: str, dtype: torch.dtype) -> tuple[np.ndarray, torch.Tens
     return ids, torch.as_tensor(x[ids], dtype=dtype), torch.as_tensor(y[ids], dtype=dtype), 1.3 * r
 
 
-def sampled_case(ctx: DistContext) -> dict | None:
+def sampled_case(ctx: DistContext, overlap_comm: bool = False) -> dict | None:
     """Sampled graph in DS mode: same seed on every rank, the full mesh's partition, halo_hops 2."""
     pos = problem("cloud2d")[0]
     ids, x, y, r = sampled_graph("cloud2d", torch.float64)
     owner = partition(pos, ctx.world_size, "rcb")
     dec = build_sampled_plans(pos, ids, owner, r, halo_hops=2, dtype=torch.float64)
-    return _dist_result(ctx, model_for(2, torch.float64), dec.plans[ctx.rank], dec.graph, x, y)
+    return _dist_result(ctx, model_for(2, torch.float64), dec.plans[ctx.rank], dec.graph, x, y,
+                        overlap=overlap_comm)
 
 
 def adam(ctx: DistContext, name: str, method: str, hops: int, dtype_name: str) -> dict | None:
@@ -208,20 +216,59 @@ def refusals(ctx: DistContext) -> dict:
     return msgs
 
 
+def backward_order(ctx: DistContext, checkpoint_layers: bool) -> dict:
+    """The backward calls of one overlapped step, in order: the exchange's two halves ("finish": the halo rows'
+    gradients sent; "start": received and added) and the aggregations (with their edge counts)."""
+    from dsmpnn.distributed import exchange as ex_module
+    from dsmpnn.nn.kernels import grouped
+
+    pos, x, y, graph = case_graph("cloud2d", torch.float64)
+    plan = build_halo_plans(partition(pos, ctx.world_size, "rcb"), graph.edge_index)[ctx.rank]
+    model = model_for(2, torch.float64)
+    model.checkpoint_layers = checkpoint_layers
+    log: list = []
+    patched = {cls: cls.backward for cls in (ex_module._Start, ex_module._Finish, grouped._GroupedAggregate)}
+    names = {ex_module._Start: "start", ex_module._Finish: "finish"}
+
+    def logging(cls):
+        def backward(fctx, *grads):
+            log.append(names.get(cls) or fctx.plan.num_edges)
+            return patched[cls](fctx, *grads)
+        return staticmethod(backward)
+
+    for cls in patched:
+        cls.backward = logging(cls)
+    try:
+        step_on_shard(model, make_shard(plan, graph, x, y), overlap=True)
+    finally:
+        for cls, fn in patched.items():
+            cls.backward = staticmethod(fn)
+    interior = int((plan.edge_index[0] < plan.num_owned).sum())
+    return {"log": log, "interior": interior, "boundary": plan.num_edges - interior}
+
+
 def group_of(P: int) -> list:
     """Everything one launch of P ranks runs: [(key, function, args), ...]."""
     full = [(n, m, k, d) for n in DATASETS for m in ("slab", "rcb", "metis") for k in (1, 2)
             for d in ("float64", "float32")]
+    overlapped = [(n, m, k, d) for n in ("cloud2d", "gridcap") for m in ("slab", "rcb", "metis") for k in (1, 2)
+                  for d in ("float64", "float32")] + [("cloud3d", "metis", 2, "float64")]
     if P == 2:
         return [("exact", exactness, (full,)), ("adam32", adam, ("cloud2d", "metis", 2, "float32")),
                 ("adam64", adam, ("grid", "rcb", 1, "float64")), ("overlap", overlap_case, ()),
                 ("refusals", refusals, ()), ("adjoint_a2a", adjoint, ("all_to_all",)),
-                ("rank_local", rank_local_data, ())]
+                ("rank_local", rank_local_data, ()),
+                ("exact_overlap", exactness, (overlapped, "all_to_all", True)),
+                ("overlap_comm_geometric", overlap_case, (True,)),
+                ("backward_order", backward_order, (False,)), ("backward_order_ckpt", backward_order, (True,))]
     if P == 3:
         return [("exact", exactness, ([c for c in full if c[3] == "float64" or c[0] == "cloud3d"],)),
                 ("exact_p2p", exactness, ([("cloud2d", "metis", 2, "float64")], "p2p")),
                 ("sampled", sampled_case, ()), ("adjoint_a2a", adjoint, ("all_to_all",)),
-                ("adjoint_p2p", adjoint, ("p2p", 1))]
+                ("adjoint_p2p", adjoint, ("p2p", 1)),
+                ("exact_overlap", exactness, ([c for c in overlapped if c[3] == "float64"], "all_to_all", True)),
+                ("exact_overlap_p2p", exactness, ([("gridcap", "metis", 2, "float64")], "p2p", True)),
+                ("sampled_overlap", sampled_case, (True,))]
     return [("exact", exactness, ([c for c in full if c[0] != "cloud3d" and c[2] == 2],)),
             ("adjoint_p2p", adjoint, ("p2p",))]
 

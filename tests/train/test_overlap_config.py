@@ -13,3 +13,12 @@ def test_overlap_option():
         load_config(None, ["distributed.overlap=0.2", "distributed.halo_hops=2"])
     with pytest.raises(ConfigError, match="distributed.overlap"):
         load_config(None, ["distributed.overlap=-1"])
+
+
+def test_overlap_comm_option():
+    """distributed.overlap_comm: the halo exchange overlapped with the layers' work; off by default (measured slower
+    with gloo on a shared 2-core machine, benchmarks/bench_overlap.py); a flag, nothing else."""
+    assert load_config(None, []).distributed.overlap_comm is False
+    assert load_config(None, ["distributed.overlap_comm=true"]).distributed.overlap_comm is True
+    with pytest.raises(ConfigError, match="distributed.overlap_comm"):
+        load_config(None, ["distributed.overlap_comm=sometimes"])

@@ -9,6 +9,14 @@ incoming values were discarded.
 The exchange is graph-agnostic: it only moves the rows a :class:`~dsmpnn.graph.HaloPlan` names, with one
 ``all_to_all_single`` (default) or batched point-to-point sends and receives between neighbouring ranks only
 (``mode="p2p"``, fewer messages when P is large). Both work with gloo (CPU) and NCCL (CUDA).
+
+Overlapped (:meth:`HaloExchange.start` / :meth:`HaloExchange.finish`, :class:`OverlappedLayerExchange`,
+``distributed.overlap_comm``): :math:`E h = F(h, S(h))`, where :math:`S(h) = T\,h[\mathrm{send}]` posts the
+transfer T of the rows the peers need and returns their buffer at once, and F waits and writes the received rows
+into the halo rows. The model computes what needs no halo row between S and F. Backward runs
+:math:`F^\top` first: the halo rows' gradients are sent back at once (:math:`T^\top` posted), then autograd
+runs the nodes recorded between S and F in forward (the interior edges' backward), then :math:`S^\top` waits and
+adds the received gradients into the send rows. Together the same :math:`E^\top` as the blocking exchange.
 """
 
 from __future__ import annotations
@@ -17,21 +25,25 @@ import time
 from dataclasses import dataclass
 from itertools import accumulate
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from torch.autograd.function import once_differentiable
 
 from dsmpnn.distributed.process_group import collective
 from dsmpnn.errors import DsmpnnError
 from dsmpnn.graph.halo import HaloPlan
 
-__all__ = ["HaloExchange", "LayerExchange", "ExchangeStats", "make_exchange", "EXCHANGE_MODES"]
+__all__ = ["HaloExchange", "HaloHandle", "LayerExchange", "OverlappedLayerExchange", "ExchangeStats", "make_exchange",
+           "EXCHANGE_MODES"]
 
 EXCHANGE_MODES = ("all_to_all", "p2p")
 
 
 @dataclass
 class ExchangeStats:
-    """Counters of one rank's exchanges (forward and backward together)."""
+    """Counters of one rank's exchanges (forward and backward together); ``seconds``: time spent in the calls
+    that post and wait for transfers (when overlapped, only the part that computation did not hide)."""
 
     calls: int = 0
     rows_sent: int = 0
@@ -51,6 +63,76 @@ class _Exchange(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         return ctx.ex.apply_adjoint(g.contiguous()), None
+
+
+class _Transfer:
+    """One transfer in flight: the receive buffer and the backend's requests; :meth:`wait` completes it once."""
+
+    def __init__(self, ex: "HaloExchange", recv: torch.Tensor, waits: list) -> None:
+        self.ex, self.recv, self.waits = ex, recv, waits
+
+    def wait(self) -> torch.Tensor:
+        """The received rows, after waiting for them (at once when already waited for)."""
+        t0 = time.perf_counter()
+        for req, op, peers in self.waits:
+            with collective(op, peers, group=self.ex.group):
+                req.wait()
+        if self.waits and self.ex.synchronize and self.recv.is_cuda:
+            torch.cuda.synchronize(self.recv.device)
+        self.waits = []
+        self.ex.stats.seconds += time.perf_counter() - t0
+        return self.recv
+
+
+@dataclass(eq=False)
+class HaloHandle:
+    """An exchange started by :meth:`HaloExchange.start`: ``recv`` the halo rows' new values [R, C] (autograd output
+    of the start; valid once ``forward`` is waited for), ``forward`` the transfer of those rows, ``adjoint`` the
+    transfer of their gradients back, once the backward pass has started it."""
+
+    recv: torch.Tensor | None = None
+    forward: _Transfer | None = None
+    adjoint: _Transfer | None = None
+
+
+class _Start(torch.autograd.Function):
+    """recv = the peers' rows, h's send rows going out: ``recv = T(h[send_rows])``; backward adds ``Tᵀ g_recv``
+    into the send rows, receiving what :class:`_Finish`'s backward sent (or sending it now if it did not)."""
+
+    @staticmethod
+    def forward(ctx, h, ex, handle):  # noqa: D401 - autograd signature
+        ctx.ex, ctx.handle = ex, handle
+        send_rows, _ = ex._indices(h.device)
+        handle.forward = ex._post(h.index_select(0, send_rows).contiguous(), ex.send_counts, ex.recv_counts)
+        return handle.forward.recv  # [R, C]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_recv):
+        transfer = ctx.handle.adjoint or ctx.ex._post_adjoint(g_recv)
+        ctx.handle.adjoint = None
+        return ctx.ex._owned_gradient(transfer.wait()), None, None
+
+
+class _Finish(torch.autograd.Function):
+    """E h from h and the received rows: ``h`` with its halo rows replaced by ``recv``. Backward: the halo rows'
+    gradient goes to ``recv`` and, at once, on its way back to the owners (so the transfer overlaps whatever autograd
+    runs before :class:`_Start`'s backward); the other rows' gradient goes to ``h``."""
+
+    @staticmethod
+    def forward(ctx, h, recv, ex, handle):  # noqa: D401 - autograd signature
+        ctx.ex, ctx.handle = ex, handle
+        handle.forward.wait()  # at once when a recomputation (checkpoint) calls it again
+        _, recv_rows = ex._indices(h.device)
+        return h.index_copy(0, recv_rows, recv)  # [n_local, C]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        _, recv_rows = ctx.ex._indices(g.device)
+        g_recv = g.index_select(0, recv_rows)  # [R, C]
+        ctx.handle.adjoint = ctx.ex._post_adjoint(g_recv)
+        return g.index_fill(0, recv_rows, 0), g_recv, None, None
 
 
 class HaloExchange:
@@ -107,16 +189,19 @@ class HaloExchange:
             self._index[device] = (self.plan.tensor("send_rows", device), self.plan.tensor("recv_rows", device))
         return self._index[device]
 
-    def _communicate(self, send: torch.Tensor, send_counts: list[int], recv_counts: list[int]) -> torch.Tensor:
-        """Rows ``send [sum(send_counts), C]`` go to the peers in rank order; returns ``[sum(recv_counts), C]``."""
+    def _post(self, send: torch.Tensor, send_counts: list[int], recv_counts: list[int]) -> _Transfer:
+        """Start sending ``send [sum(send_counts), C]`` to the peers in rank order and receiving
+        ``[sum(recv_counts), C]`` rows (asynchronous; :meth:`_Transfer.wait` completes it)."""
         t0 = time.perf_counter()
         if self.synchronize and send.is_cuda:
             torch.cuda.synchronize(send.device)
         recv = send.new_empty((sum(recv_counts), *send.shape[1:]))
+        waits: list[tuple[object, str, list[int] | None]] = []
         if self.mode == "all_to_all":
             with collective("halo exchange (all_to_all)", self.peers or None, group=self.group):
-                dist.all_to_all_single(recv, send, output_split_sizes=recv_counts, input_split_sizes=send_counts,
-                                       group=self.group)
+                work = dist.all_to_all_single(recv, send, output_split_sizes=recv_counts,
+                                              input_split_sizes=send_counts, group=self.group, async_op=True)
+            waits.append((work, "halo exchange (all_to_all)", self.peers or None))
         else:
             ops, op_peers = [], []
             s_off, r_off = [0, *accumulate(send_counts)], [0, *accumulate(recv_counts)]
@@ -131,16 +216,17 @@ class HaloExchange:
             if ops:
                 with collective("halo exchange (p2p: posting sends and receives)", self.peers, group=self.group):
                     reqs = dist.batch_isend_irecv(ops)
-                for req, (q, what) in zip(reqs, op_peers):
-                    with collective(f"halo exchange (p2p {what} rank {q})", [q], group=self.group):
-                        req.wait()
-        if self.synchronize and send.is_cuda:
-            torch.cuda.synchronize(send.device)
+                waits += [(req, f"halo exchange (p2p {how} rank {q})", [q])
+                          for req, (q, how) in zip(reqs, op_peers)]
         self.stats.calls += 1
         self.stats.rows_sent += int(send.shape[0])
         self.stats.bytes_sent += send.numel() * send.element_size()
         self.stats.seconds += time.perf_counter() - t0
-        return recv
+        return _Transfer(self, recv, waits)
+
+    def _communicate(self, send: torch.Tensor, send_counts: list[int], recv_counts: list[int]) -> torch.Tensor:
+        """Rows ``send [sum(send_counts), C]`` go to the peers in rank order; returns ``[sum(recv_counts), C]``."""
+        return self._post(send, send_counts, recv_counts).wait()
 
     def apply_forward(self, h: torch.Tensor) -> torch.Tensor:
         """E h without autograd: owned rows kept, halo rows replaced by the owners' rows."""
@@ -156,6 +242,30 @@ class HaloExchange:
         back = self._communicate(g.index_select(0, recv_rows).contiguous(), self.recv_counts, self.send_counts)
         out = g.index_fill(0, recv_rows, 0)
         return out.index_add_(0, send_rows, back)  # [n_local, C]
+
+    def start(self, h: torch.Tensor) -> HaloHandle:
+        """Send the owned rows of ``h [n_local, C]`` its peers need and post the receives, without waiting
+        (differentiable); :meth:`finish` completes it. The rows received are E h's halo rows."""
+        self._check(h)
+        handle = HaloHandle()
+        handle.recv = _Start.apply(h, self, handle)  # [R, C], filled when the transfer completes
+        return handle
+
+    def finish(self, h: torch.Tensor, handle: HaloHandle) -> torch.Tensor:
+        """``E h`` from the rows ``handle`` received: waits for them (the first time only), then overwrites the
+        halo rows of ``h``, the tensor given to :meth:`start` (differentiable)."""
+        self._check(h)
+        return _Finish.apply(h, handle.recv, self, handle)  # [n_local, C]
+
+    def _post_adjoint(self, g_recv: torch.Tensor) -> _Transfer:
+        """Start sending the halo rows' gradients ``g_recv [R, C]`` back to their owners (receiving the owned rows'
+        ``[S, C]``)."""
+        return self._post(g_recv.contiguous(), self.recv_counts, self.send_counts)
+
+    def _owned_gradient(self, back: torch.Tensor) -> torch.Tensor:
+        """``back [S, C]`` (the peers' gradients of the rows this rank sent) added into zeros [n_local, C]."""
+        send_rows, _ = self._indices(back.device)
+        return back.new_zeros((self.plan.num_local, *back.shape[1:])).index_add_(0, send_rows, back)
 
     def _check(self, h: torch.Tensor) -> None:
         if h.dim() < 1 or h.shape[0] != self.plan.num_local:
@@ -190,9 +300,33 @@ class LayerExchange:
         return self.halo(h) if layer % self.every == 0 else h
 
 
+class OverlappedLayerExchange(LayerExchange):
+    """A :class:`LayerExchange` that the MPNN overlaps with its layers (:class:`dsmpnn.nn.OverlappedExchange`):
+    ``start(h, layer)`` sends before layers 0, k, 2k, ... and returns the handle (None before the others),
+    ``finish(h, handle)`` waits and returns E h. Every exchange overwrites the halo rows, which a
+    :class:`~dsmpnn.graph.HaloPlan` numbers after the owned ones, so ``first_halo_row`` is ``plan.num_owned``:
+    with ``halo_hops = k`` every ring 1..k is received, and with a geometric overlap the whole overlap."""
+
+    def __init__(self, halo: HaloExchange, every: int | None = None) -> None:
+        super().__init__(halo, every)
+        plan = halo.plan
+        if not np.array_equal(plan.recv_rows, np.arange(plan.num_owned, plan.num_local)):
+            raise DsmpnnError(f"rank {plan.rank}: the halo plan receives rows other than its halo rows "
+                              f"{plan.num_owned}..{plan.num_local - 1}; the overlapped exchange cannot split its edges")
+        self.first_halo_row = plan.num_owned
+
+    def start(self, h: torch.Tensor, layer: int) -> HaloHandle | None:
+        return self.halo.start(h) if layer % self.every == 0 else None
+
+    def finish(self, h: torch.Tensor, handle: HaloHandle) -> torch.Tensor:
+        return self.halo.finish(h, handle)
+
+
 def make_exchange(plan: HaloPlan, group: dist.ProcessGroup | None = None, mode: str = "all_to_all",
-                  every: int | None = None, verify: bool = True) -> LayerExchange | None:
-    """The ``exchange(h, layer)`` callable for ``model(x, edge_index, edge_attr, exchange=...)`` on this rank.
+                  every: int | None = None, verify: bool = True, overlap: bool = False) -> LayerExchange | None:
+    """The ``exchange(h, layer)`` callable for ``model(x, edge_index, edge_attr, exchange=...)`` on this rank;
+    with ``overlap`` an :class:`OverlappedLayerExchange`, which the MPNN runs while it computes the edges
+    whose source is owned (``distributed.overlap_comm``).
 
     None for a one-rank plan without a process group: the model then runs as the single-process S-MPNN, so
     training code can call this unconditionally. ``verify``: check the plans' counts first (see
@@ -200,4 +334,5 @@ def make_exchange(plan: HaloPlan, group: dist.ProcessGroup | None = None, mode: 
     """
     if plan.nparts == 1 and not dist.is_initialized():
         return None
-    return LayerExchange(HaloExchange(plan, group, mode, verify=verify), every)
+    return (OverlappedLayerExchange if overlap else LayerExchange)(HaloExchange(plan, group, mode, verify=verify),
+                                                                   every)

@@ -43,16 +43,19 @@ def edge_weights(dst: torch.Tensor, num_nodes: int, aggr: str, dtype: torch.dtyp
 
 
 def ecconv_aggregate(x: torch.Tensor, wb: torch.Tensor, feats: torch.Tensor, plan: EdgePlan,
-                     kernel: RowwiseKernel | None = None, node_weight: torch.Tensor | None = None) -> torch.Tensor:
-    r"""Fused edge-conditioned aggregation :math:`\mathrm{out}_i = s_i \sum_{e=(j \to i)} \tilde h_e^\top (x_j W)`.
+                     kernel: RowwiseKernel | None = None, node_weight: torch.Tensor | None = None,
+                     base: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Fused edge-conditioned aggregation
+    :math:`\mathrm{out}_i = s_i \big(b_i + \sum_{e=(j \to i)} \tilde h_e^\top (x_j W)\big)`.
 
     ``h = kernel(feats)`` chunk by chunk (``feats`` itself when ``kernel`` is None), :math:`\tilde h = [h, 1]`
-    when W has K + 1 rows, ``s = node_weight`` (or 1). Differentiable in x, wb, feats, node_weight excepted, and
-    the kernel's parameters (recomputed per chunk in backward); not twice differentiable.
+    when W has K + 1 rows, ``s = node_weight`` (or 1), ``b = base`` (or 0: a partial sum over other edges, added
+    after this plan's sum). Differentiable in x, wb, feats, base, node_weight excepted, and the kernel's parameters
+    (recomputed per chunk in backward); not twice differentiable.
 
     Shapes:
         x [N_src, C_in], wb [C_in, K', C], feats [E, F] (edge order of the plan's edge_index),
-        node_weight [N] or None -> out [N, C]
+        node_weight [N] or None, base [N, C] or None -> out [N, C]
     """
     k = kernel.out_features if kernel is not None else feats.shape[1]
     if wb.dim() != 3 or wb.shape[0] != x.shape[1] or wb.shape[1] not in (k, k + 1):
@@ -60,8 +63,10 @@ def ecconv_aggregate(x: torch.Tensor, wb: torch.Tensor, feats: torch.Tensor, pla
     if feats.shape[0] != plan.num_edges or x.shape[0] != plan.num_src:
         raise ValueError(f"x has {x.shape[0]} rows and feats {feats.shape[0]}; the plan has {plan.num_src} "
                          f"sources and {plan.num_edges} edges")
+    if base is not None and base.shape != (plan.num_nodes, wb.shape[2]):
+        raise ValueError(f"base has shape {list(base.shape)}, expected [N={plan.num_nodes}, C={wb.shape[2]}]")
     node_weight = node_weight.detach() if node_weight is not None else None
-    return grouped_aggregate(plan, kernel, x, wb, feats, node_weight=node_weight)
+    return grouped_aggregate(plan, kernel, x, wb, feats, node_weight=node_weight, base=base)
 
 
 def edge_kernel_aggregate(h: torch.Tensor, q: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,

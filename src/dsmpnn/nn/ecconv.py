@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from dsmpnn.nn.aggregate import ecconv_aggregate
-from dsmpnn.nn.kernels.edge_plan import DEFAULT_EDGE_CHUNK, EdgePlan, cached_edge_plan
+from dsmpnn.nn.kernels.edge_plan import DEFAULT_EDGE_CHUNK, EdgePlan, EdgeSplit, cached_edge_plan
 from dsmpnn.nn.kernels.rowwise import RowwiseKernel
 from dsmpnn.nn.mlp import MLP
 
@@ -107,18 +107,59 @@ class ECConv(nn.Module):
         """``plan``: an :class:`EdgePlan` of ``edge_index`` built with ``num_nodes = x.shape[0]``, to skip the
         (cached) lookup; by default :func:`~dsmpnn.nn.kernels.edge_plan.cached_edge_plan` finds or builds it."""
         n = x.shape[0]
-        if edge_attr.dim() != 2 or edge_attr.shape[0] != edge_index.shape[-1]:
-            raise ValueError(f"edge_attr has shape {list(edge_attr.shape)}, expected [E={edge_index.shape[-1]}, D]")
+        _check_attr(edge_index, edge_attr)
         if plan is None:
             plan = cached_edge_plan(edge_index, n, n, self.edge_chunk)
         node_weight = plan.mean_weights(x.dtype) if self.aggr == "mean" else None  # [N] or None
-        wb = self.node_kernel_weights()  # [C_in, H + 1, C_out]
-        kernel = RowwiseKernel.from_module(self.kernel_hidden)
+        return self._root_and_bias(x, self._aggregate(x, edge_attr, plan, node_weight))
+
+    def forward_overlapped(self, x: torch.Tensor, split: EdgeSplit, attrs: tuple[torch.Tensor, torch.Tensor],
+                           refresh: Callable[[], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        r""":meth:`forward` on the edges of ``split``, with x's halo rows refreshed while the interior edges'
+        messages are summed:
+
+        .. math:: x'_i = s_i \Big(\sum_{e \in I,\, e \to i} m_e(x) + \sum_{e \in B,\, e \to i} m_e(\tilde x)\Big)
+            + W_r \tilde x_i + b ,\qquad \tilde x = \mathrm{refresh}()
+
+        in this order: the interior sum (its sources are rows ``< split.first_halo_row``, where x and
+        :math:`\tilde x` agree), then ``refresh()`` (x itself when None; the wait for the halo exchange), then the
+        boundary edges' sum added to the interior one, then the mean weight :math:`s_i` of the whole in-degree (1 for
+        a sum), the root term and the bias. Equal to ``forward(x̃, edge_index, edge_attr)`` up to the order of the
+        additions.
+
+        Shapes: x [N, C_in], attrs ([E_I, D], [E_B, D]) (``split.split_attr(edge_attr)``)
+        -> (x' [N, C_out], x̃ [N, C_in])
+        """
+        n = x.shape[0]
+        for index, attr in zip((split.interior_index, split.boundary_index), attrs):
+            _check_attr(index, attr)
+        weights = self._weights()
+        plan = cached_edge_plan(split.interior_index, n, n, self.edge_chunk)
+        interior = self._aggregate(x, attrs[0], plan, None, weights=weights)  # [N, C_out], halo rows unread
+        if refresh is not None:
+            x = refresh()  # halo rows current
+        plan = cached_edge_plan(split.boundary_index, n, n, self.edge_chunk)
+        node_weight = split.mean_weights(x.dtype) if self.aggr == "mean" else None  # [N] or None
+        out = self._aggregate(x, attrs[1], plan, node_weight, interior, weights)  # [N, C_out]
+        return self._root_and_bias(x, out), x
+
+    def _weights(self) -> tuple[torch.Tensor, RowwiseKernel | None]:
+        """W of the node kernels [C_in, H + 1, C_out] and the kernel MLP as a :class:`RowwiseKernel` (None when
+        it is not made of Linear layers and pointwise activations)."""
+        return self.node_kernel_weights(), RowwiseKernel.from_module(self.kernel_hidden)
+
+    def _aggregate(self, x: torch.Tensor, edge_attr: torch.Tensor, plan: EdgePlan, node_weight: torch.Tensor | None,
+                   base: torch.Tensor | None = None,
+                   weights: tuple[torch.Tensor, RowwiseKernel | None] | None = None) -> torch.Tensor:
+        """node_weight * (base + the sum of the messages along the plan's edges): [N, C_out]."""
+        wb, kernel = self._weights() if weights is None else weights  # [C_in, H + 1, C_out], kernel MLP
         if kernel is not None:  # Linear layers and pointwise activations: evaluated chunk by chunk
-            out = ecconv_aggregate(x, wb, edge_attr, plan, kernel, node_weight)  # [N, C_out]
-        else:
-            h = self.kernel_hidden(edge_attr)  # [E, H]
-            out = ecconv_aggregate(x, wb, h, plan, node_weight=node_weight)  # [N, C_out]
+            return ecconv_aggregate(x, wb, edge_attr, plan, kernel, node_weight, base)
+        h = self.kernel_hidden(edge_attr)  # [E, H]
+        return ecconv_aggregate(x, wb, h, plan, node_weight=node_weight, base=base)
+
+    def _root_and_bias(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """out + W_r x + b (each when present): [N, C_out]."""
         if self.root is not None:
             out = out + self.root(x)
         if self.bias is not None:
@@ -156,3 +197,8 @@ class ECConv(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, edge_dim={self.edge_dim}, "
                 f"kernel_hidden={self.kernel_out.in_features}, aggr={self.aggr}")
+
+
+def _check_attr(edge_index: torch.Tensor, edge_attr: torch.Tensor) -> None:
+    if edge_attr.dim() != 2 or edge_attr.shape[0] != edge_index.shape[-1]:
+        raise ValueError(f"edge_attr has shape {list(edge_attr.shape)}, expected [E={edge_index.shape[-1]}, D]")

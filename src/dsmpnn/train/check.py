@@ -8,8 +8,8 @@ up to round-off (relative 1e-10 in float64, 1e-5 in float32, :data:`~dsmpnn.dist
 ``train.seed``), the batches of the first optimizer steps of epoch 1 (the same Nyström samples,
 :func:`~dsmpnn.train.step.epoch_batches`), built by the trainer's strategies (:mod:`dsmpnn.train.strategy`:
 the joined batch in one process; each rank's part of every sampled graph with the config's ``halo_hops`` or
-geometric ``overlap``, ``graph.max_neighbors`` cap and partitioner on P ranks) and run by the one step function
-:func:`~dsmpnn.train.step.run_step`. :func:`check` does the same for a graph given as arrays.
+geometric ``overlap``, ``graph.max_neighbors`` cap, partitioner and ``overlap_comm`` on P ranks) and run by the one
+step function :func:`~dsmpnn.train.step.run_step`. :func:`check` does the same for a graph given as arrays.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def check_training_step(data_dir: str | Path, cfg: Config, nproc: int, dtype: to
     ranks = run_processes(_run_steps, nproc, (str(data_dir), cfg, name, split, steps, state), threads=threads)
     report = _compare(ref, ranks, dtype)
     dc = cfg.distributed
-    report.update(method=dc.partition, halo_hops=dc.halo_hops, overlap=dc.overlap,
+    report.update(method=dc.partition, halo_hops=dc.halo_hops, overlap=dc.overlap, overlap_comm=dc.overlap_comm,
                   max_neighbors=cfg.graph.max_neighbors, graphs=sum(len(b) for b in batches),
                   meshes=[Path(files[k]).stem for k in used], split=split,
                   subject=f"{len(batches)} training step(s) of epoch 1: {sum(len(b) for b in batches)} sampled "
@@ -168,12 +168,13 @@ def check_training_step(data_dir: str | Path, cfg: Config, nproc: int, dtype: to
 
 
 def _run_graph(ctx: DistContext, model: nn.Module, plans: list, graph: Graph, x: torch.Tensor, y: torch.Tensor,
-               mode: str) -> list[dict]:
+               mode: str, overlap_comm: bool) -> list[dict]:
     broadcast_parameters(model)
     model.zero_grad(set_to_none=True)
     plan = plans[ctx.rank]
     shard = make_shard(plan, graph, x, y)
-    res = run_step(model, [StepGraph.from_shard(shard, make_exchange(plan, mode=mode))], gather=True)
+    exchange = make_exchange(plan, mode=mode, overlap=overlap_comm)
+    res = run_step(model, [StepGraph.from_shard(shard, exchange)], gather=True)
     return [_record(res, model, ctx.is_main)]
 
 
@@ -181,7 +182,7 @@ def check(pos: np.ndarray, x: np.ndarray | torch.Tensor, model: nn.Module | Call
           nproc: int = 2, method: str = DEFAULT_PARTITION_METHOD, halo_hops: int = 1,
           dtype: torch.dtype = torch.float64, radius: float | None = None, *, y: torch.Tensor | None = None,
           graph: Graph | None = None, max_neighbors: int | None = None, seed: int = 0, mode: str = "all_to_all",
-          threads: int = 1) -> dict:
+          threads: int = 1, overlap_comm: bool = False) -> dict:
     """Compare one step (:func:`~dsmpnn.train.step.run_step`: forward, MSE, backward) of ``model`` on one graph as
     one process and as ``nproc`` gloo ranks.
 
@@ -193,6 +194,7 @@ def check(pos: np.ndarray, x: np.ndarray | torch.Tensor, model: nn.Module | Call
         dtype: float64 (exactness to 1e-10) or float32 (1e-5).
         radius, max_neighbors: the radius graph (or pass ``graph`` built already).
         y: [N, T] targets (default: seeded standard normal).
+        mode, overlap_comm: the halo exchange's collectives and whether it overlaps the layers' work.
 
     Returns the report of :func:`check_training_step` (one step) plus the partition's ``edge_cut``.
     """
@@ -222,11 +224,11 @@ def check(pos: np.ndarray, x: np.ndarray | torch.Tensor, model: nn.Module | Call
     model.zero_grad(set_to_none=True)
     ref = [_record(run_step(model, [StepGraph(x, graph.edge_index, graph.edge_attr, y)], gather=True), model, True)]
     model.zero_grad(set_to_none=True)
-    ranks = run_processes(_run_graph, nproc, (model, plans, graph, x, y, mode), threads=threads)
+    ranks = run_processes(_run_graph, nproc, (model, plans, graph, x, y, mode, overlap_comm), threads=threads)
     report = _compare(ref, ranks, dtype)
-    report.update(method=method, halo_hops=halo_hops, overlap=None, max_neighbors=max_neighbors,
-                  edge_cut=edge_cut, loss_single=ref[0]["loss"], loss_distributed=ranks[0][0]["loss"],
-                  seconds_total=time.perf_counter() - t,
+    report.update(method=method, halo_hops=halo_hops, overlap=None, overlap_comm=overlap_comm,
+                  max_neighbors=max_neighbors, edge_cut=edge_cut, loss_single=ref[0]["loss"],
+                  loss_distributed=ranks[0][0]["loss"], seconds_total=time.perf_counter() - t,
                   subject=f"graph of {graph.num_nodes} nodes, {graph.num_edges} edges")
     return report
 
@@ -239,7 +241,8 @@ def format_check(rep: dict) -> str:
     how = f"overlap {rep['overlap']:g}" if rep.get("overlap") is not None else f"halo_hops {rep['halo_hops']}"
     cap = f", max_neighbors {rep['max_neighbors']}" if rep.get("max_neighbors") is not None else ""
     lines = [f"{rep['subject']}: {rep['num_nodes']} nodes, {rep['num_edges']} edges{cap}",
-             f"{rep['nproc']} ranks, {rep['method']}, {how}, {rep['dtype'].replace('torch.', '')}; imbalance "
+             f"{rep['nproc']} ranks, {rep['method']}, {how}, {rep['dtype'].replace('torch.', '')}, "
+             f"{'overlapped' if rep.get('overlap_comm') else 'blocking'} halo exchange; imbalance "
              f"{rep['imbalance']:.3f}, halo fraction {rep['halo_fraction']:.3f}, halo exchange "
              f"{rep['exchange_bytes'] / 1024:.1f} KiB (all ranks)",
              f"{'quantity':<{width}}  max rel diff", f"{'-' * width}  ------------"]

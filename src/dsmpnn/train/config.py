@@ -6,7 +6,7 @@ A config has five sections; every key has a default, so a YAML file lists only w
     graph:  {radius: 0.06, sample_nodes: 1024, samples_per_mesh: 4, max_neighbors: null, edge_features: geometry}
     train:  {epochs: 100, batch_graphs: 4, lr: 1e-3, scheduler: cosine, seed: 0, ...}
     eval:   {mode: full, samples: 8, plot_samples: 3}
-    distributed: {partition: metis, halo_hops: 1, timeout_s: 300, overlap: null}   # used on P > 1 ranks
+    distributed: {partition: metis, halo_hops: 1, timeout_s: 300, overlap: null, overlap_comm: false}  # P > 1
 
 Command-line overrides use dotted keys: ``train.epochs=5 model.hidden=16 graph.max_neighbors=null``.
 """
@@ -195,6 +195,10 @@ class DistributedConfig(_Section):
     exact; l < radius drops edges, so the run differs from one process (a warning says so).
     ``verify_exchange``: before a graph's first halo exchange, the ranks swap their send counts and check them
     against their plans' receive counts (one more all-to-all per graph; ``dsmpnn check`` always does it).
+    ``overlap_comm``: run each halo exchange while the layer computes the messages of the edges whose source is owned
+    (:class:`dsmpnn.nn.OverlappedExchange`; its adjoint likewise in backward); false (the default) waits for the
+    exchange first, which measured faster with gloo on a shared 2-core machine (benchmarks/bench_overlap.py). Both
+    give the single-process result up to round-off (``dsmpnn check`` verifies either).
     """
 
     section: ClassVar[str] = "distributed"
@@ -203,6 +207,7 @@ class DistributedConfig(_Section):
     timeout_s: float = _num(300.0, 0.0, 7 * 24 * 3600.0, lo_open=True)
     overlap: float | None = _num(None, 0.0)
     verify_exchange: bool = _flag(False)
+    overlap_comm: bool = _flag(False)
 
     def check_together(self) -> None:
         if self.overlap is not None and self.halo_hops != 1:

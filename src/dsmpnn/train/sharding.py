@@ -206,7 +206,8 @@ def predict_sharded(model: nn.Module, fmap: FeatureMap, mesh: MeshShard, cfg: Co
     count = torch.zeros(n, 1, dtype=torch.float64) if ctx.is_main else None
     for ids in subsets:
         shard = decompose(mesh, ids, ctx.world_size, cfg, dtype, with_targets=False, stats=stats)
-        exchange = make_exchange(shard.plan, verify=cfg.distributed.verify_exchange)
+        exchange = make_exchange(shard.plan, verify=cfg.distributed.verify_exchange,
+                                 overlap=cfg.distributed.overlap_comm)
         res = run_step(model, [StepGraph.from_shard(shard, exchange)], backward=False, gather=True)
         full = res.outputs  # [len(ids), T] normalised, in subset order, on rank 0
         if ctx.is_main:

@@ -197,8 +197,9 @@ class DomainDecomposed:
         every rank's ``.grad`` holds the gradient of the batch MSE and the result the global loss and whether any
         rank asked to stop. ``gather``: the outputs on rank 0."""
         prepared = items if isinstance(items, PreparedStep) else self.prepare(items)
-        verify = self.cfg.distributed.verify_exchange
-        graphs = (StepGraph.from_shard(s, make_exchange(s.plan, verify=verify)) for s in prepared.graphs)
+        dc = self.cfg.distributed
+        graphs = (StepGraph.from_shard(s, make_exchange(s.plan, verify=dc.verify_exchange, overlap=dc.overlap_comm))
+                  for s in prepared.graphs)
         res = run_step(model, graphs, prepared.nodes * self.fmap.out_channels, stop_requested=stop_requested,
                        gather=gather)
         res.graph_stats = prepared.stats

@@ -94,7 +94,7 @@ def test_plan_cache_forgets_freed_tensors(monkeypatch):
     monkeypatch.setattr(chunk_pool, "CHUNK_WORKERS", 1)  # build in this thread: no pool thread holds `ei` late
     ei = torch.randint(0, 10, (2, 40), generator=torch.Generator().manual_seed(2))
     cached_edge_plan(ei, 10)
-    key = id(ei)
+    key = (id(ei), "plan")
     assert key in plan_module._CACHE
     del ei
     other = torch.randint(0, 10, (2, 40))  # kept alive: it may well reuse the freed tensor's id

@@ -17,6 +17,10 @@ order, only in a different order of addition.
 A plan depends only on ``edge_index`` and the node counts, so the L layers of a model that share one graph can
 share one plan: :func:`cached_edge_plan` keeps the last few plans, keyed by the identity and version counter of the
 ``edge_index`` tensor (an in-place change to the tensor, or a new tensor, gives a new plan).
+
+For a layer that overlaps the halo exchange with its work, :class:`EdgeSplit` (cached the same way,
+:func:`cached_edge_split`) divides the edges by source into those the exchange cannot change (interior) and the
+others (boundary); each part gets its own plan.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import scipy.sparse
@@ -34,7 +40,8 @@ from scipy.sparse.csgraph import reverse_cuthill_mckee
 from dsmpnn.nn.kernels.backend import choose_backend
 from dsmpnn.nn.kernels.chunk_pool import run_single_threaded
 
-__all__ = ["EdgePlan", "Group", "Chunk", "cached_edge_plan", "default_order", "DEFAULT_EDGE_CHUNK", "ORDERS"]
+__all__ = ["EdgePlan", "EdgeSplit", "Group", "Chunk", "cached_edge_plan", "cached_edge_split", "default_order",
+           "DEFAULT_EDGE_CHUNK", "ORDERS"]
 
 DEFAULT_EDGE_CHUNK = 8_192
 """Edges per chunk (at most ``chunk // 8`` sources). On the PyTorch (``bmm``) path it bounds the temporaries of one
@@ -44,6 +51,8 @@ blocks of 16 sources whatever the chunk, so for them it only sets how many calls
 between threads, a pass has."""
 
 ORDERS = ("degree", "locality")
+
+T = TypeVar("T")
 
 
 def default_order(device: torch.device) -> str:
@@ -219,49 +228,114 @@ def _cut(source_degree: torch.Tensor, chunk: int, max_nodes: int) -> tuple[Chunk
     return tuple(chunks)
 
 
-_CACHE: OrderedDict[int, tuple[weakref.ref, tuple, EdgePlan]] = OrderedDict()
-_CACHE_SIZE = 4
+@dataclass(frozen=True, eq=False)
+class EdgeSplit:
+    r"""The edges of a graph in two parts by source row, for a layer that overlaps the halo exchange with its work.
+
+    Rows ``[0, first_halo_row)`` are never overwritten by the halo exchange (a rank's owned rows); rows
+    ``[first_halo_row, num_nodes)`` are (its halo rows). The *interior* edges are those whose source is a row
+    of the first kind: their messages can be computed before the exchange has delivered anything. The
+    *boundary* edges are the others. The aggregation of a target i is then
+
+    .. math:: \mathrm{out}_i = s_i \Big(\sum_{e \in I,\, e \to i} m_e + \sum_{e \in B,\, e \to i} m_e\Big),
+
+    with :math:`s_i = 1 / \max(\deg(i), 1)` over the whole graph for a mean (``in_degree``), 1 for a sum.
+
+    Shapes (int64): interior_ids [E_I], boundary_ids [E_B] (ascending edge ids, together 0..E-1 once each);
+    interior_index [2, E_I] and boundary_index [2, E_B] (``edge_index[:, ids]``); in_degree [num_nodes], edges
+    into each target over both parts.
+    """
+
+    first_halo_row: int
+    num_nodes: int
+    interior_ids: torch.Tensor
+    boundary_ids: torch.Tensor
+    interior_index: torch.Tensor
+    boundary_index: torch.Tensor
+    in_degree: torch.Tensor
+
+    @classmethod
+    def build(cls, edge_index: torch.Tensor, num_nodes: int, first_halo_row: int) -> "EdgeSplit":
+        """The split of ``edge_index [2, E]`` (row 0 source, row 1 target, both in ``[0, num_nodes)``)."""
+        if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+            raise ValueError(f"edge_index has shape {list(edge_index.shape)}, expected [2, E]")
+        if not 0 <= first_halo_row <= num_nodes:
+            raise ValueError(f"first_halo_row {first_halo_row} must lie in [0, num_nodes={num_nodes}]")
+        edge_index = edge_index.long()
+        halo_source = edge_index[0] >= first_halo_row  # [E]
+        interior = torch.nonzero(~halo_source).flatten()  # [E_I] ascending
+        boundary = torch.nonzero(halo_source).flatten()  # [E_B] ascending
+        in_degree = torch.bincount(edge_index[1], minlength=num_nodes)  # [num_nodes]
+        if in_degree.shape[0] != num_nodes:
+            raise ValueError(f"edge_index refers to node {in_degree.shape[0] - 1}, expected targets < {num_nodes}")
+        return cls(first_halo_row, num_nodes, interior, boundary, edge_index[:, interior], edge_index[:, boundary],
+                   in_degree)
+
+    def mean_weights(self, dtype: torch.dtype) -> torch.Tensor:
+        """``1 / max(deg_in(i), 1)`` per target over both parts: [num_nodes]."""
+        return self.in_degree.clamp(min=1).to(dtype).reciprocal()
+
+    def split_attr(self, edge_attr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``edge_attr [E, D]`` -> (interior rows [E_I, D], boundary rows [E_B, D]), differentiable."""
+        return edge_attr.index_select(0, self.interior_ids), edge_attr.index_select(0, self.boundary_ids)
+
+
+_CACHE: OrderedDict[tuple[int, str], tuple[weakref.ref, tuple, EdgePlan | EdgeSplit]] = OrderedDict()
+_CACHE_SIZE = 6
 _LOCK = threading.Lock()
-_FREED: list[int] = []  # keys whose tensor was freed (appended by weakref callbacks, which take no lock)
+_FREED: list[tuple[int, str]] = []  # keys whose tensor was freed (appended by weakref callbacks, which take no lock)
 
 
 def cached_edge_plan(edge_index: torch.Tensor, num_nodes: int, num_src: int | None = None,
                      chunk: int = DEFAULT_EDGE_CHUNK) -> EdgePlan:
     """:meth:`EdgePlan.build`, reusing the plan of the same ``edge_index`` tensor when it has not changed.
 
-    The cache holds the last few plans. An entry is used only for the very tensor object it was built from
-    (weak reference), with the same version counter (no in-place change since), node counts and chunk size;
-    it is dropped when that tensor is freed.
+    The cache holds the last few plans (and splits, :func:`cached_edge_split`). An entry is used only for the very
+    tensor object it was built from (weak reference), with the same version counter (no in-place change since),
+    node counts and chunk size; it is dropped when that tensor is freed.
     """
     num_src = num_nodes if num_src is None else num_src
-    key = id(edge_index)
-    try:
-        version = edge_index._version
-    except RuntimeError:  # inference tensors have no version counter: plan them every time
-        return EdgePlan.build(edge_index, num_nodes, num_src, chunk)
     order = default_order(edge_index.device)  # part of the key: the kernels may be switched on or off
-    sig = (version, tuple(edge_index.shape), edge_index.device, num_nodes, num_src, chunk, order)
+    sig = (tuple(edge_index.shape), edge_index.device, num_nodes, num_src, chunk, order)
+    return _cached(edge_index, "plan", sig, lambda: EdgePlan.build(edge_index, num_nodes, num_src, chunk, order))
+
+
+def cached_edge_split(edge_index: torch.Tensor, num_nodes: int, first_halo_row: int) -> EdgeSplit:
+    """:meth:`EdgeSplit.build`, cached like :func:`cached_edge_plan`; the split's two edge lists keep their own
+    identity, so the layers sharing the split share the edge plans of its parts too."""
+    sig = (tuple(edge_index.shape), edge_index.device, num_nodes, first_halo_row)
+    return _cached(edge_index, "split", sig, lambda: EdgeSplit.build(edge_index, num_nodes, first_halo_row))
+
+
+def _cached(edge_index: torch.Tensor, kind: str, sig: tuple, build: Callable[[], T]) -> T:
+    """``build()``, or the entry of the same ``kind`` and ``sig`` built for this ``edge_index`` tensor object at its
+    current version."""
+    key = (id(edge_index), kind)
+    try:
+        sig = (edge_index._version, *sig)
+    except RuntimeError:  # inference tensors have no version counter: build every time
+        return build()
     with _LOCK:
         _drop_freed()
         hit = _CACHE.get(key)
         if hit is not None and hit[0]() is edge_index and hit[1] == sig:
             _CACHE.move_to_end(key)
             return hit[2]
-    plan = EdgePlan.build(edge_index, num_nodes, num_src, chunk, order)
+    value = build()
     try:
         ref = weakref.ref(edge_index, lambda _, key=key: _FREED.append(key))
-    except TypeError:  # an object that takes no weak reference is planned every time
-        return plan
+    except TypeError:  # an object that takes no weak reference is built every time
+        return value
     with _LOCK:
-        _CACHE[key] = (ref, sig, plan)
+        _CACHE[key] = (ref, sig, value)
         _CACHE.move_to_end(key)
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
-    return plan
+    return value
 
 
 def _drop_freed() -> None:
-    """Forget the plans of freed tensors (call with _LOCK held)."""
+    """Forget the entries of freed tensors (call with _LOCK held)."""
     while _FREED:
         key = _FREED.pop()
         hit = _CACHE.get(key)

@@ -64,13 +64,13 @@ each holds a whole [N, C] partial output."""
 
 
 class _GroupedAggregate(torch.autograd.Function):
-    """out = s * sum_e w_e [kernel(a_e), (1)]^T Q_src(e), Q = x W (or Q = x when W is None), in chunks.
+    """out = s * (base + sum_e w_e [kernel(a_e), (1)]^T Q_src(e)), Q = x W (or Q = x when W is None), in chunks.
     ``grad``: whether grad mode was on at the call (inside ``forward`` it is always off); without it the PyTorch
     path gathers the kernel's inputs per chunk instead of sorting them once for the backward pass."""
 
     @staticmethod
     def forward(ctx, plan: EdgePlan, kernel: RowwiseKernel | None, grad: bool, x, wb, feats, edge_weight,
-                node_weight, *params):
+                node_weight, base, *params):
         c = wb.shape[2] if wb is not None else x.shape[2]
         ws = edge_weight[plan.perm] if edge_weight is not None else None  # [E] in sorted order
         backend = choose_backend(x.device, x.dtype)
@@ -87,6 +87,8 @@ class _GroupedAggregate(torch.autograd.Function):
         out = parts[0]
         for part in parts[1:]:
             out.add_(part)
+        if base is not None:
+            out.add_(base)
         if node_weight is not None:
             out.mul_(node_weight[:, None])
         ctx.plan, ctx.kernel, ctx.backend = plan, kernel, backend  # backward runs where forward ran
@@ -98,7 +100,7 @@ class _GroupedAggregate(torch.autograd.Function):
     def backward(ctx, g):
         plan, kernel, backend = ctx.plan, ctx.kernel, ctx.backend
         x, wb, feats, fs, edge_weight, node_weight, *params = ctx.saved_tensors
-        need = Needs(*ctx.needs_input_grad[3:6], tuple(ctx.needs_input_grad[8:]))
+        need = Needs(*ctx.needs_input_grad[3:6], tuple(ctx.needs_input_grad[9:]))
         # rows of gx and gf belong to one chunk each: workers write them in place, disjointly
         gx = torch.zeros_like(x) if need.x else None
         gf = torch.zeros_like(feats) if need.f else None
@@ -122,17 +124,19 @@ class _GroupedAggregate(torch.autograd.Function):
                     a.add_(b)
         gwb = gwb.view(wb.shape) if gwb is not None else None
         gp = [gr.T if gr is not None and gr.dim() == 2 else gr for gr in gp]
-        return (None, None, None, gx, gwb, gf, None, None, *gp)
+        gbase = g if ctx.needs_input_grad[8] else None  # d out / d base = s
+        return (None, None, None, gx, gwb, gf, None, None, gbase, *gp)
 
 
 
 def grouped_aggregate(plan: EdgePlan, kernel: RowwiseKernel | None, x: torch.Tensor, wb: torch.Tensor | None,
                       feats: torch.Tensor, edge_weight: torch.Tensor | None = None,
-                      node_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """out [N, C] = node_weight * sum over the plan's edges of edge_weight [kernel(feats), (1)]^T Q_src, with
-    Q = x wb ([N_src, C_in] x [C_in, K', C]) or Q = x ([N_src, K', C]) when ``wb`` is None; differentiable in
-    x, wb, feats and the kernel's parameters (not in the weights, which are taken as constants). Shapes are the
-    caller's to check (:mod:`dsmpnn.nn.aggregate`)."""
+                      node_weight: torch.Tensor | None = None, base: torch.Tensor | None = None) -> torch.Tensor:
+    """out [N, C] = node_weight * (base + the sum over the plan's edges of edge_weight [kernel(feats), (1)]^T Q_src),
+    with Q = x wb ([N_src, C_in] x [C_in, K', C]) or Q = x ([N_src, K', C]) when ``wb`` is None; differentiable in
+    x, wb, feats, base [N, C] (a partial sum to add to, e.g. the other edges' of a split graph) and the kernel's
+    parameters (not in the weights, which are taken as constants). Shapes are the caller's to check
+    (:mod:`dsmpnn.nn.aggregate`)."""
     params = kernel.parameters() if kernel is not None else ()
     return _GroupedAggregate.apply(plan, kernel, torch.is_grad_enabled(), x, wb, feats, edge_weight, node_weight,
-                                   *params)
+                                   base, *params)
