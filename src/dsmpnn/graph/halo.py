@@ -469,7 +469,10 @@ class LocalDecomposition:
 
     ``plan`` numbers nodes 0..m-1 in sample order like :class:`SampledDecomposition` (``sample_ids[plan.owned]``
     are mesh ids); ``graph`` is the rank's local graph (``plan.edge_index`` and its edge attributes, rows in the
-    plan's local order). ``isolated``: owned sampled nodes without a neighbour within the radius.
+    plan's local order). ``isolated``: owned sampled nodes without a neighbour within the radius. Unlike a plan
+    of the whole graph, ``plan.edge_ids`` number the edges of the graph built on the nodes near the subdomain (the
+    whole graph is never built), so they do not index the whole sampled graph's edge attributes: use
+    ``graph.edge_attr``, which holds the local edges' attributes in order.
     """
 
     sample_ids: np.ndarray
