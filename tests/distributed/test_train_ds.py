@@ -46,7 +46,8 @@ def test_cli_nproc2_train_predict_equal_one_process(darcy, tmp_path, capfd):
     out = capfd.readouterr().out
     assert "2 ranks (metis partition, halo_hops 1)" in out and out.count("done: epoch 3") == 1  # rank 0 only
     assert yaml.safe_load((ds / "config.yaml").read_text())["distributed"] == {
-        "partition": "metis", "halo_hops": 1, "timeout_s": 300.0, "overlap": None, "overlap_comm": False}
+        "partition": "metis", "halo_hops": 1, "timeout_s": 300.0, "overlap": None, "verify_exchange": False,
+        "overlap_comm": False}
     a, b = load_run(single).model, load_run(ds).model
     assert max_param_diff(b, a) <= 1e-5
     torch.manual_seed(0)
