@@ -10,14 +10,21 @@ def _label(r: dict) -> str:
     return name + (f" ({r['variant']})" if r.get("variant") else "")
 
 
+ORDER = {"S-MPNN": 0, "DS-MPNN": 1, "GCN": 2}
+
+
 def table(rows: list[dict], titles: dict[str, str]) -> str:
-    lines = ["| dataset | model | train meshes x nodes | params | epochs | test rel. L2 | RMSE per field "
+    lines = ["| dataset | model | tuning | train meshes x nodes | params | epochs | test rel. L2 | RMSE per field "
              "(physical) | pooled RMSE (normalised) | s / epoch | peak RSS / process (MiB) |",
-             "|---|---|---|---:|---:|---:|---|---|---:|---:|"]
+             "|---|---|---|---|---:|---:|---:|---|---|---:|---:|"]
+    names = list(titles)
+    rows = sorted(rows, key=lambda r: (names.index(r["dataset"]) if r["dataset"] in names else 99,
+                                       bool(r.get("variant")), ORDER[r["model"]], r["nproc"]))
     for r in rows:
         rmse = ", ".join(f"{k} {v:.3g}" for k, v in r["rmse"].items())
         pr = r["paper_rmse"]
-        lines.append(f"| {titles.get(r['dataset'], r['dataset'])} | {_label(r)} | {r['train_meshes']} x "
+        lines.append(f"| {titles.get(r['dataset'], r['dataset'])} | {_label(r)} | {r.get('tuning') or 'config'} | "
+                     f"{r['train_meshes']} x "
                      f"{r['nodes_per_mesh']} | {r['params']:,} | {r['epochs']} | {r['rel_l2']:.4f} | {rmse} | "
                      f"{pr['pooled']:.3g} ({pr['normalised']:.3g}) | {r['seconds_per_epoch']:.2f} | "
                      f"{r['peak_rss_mib']:.0f} |")
