@@ -161,5 +161,5 @@ def test_bad_config_or_option_exits_2_with_one_short_line(name, shared, tmp_path
     line = run_case(CASES[name], World(*shared, tmp_path), capsys)
     seconds = time.perf_counter() - t0
     assert len(line) < 400 + len(str(tmp_path)), line  # values are cut, never printed whole
-    if name in FAST:
-        assert seconds < 1.0, f"{name} took {seconds:.2f} s"
+    if name in FAST:  # ~0.1-0.3 s on a quiet machine; unbounded work (expanding the bomb, a solver) takes minutes
+        assert seconds < 10.0, f"{name} took {seconds:.2f} s"
