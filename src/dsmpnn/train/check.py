@@ -115,10 +115,10 @@ def _run_steps(ctx: DistContext, data_dir: str, cfg: Config, dtype_name: str, sp
     model.train()
     used, batches = _first_batches(data, cfg, split, steps)
     meshes = strategy.load(data, split, only=used)
-    steps = [[(meshes[i], ids) for i, ids in batch] for batch in batches]
+    step_items = [[(meshes[i], ids) for i, ids in batch] for batch in batches]
     out = []
     ahead = use_prefetch(cfg.train.prefetch, torch.device(ctx.device), local_ranks())
-    for prepared in prefetched(strategy.prepare, steps, ahead):  # as the trainer does
+    for prepared in prefetched(strategy.prepare, step_items, ahead):  # as the trainer does
         model.zero_grad(set_to_none=True)
         res = strategy.step(model, prepared, gather=True)
         out.append(_record(res, model, strategy.is_main))
