@@ -42,7 +42,8 @@ from dsmpnn.train.config import Config
 from dsmpnn.train.features import FeatureMap, GraphStats
 from dsmpnn.train.step import StepGraph, run_step
 
-__all__ = ["MeshShard", "partition_mesh", "check_nproc", "shard_meshes", "decompose", "predict_sharded"]
+__all__ = ["MeshShard", "partition_mesh", "check_nproc", "shard_meshes", "decompose", "step_graph",
+           "predict_sharded"]
 
 CHUNK = 32
 """Meshes partitioned between two all-gathers of owner arrays (bounds the size of one message)."""
@@ -189,6 +190,13 @@ def decompose(mesh: MeshShard, ids: np.ndarray, nparts: int, cfg: Config, dtype:
     return LocalShard.from_owned(plan, mesh.x[rows], attr, y)
 
 
+def step_graph(shard: LocalShard, cfg: Config) -> StepGraph:
+    """``shard`` for :func:`~dsmpnn.train.step.run_step`, with the halo exchange ``cfg.distributed`` asks for
+    (plan counts verified or not, overlapped with the interior edges or blocking)."""
+    dc = cfg.distributed
+    return StepGraph.from_shard(shard, make_exchange(shard.plan, verify=dc.verify_exchange, overlap=dc.overlap_comm))
+
+
 @torch.no_grad()
 def predict_sharded(model: nn.Module, fmap: FeatureMap, mesh: MeshShard, cfg: Config, ctx: DistContext,
                     seed: int = 0, stats: GraphStats | None = None) -> np.ndarray | None:
@@ -206,9 +214,7 @@ def predict_sharded(model: nn.Module, fmap: FeatureMap, mesh: MeshShard, cfg: Co
     count = torch.zeros(n, 1, dtype=torch.float64) if ctx.is_main else None
     for ids in subsets:
         shard = decompose(mesh, ids, ctx.world_size, cfg, dtype, with_targets=False, stats=stats)
-        exchange = make_exchange(shard.plan, verify=cfg.distributed.verify_exchange,
-                                 overlap=cfg.distributed.overlap_comm)
-        res = run_step(model, [StepGraph.from_shard(shard, exchange)], backward=False, gather=True)
+        res = run_step(model, [step_graph(shard, cfg)], backward=False, gather=True)
         full = res.outputs  # [len(ids), T] normalised, in subset order, on rank 0
         if ctx.is_main:
             rows = torch.from_numpy(ids)

@@ -34,12 +34,12 @@ from torch import nn
 from dsmpnn.data.dataset import Dataset
 from dsmpnn.data.sample import MeshSample
 from dsmpnn.distributed import (DistContext, all_gather_objects, all_reduce_sum, any_rank, barrier,
-                                broadcast_parameters, make_exchange, quiet_unless_main, run_agreed)
+                                broadcast_parameters, quiet_unless_main, run_agreed)
 from dsmpnn.errors import ConfigError, DatasetError, DsmpnnError
 from dsmpnn.train.config import Config
 from dsmpnn.train.features import FeatureMap, GraphStats, make_batch
 from dsmpnn.train.inference import predict_sample
-from dsmpnn.train.sharding import MeshShard, decompose, predict_sharded, shard_meshes
+from dsmpnn.train.sharding import MeshShard, decompose, predict_sharded, shard_meshes, step_graph
 from dsmpnn.train.step import StepGraph, StepResult, run_step
 
 __all__ = ["SingleProcess", "DomainDecomposed", "PreparedStep", "make_strategy", "check_decomposable", "Item"]
@@ -197,9 +197,7 @@ class DomainDecomposed:
         every rank's ``.grad`` holds the gradient of the batch MSE and the result the global loss and whether any
         rank asked to stop. ``gather``: the outputs on rank 0."""
         prepared = items if isinstance(items, PreparedStep) else self.prepare(items)
-        dc = self.cfg.distributed
-        graphs = (StepGraph.from_shard(s, make_exchange(s.plan, verify=dc.verify_exchange, overlap=dc.overlap_comm))
-                  for s in prepared.graphs)
+        graphs = (step_graph(s, self.cfg) for s in prepared.graphs)
         res = run_step(model, graphs, prepared.nodes * self.fmap.out_channels, stop_requested=stop_requested,
                        gather=gather)
         res.graph_stats = prepared.stats
