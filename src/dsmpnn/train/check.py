@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from dsmpnn.data.dataset import Dataset
-from dsmpnn.distributed import (TOLERANCE, DistContext, broadcast_parameters, local_ranks, make_exchange, make_shard,
+from dsmpnn.distributed import (TOLERANCE, DistContext, broadcast_parameters, make_exchange, make_shard,
                                 max_rel_diff, run_processes)
 from dsmpnn.errors import DatasetError, DsmpnnError
 from dsmpnn.graph import Graph, build_graph, build_halo_plans, partition, partition_report
@@ -117,7 +117,7 @@ def _run_steps(ctx: DistContext, data_dir: str, cfg: Config, dtype_name: str, sp
     meshes = strategy.load(data, split, only=used)
     step_items = [[(meshes[i], ids) for i, ids in batch] for batch in batches]
     out = []
-    ahead = use_prefetch(cfg.train.prefetch, torch.device(ctx.device), local_ranks())
+    ahead = use_prefetch(cfg.train.prefetch, torch.device(ctx.device))
     for prepared in prefetched(strategy.prepare, step_items, ahead):  # as the trainer does
         model.zero_grad(set_to_none=True)
         res = strategy.step(model, prepared, gather=True)

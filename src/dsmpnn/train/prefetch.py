@@ -26,6 +26,8 @@ from typing import TypeVar
 
 import torch
 
+from dsmpnn.distributed import local_ranks
+
 __all__ = ["prefetched", "use_prefetch"]
 
 T = TypeVar("T")
@@ -50,13 +52,16 @@ def prefetched(fn: Callable[[T], R], items: Sequence[T], enabled: bool = True) -
             ahead.cancel()
 
 
-def use_prefetch(setting: bool | str, device: torch.device, local_ranks: int, threads: int | None = None) -> bool:
+def use_prefetch(setting: bool | str, device: torch.device, ranks: int | None = None,
+                 threads: int | None = None) -> bool:
     """``train.prefetch`` resolved: True/False as given; "auto": on for CUDA, and on CPU when the cores this
-    process may use, shared among ``local_ranks`` ranks of this host, exceed its ``threads`` compute threads
-    (default ``torch.get_num_threads()``), so the builder runs on a core of its own."""
+    process may use, shared among the ``ranks`` ranks of this host (default
+    :func:`dsmpnn.distributed.local_ranks`), exceed its ``threads`` compute threads (default
+    ``torch.get_num_threads()``), so the builder runs on a core of its own."""
     if setting != "auto":
         return bool(setting)
     if device.type == "cuda":
         return True
+    ranks = local_ranks() if ranks is None else ranks
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cores // max(local_ranks, 1) > (threads or torch.get_num_threads())
+    return cores // max(ranks, 1) > (threads or torch.get_num_threads())

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from dsmpnn.data.dataset import Dataset, Manifest
 from dsmpnn.data.paths import check_output_path
-from dsmpnn.distributed import DistContext, current_context, local_ranks, run_agreed
+from dsmpnn.distributed import DistContext, current_context, run_agreed
 from dsmpnn.errors import CheckpointError, Interrupted, TrainingDiverged
 from dsmpnn.profiling import profiled
 from dsmpnn.train.checkpoint import (list_checkpoints, load_checkpoint, load_state, rng_state, save_checkpoint,
@@ -294,7 +294,7 @@ class _Loop:
         self.model.train()
         loss_sum, nodes = partial
         steps = [[(self.train_set[k], ids) for k, ids in batch] for batch in batches[first // tc.batch_graphs:]]
-        ahead = use_prefetch(tc.prefetch, torch.device(self.strategy.device), local_ranks())
+        ahead = use_prefetch(tc.prefetch, torch.device(self.strategy.device))
         for s, prepared in enumerate(prefetched(self.strategy.prepare, steps, ahead)):
             b = first + s * tc.batch_graphs  # graphs of the epoch before this step
             self.opt.zero_grad(set_to_none=True)
