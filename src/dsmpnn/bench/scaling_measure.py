@@ -91,6 +91,19 @@ GPU_ASSUMPTIONS = {
 # measurements on this machine
 # ---------------------------------------------------------------------------------------------------------------
 
+def _seconds_per_call(fn: Callable[[], object], calls: int, rounds: int, barrier: Callable[[], object]) -> list[float]:
+    """Mean seconds per call of ``fn`` in each of ``rounds`` rounds of ``calls`` calls, the ranks lined up by
+    ``barrier`` before each round."""
+    times = []
+    for _ in range(rounds):
+        barrier()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - t0) / calls)
+    return times
+
+
 def _exchange_rank(ctx, sizes: Sequence[int], channels: int, modes: Sequence[str], rounds: int) -> dict:
     """One of two ranks: time ``HaloExchange.apply_forward`` moving ``size`` bytes each way, for every size."""
     import torch  # noqa: PLC0415
@@ -113,26 +126,13 @@ def _exchange_rank(ctx, sizes: Sequence[int], channels: int, modes: Sequence[str
             ex = HaloExchange(plan, mode=mode)
             for _ in range(2):
                 ex.apply_forward(h)  # warm-up: buffers, connections
-            times = []
-            for _ in range(rounds):
-                dist.barrier()
-                t0 = time.perf_counter()
-                for _ in range(calls):
-                    ex.apply_forward(h)
-                times.append((time.perf_counter() - t0) / calls)
             out[mode]["bytes"].append(rows * row_bytes)
-            out[mode]["times_s"].append(times)
+            out[mode]["times_s"].append(_seconds_per_call(lambda: ex.apply_forward(h), calls, rounds, dist.barrier))
         grads = torch.randn(rows * channels)  # the same bytes, summed over both ranks
         dist.all_reduce(grads)
-        times = []
-        for _ in range(rounds):
-            dist.barrier()
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                dist.all_reduce(grads)
-            times.append((time.perf_counter() - t0) / calls)
         out["all_reduce"]["bytes"].append(rows * row_bytes)
-        out["all_reduce"]["times_s"].append(times)
+        out["all_reduce"]["times_s"].append(_seconds_per_call(lambda: dist.all_reduce(grads), calls, rounds,
+                                                              dist.barrier))
     return out
 
 
