@@ -27,7 +27,6 @@ the cores and the times mean less (the output says so)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from dsmpnn.bench.scale import write_json
 from dsmpnn.distributed import (EXCHANGE_MODES, DistContext, ExchangeStats, LocalShard, broadcast_parameters,
                                 make_exchange, run_processes)
 from dsmpnn.graph import PARTITION_METHODS, build_local_plan, sample_nodes
@@ -161,8 +161,7 @@ def main(argv=None) -> None:
         print(f"| {m} | {s['median_s']:.4f} | {s['min_s']:.4f} | {s['ratio_to_compute']:.3f} | "
               f"{s['exchange_s']:.4f} |")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "summary": summary, "ranks": per_rank}, f, indent=1)
+        write_json({"args": vars(args), "summary": summary, "ranks": per_rank}, args.json)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ are uniform in the unit square with the radius chosen for ``--neighbors`` neighb
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from dsmpnn.bench.scale import write_json
 from dsmpnn.distributed import DistContext, broadcast_parameters, make_exchange, make_shard, run_processes
 from dsmpnn.graph import (PARTITION_METHODS, build_graph, build_halo_plans, partition, partition_report,
                           radius_graph)
@@ -197,8 +197,7 @@ def main(argv=None) -> None:
               f"{r['halo_hops'] if r['P'] > 1 else '-'} | {r['step_s']:.3f} | {r['cpu_s']:.3f} | {r['compute_s']:.3f} | "
               f"{r['exchange_s']:.3f} | {r['kb_per_layer']:.1f} | {r['halo_fraction']:.3f} | {r['imbalance']:.3f} |")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "halo_volume_rows": volume, "rows": rows}, f, indent=1)
+        write_json({"args": vars(args), "halo_volume_rows": volume, "rows": rows}, args.json)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ CAPACITY = {"dataset": "darcy128", "gen": ["darcy", "--resolution", "128", "--n"
 
 
 def save(path: Path, doc: dict) -> None:
-    """Write ``doc`` as JSON atomically (temporary file + rename)."""
+    """Write ``doc`` as JSON atomically (temporary file + rename); not through dsmpnn's writer, since this
+    long-running driver imports no dsmpnn code (see ``paper_runs.parameter_count``)."""
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=1, default=str))
     os.replace(tmp, path)
