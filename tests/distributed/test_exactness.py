@@ -30,6 +30,15 @@ def reference(name: str, dtype_name: str) -> dict:
     return W.single_process(W.model_for(pos.shape[1], dtype), graph, x, y)
 
 
+@lru_cache(maxsize=None)
+def sampled_reference() -> dict:
+    """One process on the Nystrom-sampled graph of "cloud2d" that the workers' ``sampled_case`` decomposes."""
+    pos = W.problem("cloud2d")[0]
+    ids, x, y, r = W.sampled_graph("cloud2d", torch.float64)
+    dec = build_sampled_plans(pos, ids, partition(pos, 3, "rcb"), r, dtype=torch.float64)
+    return W.single_process(W.model_for(2, torch.float64), dec.graph, x, y)
+
+
 def assert_equal_to_single(dist: dict, ref: dict, dtype_name: str) -> None:
     tol = TOLERANCE[getattr(torch, dtype_name)]
     assert max_rel_diff(dist["pred"], ref["pred"]) <= tol
@@ -64,11 +73,7 @@ def test_rank_holding_only_its_subdomain_equals_one_process():
 
 
 def test_sampled_graph_in_ds_mode_equals_single_process_sampled_graph():
-    pos = W.problem("cloud2d")[0]
-    ids, x, y, r = W.sampled_graph("cloud2d", torch.float64)
-    dec = build_sampled_plans(pos, ids, partition(pos, 3, "rcb"), r, dtype=torch.float64)
-    ref = W.single_process(W.model_for(2, torch.float64), dec.graph, x, y)
-    assert_equal_to_single(launch(3)[0]["sampled"], ref, "float64")
+    assert_equal_to_single(launch(3)[0]["sampled"], sampled_reference(), "float64")
 
 
 @pytest.mark.parametrize("P,key,name,dtype_name", [(2, "adam32", "cloud2d", "float32"),

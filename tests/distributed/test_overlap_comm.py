@@ -9,7 +9,7 @@ import torch
 from dsmpnn.distributed import max_rel_diff
 from dsmpnn.train.check import check
 from tests.distributed import workers as W
-from tests.distributed.test_exactness import assert_equal_to_single, launch, reference
+from tests.distributed.test_exactness import assert_equal_to_single, launch, reference, sampled_reference
 
 pytestmark = pytest.mark.distributed
 
@@ -38,13 +38,7 @@ def test_overlapped_geometric_overlap_equals_one_process():
 
 
 def test_overlapped_sampled_graph_equals_single_process_sampled_graph():
-    from dsmpnn.graph import build_sampled_plans, partition
-
-    pos = W.problem("cloud2d")[0]
-    ids, x, y, r = W.sampled_graph("cloud2d", torch.float64)
-    dec = build_sampled_plans(pos, ids, partition(pos, 3, "rcb"), r, dtype=torch.float64)
-    ref = W.single_process(W.model_for(2, torch.float64), dec.graph, x, y)
-    assert_equal_to_single(launch(3)[0]["sampled_overlap"], ref, "float64")
+    assert_equal_to_single(launch(3)[0]["sampled_overlap"], sampled_reference(), "float64")
 
 
 @pytest.mark.parametrize("key", ["backward_order", "backward_order_ckpt"])
