@@ -7,12 +7,14 @@ Used by every layer (data generators, graph building, benchmarks), so it imports
 from __future__ import annotations
 
 import os
+import resource
 import shutil
+import sys
 from pathlib import Path
 
 from dsmpnn.errors import DsmpnnError
 
-__all__ = ["available_memory", "free_disk", "check_resources", "format_bytes"]
+__all__ = ["available_memory", "peak_rss", "free_disk", "check_resources", "format_bytes"]
 
 
 def available_memory() -> int | None:
@@ -25,6 +27,13 @@ def available_memory() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory so far in bytes (``getrusage`` ``ru_maxrss``: KiB on Linux, bytes on
+    macOS). A forked process starts from its resident size at the fork."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
 
 
 def free_disk(path: str | os.PathLike) -> int | None:

@@ -6,6 +6,7 @@ the float64 run (interrupted on one rank, resumed, evaluated) uses ``run_process
 """
 
 
+import re
 import numpy as np
 import pytest
 import torch
@@ -63,6 +64,8 @@ def test_cli_nproc2_train_predict_equal_one_process(darcy, tmp_path, capfd):
     ref_pred = predict_file(ds, mesh, tmp_path / "one.npz", echo=lambda s: None)
     assert main(["predict", str(ds), "--input", str(mesh), "--out", str(tmp_path / "two.npz"), "--nproc", "2",
                  "--partition", "rcb", "--halo-hops", "2"]) == 0
+    peaks = re.search(r"peak memory per rank \[GiB\]: ([0-9.]+), ([0-9.]+)\n", capfd.readouterr().out)
+    assert peaks and all(0 < float(v) < 64 for v in peaks.groups())  # rank 0 reports both ranks
     with np.load(tmp_path / "two.npz") as z:
         assert z["pred"].shape == ref_pred.shape == (100, 1)
         assert max_rel_diff(torch.from_numpy(z["pred"]), torch.from_numpy(ref_pred)) <= 1e-5

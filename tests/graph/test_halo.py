@@ -273,3 +273,35 @@ def test_local_plan_on_a_regular_grid(cap):
     for p in range(2):
         np.testing.assert_array_equal(plans[p].send_rows, whole.plans[p].send_rows)
         np.testing.assert_array_equal(plans[p].edge_index, whole.plans[p].edge_index)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), nparts=st.integers(2, 4), hops=st.integers(1, 2),
+       graphs=st.integers(2, 4), method=st.sampled_from(["slab", "rcb", "metis"]))
+def test_batched_plans_are_the_plans_of_the_disjoint_union(seed, nparts, hops, graphs, method):
+    """A rank's plans of several sampled graphs, batched, equal its plan of their disjoint union built as one graph
+    (node ids offset graph after graph): owned rows, halo in (owner, id) order, rings, local edges, send lists;
+    the batched plans of all ranks agree with each other (check_plans); each graph's rows land where the map says."""
+    from dsmpnn.graph import batch_plans, radius_graph
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(80, 300))
+    pos = rng.random((n, 2))
+    radius = float(rng.uniform(0.1, 0.25))
+    ei = radius_graph(pos, radius, warn_isolated=False) if method == "metis" else None
+    owner = partition(pos, nparts, method, ei, 0)
+    parts = [build_sampled_plans(pos, np.sort(rng.choice(n, int(rng.integers(nparts, n)), replace=False)), owner,
+                                 radius, hops, nparts, warn_isolated=False) for _ in range(graphs)]
+    offsets = np.cumsum([0] + [len(d.sample_ids) for d in parts])
+    union_owner = np.concatenate([d.owner for d in parts])
+    union_ei = np.concatenate([d.graph.edge_index.numpy() + o for d, o in zip(parts, offsets)], axis=1)
+    union = build_halo_plans(union_owner, union_ei, hops, nparts, allow_empty=True)
+    batched = []
+    for p in range(nparts):
+        plan, rows = batch_plans([d.plans[p] for d in parts])
+        batched.append(plan)
+        for name in ("owned", "halo", "halo_owner", "halo_ring", "edge_index", "send_counts", "send_rows"):
+            np.testing.assert_array_equal(getattr(plan, name), getattr(union[p], name), err_msg=name)
+        for d, r, o in zip(parts, rows, offsets):
+            np.testing.assert_array_equal(plan.local_nodes[r], d.plans[p].local_nodes + o)
+    check_plans(batched)

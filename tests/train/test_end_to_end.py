@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -50,7 +51,10 @@ def test_cli_train_evaluate_predict(darcy, tmp_path, capsys):
     assert len(list((run / "plots").glob("test_*.png"))) == 1
 
     sample_file = darcy / Dataset(darcy).split("test")[0]
+    capsys.readouterr()
     assert main(["predict", str(run), "--input", str(sample_file), "--out", str(tmp_path / "p.npz")]) == 0
+    peak = re.search(r"peak memory per rank \[GiB\]: ([0-9.]+)\n", capsys.readouterr().out)  # one process
+    assert peak and 0 < float(peak.group(1)) < 64
     with np.load(tmp_path / "p.npz") as f:
         z = dict(f)
         assert z["pred"].shape == (144, 1)

@@ -10,6 +10,7 @@ runs a model on shards is :func:`dsmpnn.train.step.run_step`::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +18,7 @@ import torch.distributed as dist
 
 from dsmpnn.distributed.process_group import collective
 from dsmpnn.errors import DsmpnnError
-from dsmpnn.graph.halo import HaloPlan
+from dsmpnn.graph.halo import HaloPlan, batch_plans
 from dsmpnn.graph.radius import Graph
 
 __all__ = ["LocalShard", "make_shard", "gather_owned"]
@@ -52,14 +53,31 @@ class LocalShard:
 
     @classmethod
     def from_owned(cls, plan: HaloPlan, x_owned: torch.Tensor, edge_attr_local: torch.Tensor,
-                   y_owned: torch.Tensor | None = None) -> "LocalShard":
+                   y_owned: torch.Tensor | None = None, edge_index: torch.Tensor | None = None) -> "LocalShard":
         """A shard from this rank's data only: ``x_owned [n_own, F]`` (halo rows padded with zeros) and the
         local edges' attributes ``edge_attr_local [E_loc, D]`` (``edge_attributes(pos_local, plan.edge_index,
         r)`` from the positions of the local rows gives the global graph's values; ``fields=`` the node fields of
-        the local rows, halo included, when the graph's attributes carry them)."""
+        the local rows, halo included, when the graph's attributes carry them). ``edge_index``: the plan's local
+        edges as a tensor already made (e.g. :attr:`LocalDecomposition.graph`, which shares the plan's memory);
+        None: a copy of ``plan.edge_index``."""
         x = torch.cat([x_owned, x_owned.new_zeros(plan.num_halo, *x_owned.shape[1:])])
-        ei = plan.tensor("edge_index", x_owned.device)
+        ei = plan.tensor("edge_index", x_owned.device) if edge_index is None else edge_index.to(x_owned.device)
         return cls(plan, x, ei, edge_attr_local, y_owned)
+
+    @classmethod
+    def batch(cls, shards: Sequence["LocalShard"]) -> "LocalShard":
+        """Several graphs' shards of this rank as the shard of their disjoint union (:func:`~dsmpnn.graph.halo.
+        batch_plans`: owned rows of every graph, then the halo rows by peer), so a step of B graphs runs one
+        forward, one backward and one exchange per layer instead of B. Halo rows of ``x`` are zeros (never
+        read)."""
+        if len(shards) == 1:
+            return shards[0]
+        plan, _ = batch_plans([s.plan for s in shards])
+        x0 = shards[0].x
+        x = torch.cat([s.x[:s.plan.num_owned] for s in shards] + [x0.new_zeros(plan.num_halo, *x0.shape[1:])])
+        ys = [s.y for s in shards]
+        y = None if any(v is None for v in ys) else torch.cat(ys)
+        return cls(plan, x, plan.tensor("edge_index", x0.device), torch.cat([s.edge_attr for s in shards]), y)
 
 
 def make_shard(plan: HaloPlan, graph: Graph, x: torch.Tensor, y: torch.Tensor | None = None,

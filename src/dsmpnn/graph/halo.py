@@ -23,6 +23,7 @@ over nodes or edges; loops run over ranks and hops only).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -32,9 +33,9 @@ from scipy.spatial import cKDTree
 
 from dsmpnn.errors import GraphError
 from dsmpnn.graph.partition import check_edge_index, check_owner, unique_sorted
-from dsmpnn.graph.radius import DEFAULT_MAX_EDGES, Graph, build_graph
+from dsmpnn.graph.radius import DEFAULT_MAX_EDGES, Graph, build_graph, edge_attributes, radius_graph
 
-__all__ = ["HaloPlan", "build_halo_plans", "build_halo_plan", "build_overlap_plans", "check_plans",
+__all__ = ["HaloPlan", "batch_plans", "build_halo_plans", "build_halo_plan", "build_overlap_plans", "check_plans",
            "SampledDecomposition", "build_sampled_plans", "LocalDecomposition", "build_local_plan", "halo_reach",
            "within_reach"]
 
@@ -216,10 +217,11 @@ def _owner_and_nparts(owner, nparts: int | None, allow_empty: bool) -> tuple[np.
 
 
 class _InEdges:
-    """Edges grouped by target (CSR), to expand sets of (rank, node) keys into their incoming edges."""
+    """Edges grouped by target (CSR), to expand sets of (rank, node) keys into their incoming edges.
+    ``dst_sorted``: the edges are already sorted by target (a radius graph), so edge ids are CSR positions."""
 
-    def __init__(self, dst: np.ndarray, n: int) -> None:
-        self.order = np.argsort(dst, kind="stable")  # [E] edge ids sorted by target, then edge id
+    def __init__(self, dst: np.ndarray, n: int, dst_sorted: bool = False) -> None:
+        self.order = None if dst_sorted else np.argsort(dst, kind="stable")  # [E] edge ids by target, then id
         self.ptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(np.bincount(dst, minlength=n), out=self.ptr[1:])
 
@@ -228,8 +230,8 @@ class _InEdges:
         start, count = self.ptr[nodes], self.ptr[nodes + 1] - self.ptr[nodes]
         total = int(count.sum())
         first = np.repeat(np.cumsum(count) - count, count)  # [total] offset of each pair's block
-        edges = self.order[np.repeat(start, count) + np.arange(total) - first]
-        return np.repeat(ranks, count), edges
+        edges = np.repeat(start, count) + np.arange(total) - first
+        return np.repeat(ranks, count), edges if self.order is None else self.order[edges]
 
 
 def _isin_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
@@ -325,6 +327,69 @@ def build_halo_plans(owner: np.ndarray, edge_index, halo_hops: int = 1, nparts: 
                      np.concatenate(edge_id), halo_hops, None)
 
 
+def _rank_halo_plan(owner: np.ndarray, ei: np.ndarray, rank: int, halo_hops: int, nparts: int,
+                    chunk: int = 1 << 20) -> tuple[HaloPlan, np.ndarray]:
+    """``build_halo_plans(owner, ei, halo_hops, nparts, allow_empty=True)[rank]`` computed for that rank alone, and
+    its local ``edge_index`` as a writable array (the plan holds a read-only view of it), for
+    ``ei [2, E]`` sorted by target (a radius graph) and a rank that owns nodes: besides the plan, a few bytes per
+    edge (boolean masks), not the sorted int64 keys of every edge of every rank.
+
+    The rank's rings come from a breadth-first search over in-edges from its owned nodes (masks over the nodes);
+    its local edges are those into its owned nodes and inner rings, in edge order. Its send lists are the owned
+    nodes in the other ranks' rings: those searches start from the nodes of other ranks, which in a graph of the
+    nodes near the subdomain (:func:`build_local_plan`) are a thin band, and run on (rank, node) keys as in
+    :func:`build_halo_plans`.
+    """
+    n = len(owner)
+    src, dst = ei
+    in_edges = _InEdges(dst, n, dst_sorted=True)
+    mine = owner == rank  # [n]
+    seen, frontier, inner = mine.copy(), mine, mine.copy()  # inner: targets of the local edges
+    rings = []
+    for hop in range(halo_hops):
+        hit = frontier[dst]  # [E] edges into the frontier ...
+        hit &= ~seen[src]  # ... from a node not met yet
+        new = unique_sorted(src[hit])
+        del hit
+        rings.append(new)
+        seen[new] = True
+        frontier = np.zeros(n, dtype=bool)
+        frontier[new] = True
+        if hop < halo_hops - 1:
+            inner[new] = True
+    ring_no = np.repeat(np.arange(1, halo_hops + 1), [len(r) for r in rings])
+    halo = np.concatenate(rings)
+    order = np.lexsort((halo, owner[halo]))  # receive order: (owner, id)
+    halo, ring_no = halo[order], ring_no[order]
+    owned = np.flatnonzero(mine)
+    local_row = np.full(n, -1, dtype=np.int64)
+    local_row[owned] = np.arange(len(owned))
+    local_row[halo] = np.arange(len(owned), len(owned) + len(halo))
+    edge_ids = np.flatnonzero(inner[dst])  # [E_loc] ascending
+    local_ei = np.empty((2, len(edge_ids)), dtype=np.int64)
+    for s in range(0, len(edge_ids), chunk):  # no [E_loc] int64 temporaries
+        e = edge_ids[s:s + chunk]
+        local_ei[0, s:s + len(e)] = local_row[src[e]]
+        local_ei[1, s:s + len(e)] = local_row[dst[e]]
+    # the other ranks' rings (only the part near this rank's nodes is ever reached); keys q * n + node
+    other = np.flatnonzero(~mine)
+    visited = np.sort(owner[other] * n + other)
+    f_rank, f_node, sends = owner[other], other, []
+    for _ in range(halo_hops):
+        r, e = in_edges.expand(f_rank, f_node)
+        cut = owner[src[e]] != r
+        cand = unique_sorted(r[cut] * n + src[e[cut]])
+        new = cand[~_isin_sorted(cand, visited)]
+        visited = np.sort(np.concatenate([visited, new]))
+        f_rank, f_node = new // n, new % n
+        sends.append(new[mine[f_node]])
+    send = np.sort(np.concatenate(sends))  # (receiving rank, id)
+    plan = HaloPlan(rank=rank, nparts=nparts, num_global_nodes=n, halo_hops=halo_hops, owned=owned, halo=halo,
+                    halo_owner=owner[halo], halo_ring=ring_no, edge_index=local_ei, edge_ids=edge_ids,
+                    send_counts=np.bincount(send // n, minlength=nparts), send_rows=local_row[send % n])
+    return plan, local_ei
+
+
 def build_halo_plan(owner: np.ndarray, edge_index, rank: int, halo_hops: int = 1,
                     nparts: int | None = None) -> HaloPlan:
     """The plan of one rank (its send lists depend on the other ranks' halos, so all are computed)."""
@@ -367,6 +432,48 @@ def build_overlap_plans(owner: np.ndarray, edge_index, pos: np.ndarray, overlap:
     edge_id = np.flatnonzero(keep)
     return _assemble(owner, ei, nparts, halo // n, halo % n, np.ones(len(halo), dtype=np.int64),
                      owner[dst[edge_id]], edge_id, 1, float(overlap))
+
+
+def batch_plans(plans: Sequence[HaloPlan]) -> tuple[HaloPlan, list[np.ndarray]]:
+    """One rank's plans of several graphs as the plan of their disjoint union, and where each graph's local rows
+    went (``rows[g] [n_local_g]``: batch row of every local row of graph g).
+
+    Graph g's node ids are offset by the node counts of graphs 0..g-1 (every rank offsets alike, so the union is
+    the same graph on all ranks, the one :func:`dsmpnn.train.features.make_batch` gives one process). Batch rows:
+    the owned rows of every graph (graph order), then the halo rows sorted by (owner, offset id), i.e. by peer,
+    then graph: one contiguous block per peer, so one exchange per layer serves every graph. Local edges stay in
+    graph order, each graph's in its own order, so every node sums its messages in the same order as before.
+    """
+    first = plans[0]
+    if len(plans) == 1:
+        return first, [np.arange(first.num_local)]
+    if any(p.rank != first.rank or p.nparts != first.nparts or p.halo_hops != first.halo_hops or
+           p.overlap != first.overlap for p in plans):
+        raise GraphError("batch_plans: the plans differ in rank, nparts, halo_hops or overlap")
+    node_off = np.cumsum([0] + [p.num_global_nodes for p in plans])
+    edge_off = np.cumsum([0] + [int(p.edge_ids.max()) + 1 if p.edge_ids.size else 0 for p in plans])
+    own_off = np.cumsum([0] + [p.num_owned for p in plans])
+    halo_off = np.cumsum([0] + [p.num_halo for p in plans])
+    halo = np.concatenate([p.halo + o for p, o in zip(plans, node_off)])
+    halo_owner = np.concatenate([p.halo_owner for p in plans])
+    order = np.lexsort((halo, halo_owner))  # (owner, offset id)
+    place = np.empty(len(order), dtype=np.int64)
+    place[order] = np.arange(len(order))  # batch halo position of each concatenated halo row
+    rows = [np.concatenate([own_off[g] + np.arange(p.num_owned), own_off[-1] + place[halo_off[g]:halo_off[g + 1]]])
+            for g, p in enumerate(plans)]
+    send_rows, send_counts = [], np.zeros(first.nparts, dtype=np.int64)
+    for q in range(first.nparts):  # per peer, graph after graph, each by id: the peer's halo order
+        for p, r in zip(plans, rows):
+            send_rows.append(r[p.send_idx(q)])
+            send_counts[q] += p.send_counts[q]
+    batch = HaloPlan(rank=first.rank, nparts=first.nparts, num_global_nodes=int(node_off[-1]),
+                     halo_hops=first.halo_hops, owned=np.concatenate([p.owned + o for p, o in zip(plans, node_off)]),
+                     halo=halo[order], halo_owner=halo_owner[order],
+                     halo_ring=np.concatenate([p.halo_ring for p in plans])[order],
+                     edge_index=np.concatenate([r[p.edge_index] for p, r in zip(plans, rows)], axis=1),
+                     edge_ids=np.concatenate([p.edge_ids + o for p, o in zip(plans, edge_off)]),
+                     send_counts=send_counts, send_rows=np.concatenate(send_rows), overlap=first.overlap)
+    return batch, rows
 
 
 def check_plans(plans: list[HaloPlan]) -> None:
@@ -499,9 +606,13 @@ def build_local_plan(pos: np.ndarray, sample_ids: np.ndarray, owner: np.ndarray,
     Among the nodes kept, the edges are those of the whole graph (radius graphs are local), in the same order
     (sorted by target, then source, in sample order): reach = k r. With a geometric ``overlap`` l, reach =
     max(l, r): the halo and the nodes of other ranks the rank sends to lie within l, the sources of edges into
-    owned nodes within r. With ``max_neighbors`` the whole graph is built (:func:`build_sampled_plans`): which
-    of several equidistant neighbours the cap keeps is up to the k-d tree, and a tree on fewer nodes may keep
-    another one (on regular grids this happens), which would break the equality.
+    owned nodes within r. For the graph halo only this rank's plan is computed (:func:`_rank_halo_plan`: masks
+    over the near nodes, and the other ranks' rings searched from their nodes in the near set, a thin band), and
+    the edge attributes of its local edges only, which share memory with ``plan.edge_index``: what the rank
+    holds per edge is its local edge_index and attributes. With ``max_neighbors`` the whole graph is built
+    (:func:`build_sampled_plans`): which of several equidistant neighbours the cap keeps is up to the k-d tree,
+    and a tree on fewer nodes may keep another one (on regular grids this happens), which would break the
+    equality.
     """
     pos, sample_ids, owner, nparts = _sample_arguments(pos, sample_ids, owner, nparts)
     if not isinstance(halo_hops, (int, np.integer)) or halo_hops < 1:
@@ -528,21 +639,27 @@ def build_local_plan(pos: np.ndarray, sample_ids: np.ndarray, owner: np.ndarray,
                         overlap=float(overlap) if overlap is not None else None)
         attr = torch.zeros(0, pos_s.shape[1] + 1, dtype=dtype)
         return LocalDecomposition(sample_ids, plan, Graph(torch.zeros(2, 0, dtype=torch.int64), attr, 0), 0)
-    graph = build_graph(pos_s[near], radius, max_neighbors, dtype=dtype, warn_isolated=False, max_edges=max_edges)
-    ei = graph.edge_index.numpy()
-    if overlap is None:
-        local = build_halo_plans(owner_s[near], ei, halo_hops, nparts, allow_empty=True)[rank]
-    else:
+    if overlap is not None:
+        graph = build_graph(pos_s[near], radius, dtype=dtype, warn_isolated=False, max_edges=max_edges)
+        ei = graph.edge_index.numpy()
         local = build_overlap_plans(owner_s[near], ei, pos_s[near], overlap, radius, nparts, allow_empty=True,
                                     warn=False)[rank]
+        local_ei = np.array(local.edge_index)
+    else:
+        ei = radius_graph(pos_s[near], radius, warn_isolated=False, max_edges=max_edges)  # sorted by target
+        local, local_ei = _rank_halo_plan(owner_s[near], ei, rank, halo_hops, nparts)
+    isolated = _isolated(ei[1], len(near), owner_s[near] == rank)  # every edge into an owned node is in `ei`
+    del ei
+    edge_index = torch.from_numpy(local_ei)  # [2, E_loc]; the plan holds a read-only view of the same memory
     plan = HaloPlan(rank=rank, nparts=nparts, num_global_nodes=m, halo_hops=local.halo_hops,
                     owned=near[local.owned], halo=near[local.halo], halo_owner=local.halo_owner,
-                    halo_ring=local.halo_ring, edge_index=local.edge_index, edge_ids=local.edge_ids,
+                    halo_ring=local.halo_ring, edge_index=edge_index.numpy(), edge_ids=local.edge_ids,
                     send_counts=local.send_counts, send_rows=local.send_rows, overlap=local.overlap)
-    isolated = _isolated(ei[1], len(near), owner_s[near] == rank)  # every edge into an owned node is in `graph`
-    attr = graph.edge_attr[torch.from_numpy(local.edge_ids.copy())]
-    return LocalDecomposition(sample_ids, plan, Graph(torch.from_numpy(plan.edge_index.copy()), attr,
-                                                      plan.num_local), isolated)
+    if overlap is not None:
+        attr = graph.edge_attr[torch.from_numpy(local.edge_ids.copy())]
+    else:  # the attributes of the local edges only, from the same float64 positions: equal to the whole graph's
+        attr = edge_attributes(torch.from_numpy(pos_s[near[local.local_nodes]]), edge_index, radius, dtype=dtype)
+    return LocalDecomposition(sample_ids, plan, Graph(edge_index, attr, plan.num_local), isolated)
 
 
 def halo_reach(radius: float, halo_hops: int = 1, overlap: float | None = None) -> float:

@@ -22,6 +22,7 @@ from dsmpnn.data.untrusted import regular_file
 from dsmpnn.distributed import DistContext, current_context, run_agreed
 from dsmpnn.errors import CheckpointError, ConfigError, DatasetError
 from dsmpnn.messages import brief
+from dsmpnn.resources import peak_rss
 from dsmpnn.train.checkpoint import atomic_write_bytes
 from dsmpnn.train.config import Config
 from dsmpnn.train.features import GraphStats, check_graph_size, check_split_graphs
@@ -201,10 +202,11 @@ def predict_file(run_dir: str | Path, input_path: str | Path, out_path: str | Pa
     The output holds the predicted fields under their names and, when the input has targets, ``<name>_true`` and
     ``<name>_error`` (prediction - truth); an .npz also ``pos`` and ``pred [N, T]``, a .vtu/.xdmf the input fields
     and every cell block of the input mesh. ``step`` picks the step of an XDMF time series, ``cell_data``
-    ("refuse" or "average") what is done with input fields given per cell. Field names that would clash in that layout, and an ``out_path`` that is
-    the input file, are refused before the model runs. In a process group of P > 1 ranks every rank calls this
-    function and reads the input; the mesh is partitioned and predicted by all ranks together, rank 0 writes the
-    file and returns the prediction (None on the other ranks).
+    ("refuse" or "average") what is done with input fields given per cell. Field names that would clash in that
+    layout, and an ``out_path`` that is the input file, are refused before the model runs. In a process group of
+    P > 1 ranks every rank calls this function and reads the input; the mesh is partitioned and predicted by all
+    ranks together, rank 0 writes the file and returns the prediction (None on the other ranks). Last, rank 0
+    echoes the peak resident memory of every rank (``peak memory per rank [GiB]: ...``), for sizing runs.
     """
     out_path = Path(out_path)
     if out_path.suffix not in OUTPUT_SUFFIXES:
@@ -233,9 +235,19 @@ def predict_file(run_dir: str | Path, input_path: str | Path, out_path: str | Pa
     stats = GraphStats()
     pred = strategy.predict(run.model, strategy.hold(sample), stats)
     _warn_isolated(strategy, cfg, stats, f"mesh '{sample.name}'")
+    written = _write_prediction(sample, blocks, pred, inputs, targets, out_path) if strategy.is_main else []
+    peaks = strategy.gather_objects(peak_rss())  # after the write: also waits for rank 0 to finish it
     if not strategy.is_main:
-        strategy.barrier()
         return None
+    echo(f"wrote {out_path} ({sample.num_nodes} nodes, fields {written})")
+    echo("peak memory per rank [GiB]: " + ", ".join(f"{p / 2**30:.2f}" for p in peaks))
+    return pred
+
+
+def _write_prediction(sample: MeshSample, blocks: CellBlocks, pred: np.ndarray, inputs: list[str],
+                      targets: list[str], out_path: Path) -> list[str]:
+    """Write ``pred [N, T]`` (and, where ``sample`` has targets, ``<name>_true``/``<name>_error``) to ``out_path``
+    in the layout :func:`predict_file` describes; returns the names of the fields written."""
     fields = {n: pred[:, t] for t, n in enumerate(targets)}
     if sample.y is not None:
         for t, n in enumerate(targets):
@@ -249,9 +261,7 @@ def predict_file(run_dir: str | Path, input_path: str | Path, out_path: str | Pa
         write_xdmf(sample, point_data, out_path, blocks)
     else:
         atomic_write_bytes(out_path, vtu_bytes(sample, point_data, out_path, blocks))
-    echo(f"wrote {out_path} ({sample.num_nodes} nodes, fields {list(fields)})")
-    strategy.barrier()
-    return pred
+    return list(fields)
 
 
 def check_predict_paths(input_path: str | Path, out_path: str | Path) -> None:

@@ -185,9 +185,9 @@ def decompose(mesh: MeshShard, ids: np.ndarray, nparts: int, cfg: Config, dtype:
     attr = dec.graph.edge_attr.to(mesh.x.device)  # [E_loc, d + 1]
     fields = mesh.edge_fields(dec.local_rows())  # [n_local, F] or None
     if fields is not None:
-        attr = torch.cat([attr, node_pair_fields(fields, plan.tensor("edge_index"))], dim=1)  # [E_loc, d + 1 + 2F]
+        attr = torch.cat([attr, node_pair_fields(fields, dec.graph.edge_index)], dim=1)  # [E_loc, d + 1 + 2F]
     y = mesh.y[rows] if with_targets and mesh.y is not None else None
-    return LocalShard.from_owned(plan, mesh.x[rows], attr, y)
+    return LocalShard.from_owned(plan, mesh.x[rows], attr, y, dec.graph.edge_index)
 
 
 def step_graph(shard: LocalShard, cfg: Config) -> StepGraph:

@@ -33,7 +33,7 @@ from torch import nn
 
 from dsmpnn.data.dataset import Dataset
 from dsmpnn.data.sample import MeshSample
-from dsmpnn.distributed import (DistContext, all_gather_objects, all_reduce_sum, any_rank, barrier,
+from dsmpnn.distributed import (DistContext, LocalShard, all_gather_objects, all_reduce_sum, any_rank, barrier,
                                 broadcast_parameters, quiet_unless_main, run_agreed)
 from dsmpnn.errors import ConfigError, DatasetError, DsmpnnError
 from dsmpnn.train.config import Config
@@ -52,7 +52,7 @@ Item = tuple[object, np.ndarray]
 @dataclass
 class PreparedStep:
     """The graphs of one step, built before the model runs: one joined :class:`GraphBatch` (one process) or this
-    rank's :class:`~dsmpnn.distributed.LocalShard` of each graph (DS); ``nodes``: nodes of all the step's graphs;
+    rank's :class:`~dsmpnn.distributed.LocalShard` of them all, joined (DS); ``nodes``: nodes of all the step's graphs;
     ``stats``: the nodes without a neighbour among those built."""
 
     graphs: list
@@ -103,6 +103,10 @@ class SingleProcess:
 
     def same_everywhere(self, value: object, what: str) -> None:
         pass
+
+    def gather_objects(self, value: object) -> list:
+        """``[value]``: the values of every rank (here one)."""
+        return [value]
 
     def prepare(self, items: Sequence[Item]) -> PreparedStep:
         """The step's sampled graphs joined into one disjoint graph (no collective: may run in a background
@@ -183,12 +187,18 @@ class DomainDecomposed:
             raise self.error(DsmpnnError(f"ranks disagree on {what}: {values}; every rank must see the same files "
                                          "(a shared file system)"))
 
+    def gather_objects(self, value: object) -> list:
+        """The ``value`` of every rank, in rank order, on every rank (a collective)."""
+        return all_gather_objects(value)
+
     def prepare(self, items: Sequence[Item]) -> PreparedStep:
-        """This rank's part and halo plan of each sampled graph of the step (no collective: may run in a background
-        thread, see :mod:`dsmpnn.train.prefetch`)."""
+        """This rank's part and halo plan of each sampled graph of the step, joined into one shard of their disjoint
+        union (:meth:`LocalShard.batch`: one forward, backward and exchange per layer for the whole step, as one
+        process runs one batch graph), without a collective: may run in a background thread (see
+        :mod:`dsmpnn.train.prefetch`)."""
         stats = GraphStats()
         shards = [decompose(mesh, ids, self.ctx.world_size, self.cfg, self.dtype, stats=stats) for mesh, ids in items]
-        return PreparedStep(shards, sum(len(ids) for _, ids in items), stats)
+        return PreparedStep([LocalShard.batch(shards)], sum(len(ids) for _, ids in items), stats)
 
     def step(self, model: nn.Module, items: Sequence[Item] | PreparedStep, stop_requested: bool = False,
              gather: bool = False) -> StepResult:

@@ -39,6 +39,20 @@ def test_plan_invariants(chunk, order):
                 assert torch.all(rows[1:] > rows[:-1])
 
 
+@pytest.mark.parametrize("order", ORDERS)
+def test_per_edge_arrays_are_int32_and_chunks_read_as_int64(order):
+    """The two arrays per edge are int32 (half the memory of int64; ids fit); a chunk's rows and targets come out
+    as int64 for the kernels, equal to the int32 values."""
+    ei = torch.randint(0, 50, (2, 400), generator=torch.Generator().manual_seed(3))
+    plan = EdgePlan.build(ei, 50, chunk=64, order=order)
+    assert plan.perm.dtype == plan.dst_sorted.dtype == torch.int32
+    assert plan.sources.dtype == plan.in_degree.dtype == torch.int64
+    for c in plan.chunks:
+        rows, targets = plan.rows(c), plan.targets(c)
+        assert rows.dtype == targets.dtype == torch.int64
+        assert torch.equal(rows, plan.perm[c.e0:c.e1].long()) and torch.equal(targets, ei[1, rows])
+
+
 def test_locality_order_keeps_neighbours_close():
     """On a grid graph with shuffled node ids, the locality (RCM) order puts every source within a few rows of
     the grid of its neighbours; the degree order (ids shuffled) does not."""

@@ -73,7 +73,7 @@ def forward_work(plan: EdgePlan, kernel: RowwiseKernel | None, x: torch.Tensor, 
                 _messages(h, q, plan.groups(ch), m)
             if ws is not None:
                 m.mul_(ws[ch.e0:ch.e1, None])
-            out.index_add_(0, plan.dst_sorted[ch.e0:ch.e1], m)
+            out.index_add_(0, plan.targets(ch), m)
         return out
 
     return work
@@ -100,11 +100,11 @@ def backward_work(plan: EdgePlan, kernel: RowwiseKernel | None, need: Needs, x: 
         gh_buf = x.new_empty(plan.max_chunk_edges, k) if need.h and padded is None else None
         for ch in chunks:
             n, e = ch.n1 - ch.n0, ch.e1 - ch.e0
-            nodes, rows = plan.sources[ch.n0:ch.n1], plan.perm[ch.e0:ch.e1]
+            nodes, rows = plan.sources[ch.n0:ch.n1], plan.rows(ch)
             tape: list | None = [] if need.h else None
             h = _edge_features(kernel, feats, fs, plan.perm, ch, h_buf[:e], k, tape)  # [e, K'], recomputed
             q = _node_kernels(x, wb, nodes, q_buf)  # [n, K', C], recomputed
-            gm = torch.index_select(g, 0, plan.dst_sorted[ch.e0:ch.e1], out=gm_buf[:e])  # [e, C]
+            gm = torch.index_select(g, 0, plan.targets(ch), out=gm_buf[:e])  # [e, C]
             if ws is not None:
                 gm.mul_(ws[ch.e0:ch.e1, None])
             if padded is not None:
@@ -146,14 +146,14 @@ def _edge_features(kernel: RowwiseKernel | None, feats: torch.Tensor, fs: torch.
     when there is no kernel."""
     if kernel is not None:
         if fs is None:
-            a = torch.index_select(feats, 0, perm[ch.e0:ch.e1], out=f_buf[:ch.e1 - ch.e0])  # [e, F]
+            a = torch.index_select(feats, 0, perm[ch.e0:ch.e1].long(), out=f_buf[:ch.e1 - ch.e0])  # [e, F]
         else:
             a = fs[ch.e0:ch.e1]
         kernel.forward(a, tape, out=h_buf[:, :k])
     elif h_buf.device.type == "cpu":
-        torch.index_select(feats, 0, perm[ch.e0:ch.e1], out=h_buf[:, :k])  # strided out: fine on CPU
+        torch.index_select(feats, 0, perm[ch.e0:ch.e1].long(), out=h_buf[:, :k])  # strided out: fine on CPU
     else:
-        h_buf[:, :k] = torch.index_select(feats, 0, perm[ch.e0:ch.e1])
+        h_buf[:, :k] = torch.index_select(feats, 0, perm[ch.e0:ch.e1].long())
     return h_buf
 
 

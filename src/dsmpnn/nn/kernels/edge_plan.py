@@ -90,11 +90,14 @@ class EdgePlan:
     """Edges of ``edge_index`` sorted by (out-degree of the source, source), in chunks.
 
     Shapes:
-        perm:       [E] int64, original edge id of each sorted edge (stable: ties keep their input order)
+        perm:       [E] original edge id of each sorted edge (stable: ties keep their input order)
         sources:    [S] int64, the source node of each slot, S = number of nodes with out-degree > 0
-        source_degree: [S] int64, the out-degree of each slot's source (non-decreasing)
-        dst_sorted: [E] int64, target of each sorted edge (``edge_index[1, perm]``)
+        source_degree: [S] int64, the out-degree of each slot's source (non-decreasing in "degree" order)
+        dst_sorted: [E] target of each sorted edge (``edge_index[1, perm]``)
         in_degree:  [num_nodes] int64, edges per target
+
+    ``perm`` and ``dst_sorted``, the two arrays per edge, are int32 where E and the node count fit (below 2^31;
+    half the memory of int64), else int64; :meth:`rows` and :meth:`targets` give one chunk's as int64.
     """
 
     perm: torch.Tensor
@@ -117,6 +120,14 @@ class EdgePlan:
     @property
     def max_chunk_edges(self) -> int:
         return max((c.e1 - c.e0 for c in self.chunks), default=0)
+
+    def rows(self, ch: Chunk) -> torch.Tensor:
+        """Original edge ids of chunk ``ch``'s sorted edges: [e] int64."""
+        return self.perm[ch.e0:ch.e1].long()
+
+    def targets(self, ch: Chunk) -> torch.Tensor:
+        """Targets of chunk ``ch``'s sorted edges: [e] int64."""
+        return self.dst_sorted[ch.e0:ch.e1].long()
 
     @property
     def max_chunk_nodes(self) -> int:
@@ -174,43 +185,51 @@ class EdgePlan:
         if out_degree.shape[0] != num_src or in_degree.shape[0] != num_nodes:
             raise ValueError(f"edge_index refers to node {max(out_degree.shape[0], in_degree.shape[0]) - 1}, "
                              f"expected sources < {num_src} and targets < {num_nodes}")
+        small = max(src.shape[0], num_src, num_nodes) < 2**31
         if order == "degree":
             # Sort key (out-degree, source): both < 2^31 for any graph that fits in memory, so one int64 key.
             perm = torch.argsort(out_degree[src] * num_src + src, stable=True)  # [E]
             slot_key = out_degree * num_src + torch.arange(num_src, device=src.device)
             sources = torch.argsort(slot_key)[num_src - int((out_degree > 0).sum()):]  # [S], degree > 0 only
+            dst_sorted = dst[perm]
+            if small:
+                perm, dst_sorted = perm.int(), dst_sorted.int()
         else:
-            perm, sources = _locality_order(src, dst, out_degree, num_nodes)
+            perm, sources, dst_sorted = _locality_order(src, dst, out_degree, num_nodes, small)
         source_degree = out_degree[sources]  # [S]
         chunks = _cut(source_degree, chunk, max(1, chunk // NODES_PER_CHUNK_DIVISOR))
-        return cls(perm, sources, source_degree, dst[perm], in_degree, chunks, num_src, num_nodes, chunk, order)
+        return cls(perm, sources, source_degree, dst_sorted, in_degree, chunks, num_src, num_nodes, chunk, order)
 
 
-def _locality_order(src: torch.Tensor, dst: torch.Tensor, out_degree: torch.Tensor,
-                    num_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``perm [E]`` and ``sources [S]`` (the sources with edges, in reverse Cuthill-McKee order): the edges of each
-    source in input order, the sources one after the other. One stable sort of the edges by source (CSR), the
-    order of the sources from that CSR graph, then their runs of edges gathered in that order, without a second
-    sort of the edges."""
+def _locality_order(src: torch.Tensor, dst: torch.Tensor, out_degree: torch.Tensor, num_nodes: int,
+                    small: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``perm [E]``, ``sources [S]`` (the sources with edges, in reverse Cuthill-McKee order) and ``dst_sorted
+    [E]``: the edges of each source in input order, the sources one after the other.
+
+    One stable sort of the edges by source gives a CSR matrix source x target whose values are the edge ids; the
+    order of the sources comes from its pattern, then its rows are gathered in that order (values: ``perm``,
+    column indices: ``dst_sorted``). With ``small`` (ids below 2^31) the per-edge arrays kept are int32."""
     device, num_src = src.device, out_degree.shape[0]
     num_edges = int(src.shape[0])
+    it = np.int32 if small else np.int64
     deg = out_degree.cpu().numpy()
-    by_src = torch.argsort(src.cpu(), stable=True).numpy()  # [E] edge ids grouped by source, ascending
-    indptr = np.zeros(num_src + 1, dtype=np.int64)
-    np.cumsum(deg, out=indptr[1:])  # [num_src + 1] start of each source's run in by_src
-    # reverse Cuthill-McKee on the graph source -> target (as if symmetric: only the order is at stake)
     n = max(num_src, num_nodes)
-    ptr = np.concatenate([indptr, np.full(n - num_src, num_edges, dtype=np.int64)])
-    targets = dst.cpu().numpy()[by_src]
-    adj = scipy.sparse.csr_matrix((np.ones(num_edges, dtype=np.int8), targets, ptr), shape=(n, n))
-    rcm = reverse_cuthill_mckee(adj, symmetric_mode=True)  # [n] node ids
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(deg, out=indptr[1:num_src + 1])
+    indptr[num_src + 1:] = num_edges
+    by_src = np.argsort(src.cpu().numpy(), kind="stable").astype(it)  # [E] edge ids grouped by source, in order
+    targets = dst.cpu().numpy()[by_src].astype(it, copy=False)  # [E]
+    # reverse Cuthill-McKee on the graph source -> target (as if symmetric: only the order is at stake)
+    pattern = scipy.sparse.csr_matrix((np.ones(num_edges, dtype=np.int8), targets, indptr), shape=(n, n))
+    rcm = reverse_cuthill_mckee(pattern, symmetric_mode=True)  # [n] node ids
+    del pattern
     rcm = rcm[rcm < num_src]
     sources = rcm[deg[rcm] > 0].astype(np.int64)
-    lens = deg[sources]
-    offsets = np.repeat(indptr[sources] - (np.cumsum(lens) - lens), lens)  # run start minus its place in perm
-    offsets += np.arange(num_edges)
-    perm = by_src[offsets]
-    return torch.from_numpy(perm).to(device), torch.from_numpy(sources).to(device)
+    rows = scipy.sparse.csr_matrix((by_src, targets, indptr), shape=(n, n))[sources]  # rows in RCM order
+    del by_src, targets
+    perm, dst_sorted = rows.data.astype(it, copy=False), rows.indices.astype(it, copy=False)
+    return (torch.from_numpy(perm).to(device), torch.from_numpy(sources).to(device),
+            torch.from_numpy(dst_sorted).to(device))
 
 
 def _cut(source_degree: torch.Tensor, chunk: int, max_nodes: int) -> tuple[Chunk, ...]:

@@ -28,10 +28,10 @@ def forward_work(fused: native.NativeKernels, plan: EdgePlan, kernel: RowwiseKer
         out = x.new_zeros(plan.num_nodes, c)  # [N, C] partial sum of this worker
         run = native.FusedPass(fused, x, wb, k, layers or (), out=out)
         for ch in chunks:
-            a, rows = feats, plan.perm[ch.e0:ch.e1]
+            a, rows = feats, plan.rows(ch)
             if layers is None:  # the kernel MLP by PyTorch
                 a, rows = kernel.forward(torch.index_select(feats, 0, rows)), None  # [e, K]
-            run.chunk(plan.source_degree[ch.n0:ch.n1], plan.sources[ch.n0:ch.n1], plan.dst_sorted[ch.e0:ch.e1],
+            run.chunk(plan.source_degree[ch.n0:ch.n1], plan.sources[ch.n0:ch.n1], plan.targets(ch),
                       ws[ch.e0:ch.e1] if ws is not None else None, a, rows)
         return out
 
@@ -60,8 +60,8 @@ def backward_work(fused: native.NativeKernels, plan: EdgePlan, kernel: RowwiseKe
                                need_dh=need.h)
         gh_buf = x.new_empty(plan.max_chunk_edges, k) if layers is None and need.h else None
         for ch in chunks:
-            rows = plan.perm[ch.e0:ch.e1]
-            args = (plan.source_degree[ch.n0:ch.n1], plan.sources[ch.n0:ch.n1], plan.dst_sorted[ch.e0:ch.e1],
+            rows = plan.rows(ch)
+            args = (plan.source_degree[ch.n0:ch.n1], plan.sources[ch.n0:ch.n1], plan.targets(ch),
                     ws[ch.e0:ch.e1] if ws is not None else None)
             if layers is not None:
                 run.chunk(*args, feats, rows, gf)

@@ -72,7 +72,7 @@ class _GroupedAggregate(torch.autograd.Function):
     def forward(ctx, plan: EdgePlan, kernel: RowwiseKernel | None, grad: bool, x, wb, feats, edge_weight,
                 node_weight, base, *params):
         c = wb.shape[2] if wb is not None else x.shape[2]
-        ws = edge_weight[plan.perm] if edge_weight is not None else None  # [E] in sorted order
+        ws = edge_weight.index_select(0, plan.perm) if edge_weight is not None else None  # [E] in sorted order
         backend = choose_backend(x.device, x.dtype)
         fs = None
         if backend == "fused":
@@ -105,7 +105,7 @@ class _GroupedAggregate(torch.autograd.Function):
         gx = torch.zeros_like(x) if need.x else None
         gf = torch.zeros_like(feats) if need.f else None
         g = g * node_weight[:, None] if node_weight is not None else g.contiguous()
-        ws = edge_weight[plan.perm] if edge_weight is not None else None
+        ws = edge_weight.index_select(0, plan.perm) if edge_weight is not None else None
         if backend == "fused":
             work = fused.backward_work(native.kernels(), plan, kernel, need, x, wb, feats, ws, params, g, gx, gf)
         else:
