@@ -159,11 +159,13 @@ class ECConv(nn.Module):
         return ecconv_aggregate(x, wb, h, plan, node_weight=node_weight, base=base)
 
     def _root_and_bias(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """out + W_r x + b (each when present): [N, C_out]."""
+        """out + W_r x + b (each when present): [N, C_out]. Without autograd ``out`` (the aggregation's fresh
+        output) is added to in place: no [N, C_out] copies."""
+        inplace = not torch.is_grad_enabled()
         if self.root is not None:
-            out = out + self.root(x)
+            out = out.add_(self.root(x)) if inplace else out + self.root(x)
         if self.bias is not None:
-            out = out + self.bias
+            out = out.add_(self.bias) if inplace else out + self.bias
         return out
 
     @classmethod

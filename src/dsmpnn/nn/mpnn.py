@@ -11,7 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from dsmpnn.nn.ecconv import ECConv
 from dsmpnn.nn.kernels.edge_plan import EdgeSplit, cached_edge_split
-from dsmpnn.nn.mlp import MLP, activation
+from dsmpnn.nn.mlp import MLP, activation, rowwise
 
 __all__ = ["MPNN", "Exchange", "OverlappedExchange"]
 
@@ -84,9 +84,9 @@ class MPNN(nn.Module):
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor,
                 exchange: Exchange | OverlappedExchange | None = None) -> torch.Tensor:
-        h = self.encoder(x)  # [N, hidden]
+        h = rowwise(self.encoder, x)  # [N, hidden]
         if isinstance(exchange, OverlappedExchange):
-            return self.decoder(self._overlapped(h, edge_index, edge_attr, exchange))  # [N, out_channels]
+            return rowwise(self.decoder, self._overlapped(h, edge_index, edge_attr, exchange))  # [N, out_channels]
         recompute = self.checkpoint_layers and torch.is_grad_enabled()
         for layer in range(len(self.convs)):
             if exchange is not None:
@@ -95,16 +95,20 @@ class MPNN(nn.Module):
                 h = checkpoint(self._layer, layer, h, edge_index, edge_attr, use_reentrant=False)
             else:
                 h = self._layer(layer, h, edge_index, edge_attr)  # [N, hidden]
-        return self.decoder(h)  # [N, out_channels]
+        return rowwise(self.decoder, h)  # [N, out_channels]
 
     def _layer(self, layer: int, h: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor) -> torch.Tensor:
         """Processor layer ``layer``: h -> LN(h + act(conv(h))) (residual and LayerNorm optional)."""
         return self._after_conv(layer, h, self.convs[layer](h, edge_index, edge_attr))
 
     def _after_conv(self, layer: int, h: torch.Tensor, conv: torch.Tensor) -> torch.Tensor:
-        """LN(h + act(conv)) (residual and LayerNorm optional): [N, hidden]."""
+        """LN(h + act(conv)) (residual and LayerNorm optional): [N, hidden]. Without autograd the sum is made in
+        act(conv)'s memory (one [N, hidden] tensor less at a time)."""
         u = self.act(conv)  # [N, hidden]
-        h = h + u if self.residual else u
+        if self.residual:
+            h = h + u if torch.is_grad_enabled() else u.add_(h)
+        else:
+            h = u
         if self.norms is not None:
             h = self.norms[layer](h)
         return h
