@@ -5,9 +5,9 @@
 
 The mesh: N uniform random points in the unit square, input field ``a = sin(2 pi x) cos(2 pi y)``, no targets,
 written once as a dsmpnn sample ``.npz``. The radius gives about 25 neighbours per node (as ``dsmpnn bench
-scale``), so the full radius graph has ~25 N edges. The model (4 layers of 32 channels, kernel MLP [32], the demo's
-shape) is trained for one epoch on four 25,000-node patches of the same point density, so it sees the graphs it
-predicts on; its accuracy is not the point.
+scale``), so the full radius graph has ~25 N edges. The model (4 layers of 32 channels, kernel MLP [32], the
+demo's shape) is trained for one epoch on four 25,000-node patches (N / 4 for a small N) of the same point
+density, so it sees the graphs it predicts on; its accuracy is not the point.
 
 Each predict runs as its own command (``dsmpnn predict RUN --input MESH --out OUT [--nproc P --partition ...]``),
 one after the other. Recorded per command: wall time (launch included), the peak resident memory of every rank as
@@ -49,17 +49,18 @@ def make_run(work: Path, nodes: int, dsmpnn: str) -> Path:
     if (run / "config.yaml").exists():
         return run
     rng = np.random.default_rng(1)
-    side = math.sqrt(PATCH_NODES / nodes)
+    size = min(PATCH_NODES, nodes // 4)
+    side = math.sqrt(size / nodes)
 
     def patch(k: int) -> tuple[str, MeshSample]:
-        pos = rng.random((PATCH_NODES, 2)) * side + rng.random(2) * (1 - side)
+        pos = rng.random((size, 2)) * side + rng.random(2) * (1 - side)
         a = field(pos)
         return ("train" if k < 3 else "val"), MeshSample(pos, a, a**2 + pos[:, :1], name=f"patch{k}")
 
     data = work / f"data_{nodes}"
     if not data.exists():
         write_dataset(data, (patch(k) for k in range(4)), [Field("a")], [Field("u")], "bench_predict patches")
-    overrides = [f"graph.radius={radius_for(nodes)}", "graph.sample_nodes=5000", "graph.samples_per_mesh=1",
+    overrides = [f"graph.radius={radius_for(nodes)}", f"graph.sample_nodes={min(5000, size)}", "graph.samples_per_mesh=1",
                  "train.epochs=1", "train.batch_graphs=1", "model.hidden=32", "model.layers=4",
                  "model.kernel_hidden=[32]", "distributed.partition=rcb"]
     subprocess.run([dsmpnn, "train", "--data", str(data), "--out", str(run), *overrides], check=True,
