@@ -60,9 +60,9 @@ def make_run(work: Path, nodes: int, dsmpnn: str) -> Path:
     data = work / f"data_{nodes}"
     if not data.exists():
         write_dataset(data, (patch(k) for k in range(4)), [Field("a")], [Field("u")], "bench_predict patches")
-    overrides = [f"graph.radius={radius_for(nodes)}", f"graph.sample_nodes={min(5000, size)}", "graph.samples_per_mesh=1",
-                 "train.epochs=1", "train.batch_graphs=1", "model.hidden=32", "model.layers=4",
-                 "model.kernel_hidden=[32]", "distributed.partition=rcb"]
+    overrides = [f"graph.radius={radius_for(nodes)}", f"graph.sample_nodes={min(5000, size)}",
+                 "graph.samples_per_mesh=1", "train.epochs=1", "train.batch_graphs=1", "model.hidden=32",
+                 "model.layers=4", "model.kernel_hidden=[32]", "distributed.partition=rcb"]
     subprocess.run([dsmpnn, "train", "--data", str(data), "--out", str(run), *overrides], check=True,
                    stdout=subprocess.DEVNULL)
     return run

@@ -46,7 +46,9 @@ DATASETS = {  # name: (title, generate arguments, MPNN config, GCN config)
 }
 VARIANTS = {  # dataset: [(variant, overrides on the MPNN config)]: the Darcy levers towards 0.02
     "darcy64": [("edge features a_i, a_j", ["graph.edge_features=inputs"]),
-                ("lr 5e-3", ["train.lr=0.005"])],
+                ("lr 5e-3", ["train.lr=0.005"]),
+                ("lr 5e-3 + edge features, 60 epochs", ["train.lr=0.005", "graph.edge_features=inputs",
+                                                        "train.epochs=60"])],
 }
 SWEEP = [("lr 1e-3", ["train.lr=0.001"]), ("lr 2e-3", ["train.lr=0.002"]), ("lr 5e-3", ["train.lr=0.005"]),
          ("6 layers", ["model.layers=6"]), ("LayerNorm", ["model.layer_norm=true"]),

@@ -206,9 +206,10 @@ def _locality_order(src: torch.Tensor, dst: torch.Tensor, out_degree: torch.Tens
     """``perm [E]``, ``sources [S]`` (the sources with edges, in reverse Cuthill-McKee order) and ``dst_sorted
     [E]``: the edges of each source in input order, the sources one after the other.
 
-    One stable counting sort of the edges by source (:func:`_stable_order`) gives a CSR matrix source x target whose values are the edge ids; the
-    order of the sources comes from its pattern, then its rows are gathered in that order (values: ``perm``,
-    column indices: ``dst_sorted``). With ``small`` (ids below 2^31) the per-edge arrays kept are int32."""
+    One stable counting sort of the edges by source (:func:`_stable_order`) gives a CSR matrix source x target whose
+    values are the edge ids; the order of the sources comes from its pattern, then its rows are gathered in that
+    order (values: ``perm``, column indices: ``dst_sorted``). With ``small`` (ids below 2^31) the per-edge arrays
+    kept are int32."""
     device, num_src = src.device, out_degree.shape[0]
     num_edges = int(src.shape[0])
     it = np.int32 if small else np.int64
