@@ -626,8 +626,9 @@ def build_local_plan(pos: np.ndarray, sample_ids: np.ndarray, owner: np.ndarray,
         plan = whole.plans[rank]
         return LocalDecomposition(sample_ids, plan, plan.local_graph(whole.graph),
                                   _isolated(whole.graph.edge_index[1].numpy(), m, plan.owned))
-    pos_s = np.asarray(pos[sample_ids], dtype=np.float64)  # [m, d]
-    owner_s = owner[sample_ids].astype(np.int64)
+    every = m == len(pos)  # every mesh node (full-graph inference): no [m] copies
+    pos_s = np.asarray(pos if every else pos[sample_ids], dtype=np.float64)  # [m, d]
+    owner_s = owner if every else owner[sample_ids]  # [m], the caller's integer type
     keep = within_reach(pos_s, owner_s == rank, halo_reach(radius, halo_hops, overlap))
     near = np.flatnonzero(keep)  # ascending sample indices: the order of the whole graph is kept
     if near.size == 0:  # no sampled node in this rank's region: it only takes part in the exchanges
@@ -639,16 +640,17 @@ def build_local_plan(pos: np.ndarray, sample_ids: np.ndarray, owner: np.ndarray,
                         overlap=float(overlap) if overlap is not None else None)
         attr = torch.zeros(0, pos_s.shape[1] + 1, dtype=dtype)
         return LocalDecomposition(sample_ids, plan, Graph(torch.zeros(2, 0, dtype=torch.int64), attr, 0), 0)
+    owner_near = owner_s[near].astype(np.int64)
     if overlap is not None:
         graph = build_graph(pos_s[near], radius, dtype=dtype, warn_isolated=False, max_edges=max_edges)
         ei = graph.edge_index.numpy()
-        local = build_overlap_plans(owner_s[near], ei, pos_s[near], overlap, radius, nparts, allow_empty=True,
+        local = build_overlap_plans(owner_near, ei, pos_s[near], overlap, radius, nparts, allow_empty=True,
                                     warn=False)[rank]
         local_ei = np.array(local.edge_index)
     else:
         ei = radius_graph(pos_s[near], radius, warn_isolated=False, max_edges=max_edges)  # sorted by target
-        local, local_ei = _rank_halo_plan(owner_s[near], ei, rank, halo_hops, nparts)
-    isolated = _isolated(ei[1], len(near), owner_s[near] == rank)  # every edge into an owned node is in `ei`
+        local, local_ei = _rank_halo_plan(owner_near, ei, rank, halo_hops, nparts)
+    isolated = _isolated(ei[1], len(near), owner_near == rank)  # every edge into an owned node is in `ei`
     del ei
     edge_index = torch.from_numpy(local_ei)  # [2, E_loc]; the plan holds a read-only view of the same memory
     plan = HaloPlan(rank=rank, nparts=nparts, num_global_nodes=m, halo_hops=local.halo_hops,
