@@ -65,7 +65,7 @@ def forward_work(plan: EdgePlan, kernel: RowwiseKernel | None, x: torch.Tensor, 
         for ch in chunks:
             e = ch.e1 - ch.e0
             q = _node_kernels(x, wb, plan.sources[ch.n0:ch.n1], q_buf)  # [n, K', C]
-            h = _edge_features(kernel, feats, fs, plan.perm, ch, h_buf[:e], k, None, f_buf)  # [e, K']
+            h = _edge_features(kernel, feats, fs, plan.rows(ch), ch, h_buf[:e], k, None, f_buf)  # [e, K']
             if padded is not None:
                 m = padded(h, q, *plan.padded(ch))  # [e, C]
             else:
@@ -102,7 +102,7 @@ def backward_work(plan: EdgePlan, kernel: RowwiseKernel | None, need: Needs, x: 
             n, e = ch.n1 - ch.n0, ch.e1 - ch.e0
             nodes, rows = plan.sources[ch.n0:ch.n1], plan.rows(ch)
             tape: list | None = [] if need.h else None
-            h = _edge_features(kernel, feats, fs, plan.perm, ch, h_buf[:e], k, tape)  # [e, K'], recomputed
+            h = _edge_features(kernel, feats, fs, rows, ch, h_buf[:e], k, tape)  # [e, K'], recomputed
             q = _node_kernels(x, wb, nodes, q_buf)  # [n, K', C], recomputed
             gm = torch.index_select(g, 0, plan.targets(ch), out=gm_buf[:e])  # [e, C]
             if ws is not None:
@@ -138,22 +138,22 @@ def _feature_buffer(x: torch.Tensor, rows: int, k: int, k1: int) -> torch.Tensor
     return buf
 
 
-def _edge_features(kernel: RowwiseKernel | None, feats: torch.Tensor, fs: torch.Tensor | None, perm: torch.Tensor,
+def _edge_features(kernel: RowwiseKernel | None, feats: torch.Tensor, fs: torch.Tensor | None, rows: torch.Tensor,
                    ch: Chunk, h_buf: torch.Tensor, k: int, tape: list | None,
                    f_buf: torch.Tensor | None = None) -> torch.Tensor:
     """h~ of the chunk's edges in h_buf [e, K'] (first K columns): kernel(fs[chunk]) with fs the kernel's inputs
-    in sorted order (or, when fs is None, kernel(feats[perm[chunk]]) gathered into f_buf), or feats[perm[chunk]]
-    when there is no kernel."""
+    in sorted order (or, when fs is None, kernel(feats[rows]) gathered into f_buf), or feats[rows] when there is no
+    kernel; ``rows [e]``: the chunk's original edge ids (:meth:`EdgePlan.rows`)."""
     if kernel is not None:
         if fs is None:
-            a = torch.index_select(feats, 0, perm[ch.e0:ch.e1].long(), out=f_buf[:ch.e1 - ch.e0])  # [e, F]
+            a = torch.index_select(feats, 0, rows, out=f_buf[:ch.e1 - ch.e0])  # [e, F]
         else:
             a = fs[ch.e0:ch.e1]
         kernel.forward(a, tape, out=h_buf[:, :k])
     elif h_buf.device.type == "cpu":
-        torch.index_select(feats, 0, perm[ch.e0:ch.e1].long(), out=h_buf[:, :k])  # strided out: fine on CPU
+        torch.index_select(feats, 0, rows, out=h_buf[:, :k])  # strided out: fine on CPU
     else:
-        h_buf[:, :k] = torch.index_select(feats, 0, perm[ch.e0:ch.e1].long())
+        h_buf[:, :k] = torch.index_select(feats, 0, rows)
     return h_buf
 
 
