@@ -48,7 +48,9 @@ VARIANTS = {  # dataset: [(variant, overrides on the MPNN config)]: the Darcy le
     "darcy64": [("edge features a_i, a_j", ["graph.edge_features=inputs"]),
                 ("lr 5e-3", ["train.lr=0.005"]),
                 ("lr 5e-3 + edge features, 60 epochs", ["train.lr=0.005", "graph.edge_features=inputs",
-                                                        "train.epochs=60"])],
+                                                        "train.epochs=60"]),
+                ("width 64 + lr 5e-3 + edge features, 40 epochs", ["model.hidden=64", "train.lr=0.005",
+                                                                   "graph.edge_features=inputs", "train.epochs=40"])],
 }
 SWEEP = [("lr 1e-3", ["train.lr=0.001"]), ("lr 2e-3", ["train.lr=0.002"]), ("lr 5e-3", ["train.lr=0.005"]),
          ("6 layers", ["model.layers=6"]), ("LayerNorm", ["model.layer_norm=true"]),
