@@ -315,16 +315,11 @@ def write_text(text: str, path: str | Path) -> Path:
 
 
 def _atomic_write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """``data`` written to ``path`` atomically (:func:`dsmpnn.train.checkpoint.atomic_write_bytes`: temporary file,
+    fsync, rename; an OS error becomes a :class:`~dsmpnn.errors.WriteError` naming the file)."""
+    from dsmpnn.train.checkpoint import atomic_write_bytes  # noqa: PLC0415 - imports torch, which results need not
+
+    atomic_write_bytes(path, data)
     return path
 
 
