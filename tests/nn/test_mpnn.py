@@ -65,3 +65,23 @@ def test_checkpoint_layers_gives_the_same_outputs_and_gradients():
     torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-12, atol=1e-12)
     for a, b in zip(results[True][1], results[False][1]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_inference_in_pieces_equals_the_training_forward(monkeypatch):
+    """Without autograd the encoder/decoder run a few rows at a time and the residual, root and bias are added in
+    place: float64 outputs equal the grad-mode forward (which does neither) to round-off, and the kernel MLP is still
+    the fused kernels' (the pieces apply to the per-node MLPs only)."""
+    import dsmpnn.nn.mlp as mlp
+    from dsmpnn.nn.kernels.rowwise import RowwiseKernel
+
+    monkeypatch.setattr(mlp, "INFERENCE_ROWS", 7)  # 50 nodes: 8 pieces, the last one short
+    torch.manual_seed(1)
+    model = MPNN(3, 2, 3, hidden=8, layers=3, kernel_hidden=(6,), layer_norm=True).double()
+    x, ei, ea = (torch.randn(50, 3, dtype=torch.float64), torch.randint(0, 50, (2, 300)),
+                 torch.randn(300, 3, dtype=torch.float64))
+    ref = model(x, ei, ea)  # grad mode: whole tensors, out of place
+    assert ref.requires_grad
+    with torch.no_grad():
+        pieces = model(x, ei, ea)
+    torch.testing.assert_close(pieces, ref.detach(), rtol=1e-12, atol=1e-12)
+    assert RowwiseKernel.from_module(model.convs[0].kernel_hidden) is not None
