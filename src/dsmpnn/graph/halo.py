@@ -288,6 +288,26 @@ def _assemble(owner: np.ndarray, ei: np.ndarray, nparts: int, halo_rank: np.ndar
     return plans
 
 
+def _key_rings(owner: np.ndarray, src: np.ndarray, in_edges: _InEdges, start: np.ndarray,
+               halo_hops: int) -> list[np.ndarray]:
+    """Rings 1..halo_hops of every rank that owns one of the nodes ``start``, searched from those nodes alone, as
+    sorted keys ``rank * N + node`` (one array per ring): ring h+1 holds the sources of edges into ring h (ring 0:
+    the rank's nodes in ``start``) that the rank neither owns nor met in an earlier ring."""
+    n = len(owner)
+    visited = np.sort(owner[start] * n + start)  # keys rank * N + node already owned or in a ring
+    frontier_rank, frontier_node = owner[start], start
+    rings: list[np.ndarray] = []
+    for _ in range(halo_hops):
+        r, e = in_edges.expand(frontier_rank, frontier_node)
+        cut = owner[src[e]] != r  # sources the rank owns are never halo; drop them before sorting
+        cand = unique_sorted(r[cut] * n + src[e[cut]])
+        new = cand[~_isin_sorted(cand, visited)]
+        rings.append(new)
+        visited = np.sort(np.concatenate([visited, new]))  # disjoint sorted sets
+        frontier_rank, frontier_node = new // n, new % n
+    return rings
+
+
 def build_halo_plans(owner: np.ndarray, edge_index, halo_hops: int = 1, nparts: int | None = None,
                      allow_empty: bool = False) -> list[HaloPlan]:
     """The plans of all ranks for ``owner [N]`` on the graph ``edge_index [2, E]`` with ``halo_hops = k`` rings.
@@ -303,17 +323,7 @@ def build_halo_plans(owner: np.ndarray, edge_index, halo_hops: int = 1, nparts: 
     src, dst = ei
     in_edges = _InEdges(dst, n)
 
-    visited = np.sort(owner * n + np.arange(n))  # keys rank * N + node already owned or in a ring
-    frontier_rank, frontier_node = owner, np.arange(n)
-    rings: list[np.ndarray] = []
-    for _ in range(halo_hops):
-        r, e = in_edges.expand(frontier_rank, frontier_node)
-        cut = owner[src[e]] != r  # sources the rank owns are never halo; drop them before sorting
-        cand = unique_sorted(r[cut] * n + src[e[cut]])
-        new = cand[~_isin_sorted(cand, visited)]
-        rings.append(new)
-        visited = np.sort(np.concatenate([visited, new]))  # disjoint sorted sets
-        frontier_rank, frontier_node = new // n, new % n
+    rings = _key_rings(owner, src, in_edges, np.arange(n), halo_hops)
 
     # local edges: every edge into an owned node, plus every edge into an inner ring (1..k-1)
     edge_rank, edge_id = [owner[dst]], [np.arange(ei.shape[1])]
@@ -372,18 +382,8 @@ def _rank_halo_plan(owner: np.ndarray, ei: np.ndarray, rank: int, halo_hops: int
         local_ei[0, s:s + len(e)] = local_row[src[e]]
         local_ei[1, s:s + len(e)] = local_row[dst[e]]
     # the other ranks' rings (only the part near this rank's nodes is ever reached); keys q * n + node
-    other = np.flatnonzero(~mine)
-    visited = np.sort(owner[other] * n + other)
-    f_rank, f_node, sends = owner[other], other, []
-    for _ in range(halo_hops):
-        r, e = in_edges.expand(f_rank, f_node)
-        cut = owner[src[e]] != r
-        cand = unique_sorted(r[cut] * n + src[e[cut]])
-        new = cand[~_isin_sorted(cand, visited)]
-        visited = np.sort(np.concatenate([visited, new]))
-        f_rank, f_node = new // n, new % n
-        sends.append(new[mine[f_node]])
-    send = np.sort(np.concatenate(sends))  # (receiving rank, id)
+    theirs = np.concatenate(_key_rings(owner, src, in_edges, np.flatnonzero(~mine), halo_hops))
+    send = np.sort(theirs[mine[theirs % n]])  # this rank's nodes in them, by (receiving rank, id)
     plan = HaloPlan(rank=rank, nparts=nparts, num_global_nodes=n, halo_hops=halo_hops, owned=owned, halo=halo,
                     halo_owner=owner[halo], halo_ring=ring_no, edge_index=local_ei, edge_ids=edge_ids,
                     send_counts=np.bincount(send // n, minlength=nparts), send_rows=local_row[send % n])
