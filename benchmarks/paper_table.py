@@ -44,13 +44,19 @@ DATASETS = {  # name: (title, generate arguments, MPNN config, GCN config)
     "step3d": ("3D step", ["step3d", "--n", "64", "--seed", "0"],
                "configs/paper/step3d.yaml", "configs/paper/step3d_gcn.yaml"),
 }
+BASE3 = ["train.lr=0.005", "graph.edge_features=inputs"]
 VARIANTS = {  # dataset: [(variant, overrides on the MPNN config)]: the Darcy levers towards 0.02
     "darcy64": [("edge features a_i, a_j", ["graph.edge_features=inputs"]),
                 ("lr 5e-3", ["train.lr=0.005"]),
                 ("lr 5e-3 + edge features, 60 epochs", ["train.lr=0.005", "graph.edge_features=inputs",
                                                         "train.epochs=60"]),
                 ("width 64 + lr 5e-3 + edge features, 40 epochs", ["model.hidden=64", "train.lr=0.005",
-                                                                   "graph.edge_features=inputs", "train.epochs=40"])],
+                                                                   "graph.edge_features=inputs", "train.epochs=40"]),
+                # round 3, 30 epochs each against the same base: receptive field (depth, radius) or sample size
+                ("lr 5e-3 + edge features", BASE3),
+                ("8 layers + lr 5e-3 + edge features", ["model.layers=8", *BASE3]),
+                ("radius 0.2 + lr 5e-3 + edge features", ["graph.radius=0.2", *BASE3]),
+                ("m=1024 + lr 5e-3 + edge features", ["graph.sample_nodes=1024", *BASE3])],
 }
 SWEEP = [("lr 1e-3", ["train.lr=0.001"]), ("lr 2e-3", ["train.lr=0.002"]), ("lr 5e-3", ["train.lr=0.005"]),
          ("6 layers", ["model.layers=6"]), ("LayerNorm", ["model.layer_norm=true"]),
@@ -162,6 +168,8 @@ def run_stage(args: argparse.Namespace, doc: dict, facts: dict, log: Path) -> No
         key = (spec["dataset"], spec["model"], spec["nproc"], spec.get("variant", ""))
         if args.models and spec["model"] not in args.models.split(","):
             continue
+        if args.variants is not None and spec.get("variant", "") not in args.variants.split(";"):
+            continue
         if done(doc, section, key) and not args.redo:
             continue
         row = train_and_evaluate(spec, data, work / "runs", args.threads, args.stage == "table", args.redo)
@@ -185,6 +193,8 @@ def main() -> None:
     ap.add_argument("--tuned-from", default=None,
                     help="table: apply each model's best sweep setting (by validation) of this dataset")
     ap.add_argument("--no-variants", action="store_true", help="table: skip the VARIANTS rows")
+    ap.add_argument("--variants", default=None,
+                    help="table: only these rows, by variant name, ';'-separated ('' is the plain row)")
     ap.add_argument("--redo", action="store_true", help="rerun rows already in the JSON")
     args = ap.parse_args()
     args.work = args.work.resolve()
