@@ -53,6 +53,25 @@ def test_bad_overrides(item, match):
         load_config(None, [item])
 
 
+@pytest.mark.parametrize("items,match", [
+    (["model.hidden=abc"], r"^override 'model.hidden=abc': model.hidden is str 'abc', expected int"),
+    (["model.hiden=8"], r"^override 'model.hiden=8': unknown key\(s\) \['hiden'\] in section 'model'"),
+    (["modle.hidden=8"], r"^override 'modle.hidden=8': unknown key\(s\) \['modle'\] in the top level"),
+    (["graph.radius=1", "graph.radius=-1"], r"^override 'graph.radius=-1': graph.radius is -1.0"),
+    (["distributed.overlap=0.1", "distributed.halo_hops=2"],
+     r"\.yaml with override 'distributed.overlap=0.1', override 'distributed.halo_hops=2': distributed.overlap"),
+])
+def test_bad_override_of_a_file_names_the_override(tmp_path, items, match):
+    """A bad value set on the command line is reported against the override, not the (good) config file."""
+    p = tmp_path / "good.yaml"
+    p.write_text("model:\n  hidden: 8\ngraph:\n  radius: 0.5\n")
+    with pytest.raises(ConfigError, match=match):
+        load_config(p, items)
+    p.write_text("model:\n  hidden: x\n")  # a bad value of the file itself is still the file's
+    with pytest.raises(ConfigError, match=r"good.yaml: model.hidden is str 'x'"):
+        load_config(p, ["graph.radius=1"])
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")

@@ -83,11 +83,16 @@ class _Section:
     section: ClassVar[str]
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
         for f in fields(self):
-            nullable = type(None) in typing.get_args(hints[f.name])
-            f.metadata["rule"].check(f"{self.section}.{f.name}", getattr(self, f.name), nullable)
+            self.check_key(f.name, getattr(self, f.name))
         self.check_together()
+
+    @classmethod
+    def check_key(cls, name: str, value: Any) -> None:
+        """Check one key's value against its :class:`Rule` (a ConfigError naming ``section.name``)."""
+        f = next(f for f in fields(cls) if f.name == name)
+        nullable = type(None) in typing.get_args(typing.get_type_hints(cls)[name])
+        f.metadata["rule"].check(f"{cls.section}.{name}", value, nullable)
 
     def check_together(self) -> None:
         """Rules that relate several keys of the section (none unless a section says so)."""
@@ -235,8 +240,10 @@ class Config:
         return asdict(self)
 
     @staticmethod
-    def from_dict(obj: Any, where: str = "config") -> "Config":
-        return _build(Config, obj, where, "")
+    def from_dict(obj: Any, where: str = "config", origins: dict[str, str] | None = None) -> "Config":
+        """Build and check a config from its mapping; errors name ``where`` (the file), or for a key in
+        ``origins`` ({"section.key": "override section.key=value"}) where that key's value came from."""
+        return _build(Config, obj, where, "", origins or {})
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
@@ -251,7 +258,13 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise ConfigError(f"{path}: expected a mapping of sections (model, graph, train, eval, distributed), "
                               f"got {type(raw).__name__}")
     raw = apply_overrides(raw, overrides)
-    return Config.from_dict(raw, where)
+    return Config.from_dict(raw, where, override_origins(overrides))
+
+
+def override_origins(overrides: list[str]) -> dict[str, str]:
+    """{"section.key": "override section.key=value"} for each ``key=value`` (the last one of a key wins, as in
+    :func:`apply_overrides`), so that a bad value is reported against the override that set it."""
+    return {item.split("=", 1)[0].strip(): f"override {brief(item)}" for item in overrides if "=" in item}
 
 
 def read_config_file(path: Path) -> Any:
@@ -354,7 +367,8 @@ def _one_line(error: Exception, limit: int = 300) -> str:
 # --- from a mapping to the dataclasses ------------------------------------------------------------------------
 
 
-def _build(cls: type, obj: Any, where: str, section: str) -> Any:
+def _build(cls: type, obj: Any, where: str, section: str, origins: dict[str, str]) -> Any:
+    """``cls`` from the mapping ``obj``; each key's errors name its origin (``origins``, else ``where``)."""
     if obj is None:
         obj = {}
     what = f"section '{section}'" if section else "the top level"
@@ -364,22 +378,26 @@ def _build(cls: type, obj: Any, where: str, section: str) -> Any:
     unknown = sorted((k for k in obj if k not in known), key=str)
     if unknown:
         listed = ", ".join(brief(k, 40) for k in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
-        raise ConfigError(f"{where}: unknown key(s) [{listed}] in {what}; valid keys are {sorted(known)}")
+        prefixes = [f"{section}.{k}" if section else f"{k}." for k in unknown]
+        src = next((o for key, o in origins.items() for p in prefixes if key == p or key.startswith(p)), where)
+        raise ConfigError(f"{src}: unknown key(s) [{listed}] in {what}; valid keys are {sorted(known)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in obj.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, where, name)
-        else:
-            try:
-                kwargs[name] = _check_type(value, hint, f"{section}.{name}")
-            except ConfigError as e:
-                raise ConfigError(f"{where}: {e}") from None
+            kwargs[name] = _build(hint, value, where, name, origins)
+            continue
+        try:
+            kwargs[name] = _check_type(value, hint, f"{section}.{name}")
+            cls.check_key(name, kwargs[name])
+        except ConfigError as e:
+            raise ConfigError(f"{origins.get(f'{section}.{name}', where)}: {e}") from None
     try:
         return cls(**kwargs)
-    except (ConfigError, TypeError) as e:
-        raise ConfigError(f"{where}: {e}") from None
+    except (ConfigError, TypeError) as e:  # a rule relating several keys: name the overrides among them too
+        mine = [o for key, o in origins.items() if key.split(".")[0] == section]
+        raise ConfigError(f"{where}{' with ' + ', '.join(mine) if mine else ''}: {e}") from None
 
 
 def _check_type(value: Any, hint: Any, where: str) -> Any:
