@@ -4,8 +4,11 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dsmpnn.bench import bench_scale, fit_slopes, format_scale_table, scale_radius
+from dsmpnn.bench.scale import write_json
 from dsmpnn.cli import main
 
 
@@ -91,3 +94,21 @@ def test_bench_scale_predict_mode_command(tmp_path, capsys):
     assert result["settings"]["mode"] == "predict" and result["settings"]["device"] == "cpu"
     assert all(p["backward_s"] is None for p in result["points"]) and "backward_s" not in result["slopes"]
     assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+                     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(), kids, max_size=4),
+                     max_leaves=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(doc=st.dictionaries(st.text(), _JSON, max_size=4))
+def test_write_json_reads_back_the_same(tmp_path_factory, doc):
+    """Lists of plain values go on one line; any document (strings with brackets, quotes, newlines) reads back."""
+    path = write_json(doc, tmp_path_factory.mktemp("j") / "r.json")
+    assert json.loads(path.read_text()) == doc
+
+
+def test_write_json_puts_lists_of_values_on_one_line(tmp_path):
+    text = write_json({"P": [1, 2, 4], "curve": {"step_s": [0.5, 0.25]}, "rows": [{"a": 1}]}, tmp_path / "r.json")
+    assert '"P": [1, 2, 4]' in text.read_text() and '"step_s": [0.5, 0.25]' in text.read_text()

@@ -31,6 +31,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -305,8 +306,14 @@ def plot_scale(result: dict, path: str | Path) -> Path:
 
 
 def write_json(result: dict, path: str | Path) -> Path:
-    """``result`` as indented JSON, written atomically (temporary file, fsync, rename)."""
-    return _atomic_write(Path(path), (json.dumps(result, indent=2) + "\n").encode())
+    """``result`` as indented JSON with each list of plain values on one line (curves stay one line per
+    quantity), written atomically (temporary file, fsync, rename)."""
+    text = _FLAT_LIST.sub(lambda m: "[" + re.sub(r"\s*\n\s*", " ", m.group(1)) + "]", json.dumps(result, indent=1))
+    return _atomic_write(Path(path), (text + "\n").encode())
+
+
+_FLAT_LIST = re.compile(r'\[\s+((?:[^\[\]{}"]|"(?:[^"\\]|\\.)*")*?)\s+\]')
+"""A JSON list of scalars as json.dumps(indent=...) lays it out (strings may hold any character)."""
 
 
 def write_text(text: str, path: str | Path) -> Path:

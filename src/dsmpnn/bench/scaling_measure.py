@@ -26,6 +26,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -507,7 +508,7 @@ def predict_scenarios(survey: dict[tuple[int, str, int, int], RankLoads], machin
                         preds.append(predict_step(loads, machine, layers, channels, parameters))
                     t1, t1o = preds[0].step_s, preds[0].step_overlap_s
                     strong = kind == "strong"
-                    curves.append({
+                    curves.append(_rounded({
                         "machine": machine.name, "dim": dim, "method": method, "scaling": kind,
                         ("nodes" if strong else "nodes_per_rank"): size,
                         "P": [p.nparts for p in preds],
@@ -516,8 +517,32 @@ def predict_scenarios(survey: dict[tuple[int, str, int, int], RankLoads], machin
                         "efficiency_overlap": [efficiency(t1o, p.step_overlap_s, p.nparts, strong) for p in preds],
                         "exchange_over_compute": [p.exchange_layer_s / p.compute_layer_s for p in preds],
                         "crossover_P": crossover(preds), "crossover_P_overlap": crossover(preds, overlap=True),
-                        "extrapolated_P": extrapolated, "predictions": [p.as_dict() for p in preds]})
+                        "extrapolated_P": extrapolated,
+                        "breakdown": {k: [p.as_dict()[k] for p in preds] for k in BREAKDOWN}}))
     return curves
+
+
+BREAKDOWN = ("compute_layer_s", "interior_layer_s", "exchange_s", "exchange_layer_s", "rest_s", "allreduce_s")
+"""Per-P columns of a curve's ``breakdown`` (:class:`StepPrediction`'s terms besides the step times)."""
+
+
+def _rounded(obj: Any, digits: int = 5) -> Any:
+    """``obj`` with every float rounded to ``digits`` significant digits: a model's predictions carry no more
+    (its constants are fitted to within percents), and the saved curves stay a readable size."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}")
+    if isinstance(obj, dict):
+        return {k: _rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_rounded(v, digits) for v in obj]
+    return obj
+
+
+def _prediction(curve: dict, P: int) -> dict:
+    """The step prediction of ``curve`` at P ranks, as one dict (step times and the breakdown's terms)."""
+    i = curve["P"].index(P)
+    return {"P": P, "step_s": curve["step_s"][i], "step_overlap_s": curve["step_overlap_s"][i],
+            **{k: v[i] for k, v in curve["breakdown"].items()}}
 
 
 def _problem_loads(nodes: int, neighbors: float, P: int, method: str) -> RankLoads:
@@ -731,10 +756,10 @@ def format_report(result: dict, table_parts: Sequence[int] = (2, 8, 64, 256, 102
     for cv in result["curves"]:
         if cv["machine"] == "cpu-gloo-all_to_all" or table_parts[-1] not in cv["P"]:
             continue
-        p = cv["predictions"][cv["P"].index(table_parts[-1])]
+        p = _prediction(cv, table_parts[-1])
         m = next(m for m in result["machines"] if m["name"] == cv["machine"])
         comm = layers * p["exchange_layer_s"] + p["allreduce_s"]
-        t1 = cv["predictions"][0]["step_s"]
+        t1 = cv["step_s"][0]
         e_free = efficiency(t1, p["step_s"] - comm, p["P"], cv["scaling"] == "strong")
         size = f"N={cv['nodes']:.0e}" if cv["scaling"] == "strong" else f"N/P={cv['nodes_per_rank']:.0e}"
         lines.append(f"| {cv['machine']} | {cv['dim']}-D {cv['method']} | {cv['scaling']} {size} | "
