@@ -244,6 +244,19 @@ def test_local_plan_equals_its_part_of_the_whole_sampled_graph(seed, dim, nparts
     assert isolated == int((~hit).sum())
 
 
+def test_local_plan_keeps_the_int32_edge_index_once():
+    """A rank's local edge_index is int32 (index_dtype) and one array: the graph's tensor and the plan's read-only
+    view share memory (an int64 copy would be 8 more bytes per edge)."""
+    from dsmpnn.graph import build_local_plan
+
+    pos = np.random.default_rng(6).random((400, 2))
+    owner = partition(pos, 2, "rcb")
+    local = build_local_plan(pos, np.arange(400), owner, 1, 0.12, nparts=2)
+    assert local.graph.edge_index.dtype == torch.int32 and local.plan.edge_index.dtype == np.int32
+    assert np.shares_memory(local.graph.edge_index.numpy(), local.plan.edge_index)
+    assert not local.plan.edge_index.flags.writeable
+
+
 def test_local_plan_of_a_rank_without_sampled_nodes_is_empty():
     from dsmpnn.graph import build_local_plan
 

@@ -7,7 +7,7 @@ from hypothesis.extra.numpy import arrays
 
 from dsmpnn.errors import GraphError
 from dsmpnn.graph import build_graph, edge_attributes, node_pair_fields, radius_graph
-from dsmpnn.graph.radius import available_memory, graph_bytes
+from dsmpnn.graph.radius import available_memory, graph_bytes, index_dtype
 from tests.helpers.oracles import brute_edge_attributes, brute_radius_graph
 
 
@@ -61,7 +61,8 @@ def test_build_graph_dtype_and_sizes():
     pos = np.random.default_rng(1).random((200, 3))
     g = build_graph(pos, 0.3, dtype=torch.float32)
     assert g.edge_attr.dtype == torch.float32 and g.edge_attr.shape == (g.num_edges, 4)
-    assert g.num_nodes == 200 and g.edge_index.dtype == torch.int64
+    assert g.num_nodes == 200 and g.edge_index.dtype == torch.int32  # node ids below 2^31: int32
+    assert index_dtype(2**31 - 1) is np.int32 and index_dtype(2**31) is np.int64
     assert torch.all(g.edge_attr[:, 3] <= 1.0 + 1e-6)
 
 
@@ -72,7 +73,8 @@ def test_memory_guard_refuses_with_the_estimate():
         radius_graph(pos, 0.1, max_bytes=1_000_000)
     ei = radius_graph(pos, 0.01, max_bytes=1_000_000, warn_isolated=False)  # about 7 edges per node: fits
     np.testing.assert_array_equal(ei, radius_graph(pos, 0.01, warn_isolated=False))
-    assert graph_bytes(1000, 2) == 1000 * (16 + 12 + 40)
+    assert graph_bytes(1000, 2) == 1000 * (8 + 12 + 40)  # int32 edge_index, float32 attributes, working memory
+    assert graph_bytes(1000, 2, num_nodes=2**31) == 1000 * (16 + 12 + 40) + 2**31 * 48
     mem = available_memory()
     assert mem is None or mem > 0
 

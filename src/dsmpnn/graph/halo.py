@@ -33,7 +33,7 @@ from scipy.spatial import cKDTree
 
 from dsmpnn.errors import GraphError
 from dsmpnn.graph.partition import check_edge_index, check_owner, unique_sorted
-from dsmpnn.graph.radius import DEFAULT_MAX_EDGES, Graph, build_graph, edge_attributes, radius_graph
+from dsmpnn.graph.radius import DEFAULT_MAX_EDGES, Graph, build_graph, edge_attributes, index_dtype, radius_graph
 
 __all__ = ["HaloPlan", "batch_plans", "build_halo_plans", "build_halo_plan", "build_overlap_plans", "check_plans",
            "SampledDecomposition", "build_sampled_plans", "LocalDecomposition", "build_local_plan", "halo_reach",
@@ -46,7 +46,7 @@ _INDEX_FIELDS = ("owned", "halo", "halo_owner", "halo_ring", "edge_index", "edge
 class HaloPlan:
     """Everything rank ``rank`` of ``nparts`` needs: its nodes, its local graph and its exchange lists.
 
-    Shapes (int64, read-only):
+    Shapes (int64, read-only; ``edge_index`` may be int32, as the graph it comes from: :func:`index_dtype`):
         owned:       [n_own]  global ids of owned nodes, ascending (local rows 0..n_own-1)
         halo:        [n_halo] global ids of halo nodes, sorted by (owner, id) (local rows n_own..n_local-1)
         halo_owner:  [n_halo] owner rank of each halo node
@@ -77,7 +77,8 @@ class HaloPlan:
             a = np.asarray(getattr(self, name))
             if not np.issubdtype(a.dtype, np.integer):
                 raise GraphError(f"HaloPlan.{name}: expected an integer array, got dtype {a.dtype}")
-            view = a.astype(np.int64, copy=False).view()
+            keep = name == "edge_index" and a.dtype == np.int32  # a graph's int32 ids (index_dtype): no copy
+            view = (a if keep else a.astype(np.int64, copy=False)).view()
             view.flags.writeable = False
             object.__setattr__(self, name, view)
         self._validate()
@@ -376,7 +377,7 @@ def _rank_halo_plan(owner: np.ndarray, ei: np.ndarray, rank: int, halo_hops: int
     local_row[owned] = np.arange(len(owned))
     local_row[halo] = np.arange(len(owned), len(owned) + len(halo))
     edge_ids = np.flatnonzero(inner[dst])  # [E_loc] ascending
-    local_ei = np.empty((2, len(edge_ids)), dtype=np.int64)
+    local_ei = np.empty((2, len(edge_ids)), dtype=index_dtype(len(owned) + len(halo)))
     for s in range(0, len(edge_ids), chunk):  # no [E_loc] int64 temporaries
         e = edge_ids[s:s + chunk]
         local_ei[0, s:s + len(e)] = local_row[src[e]]

@@ -17,11 +17,11 @@ from scipy.spatial import cKDTree
 from dsmpnn.errors import GraphError
 from dsmpnn.resources import available_memory
 
-__all__ = ["Graph", "radius_graph", "edge_attributes", "node_pair_fields", "build_graph", "estimate_edges",
-           "graph_bytes", "available_memory", "DEFAULT_MAX_EDGES"]
+__all__ = ["Graph", "index_dtype", "radius_graph", "edge_attributes", "node_pair_fields", "build_graph",
+           "estimate_edges", "graph_bytes", "available_memory", "DEFAULT_MAX_EDGES"]
 
 DEFAULT_MAX_EDGES = 400_000_000
-"""Refuse to build graphs with more edges than this (about 3 GiB of int64 indices alone)."""
+"""Refuse to build graphs with more edges than this (about 3 GiB of int32 indices alone)."""
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,8 @@ class Graph:
     """A graph ready for the model.
 
     Shapes:
-        edge_index: [2, E] int64, sorted by target then source
+        edge_index: [2, E] node ids (int32 below 2^31 nodes, else int64: :func:`index_dtype`), sorted by target
+                    then source
         edge_attr:  [E, d + 1] float, ``[(p_j - p_i) / r, |p_j - p_i| / r]``, or [E, d + 1 + 2F] with node
                     fields ``f [N, F]``: ``[(p_j - p_i) / r, |p_j - p_i| / r, f_i, f_j]`` (:func:`edge_attributes`)
     """
@@ -41,6 +42,12 @@ class Graph:
     @property
     def num_edges(self) -> int:
         return int(self.edge_index.shape[1])
+
+
+def index_dtype(num_nodes: int) -> type:
+    """The integer type of a graph's node ids: int32 (half the 16 bytes per edge of int64 ``edge_index``) when
+    every id fits, int64 from 2^31 nodes on. Consumers that need int64 (``scatter``, PyG) convert."""
+    return np.int32 if num_nodes < 2**31 else np.int64
 
 
 def estimate_edges(pos: np.ndarray, radius: float, sample: int = 2048, seed: int = 0,
@@ -57,11 +64,12 @@ def estimate_edges(pos: np.ndarray, radius: float, sample: int = 2048, seed: int
 def graph_bytes(num_edges: int, dim: int, num_nodes: int = 0) -> int:
     """Bytes to build a radius graph of ``num_edges`` edges in ``dim`` dimensions and hold it for the model.
 
-    Held: ``edge_index`` (2 x 8 bytes per edge) and float32 ``edge_attr`` ((d + 1) x 4). Working memory
+    Held: ``edge_index`` (2 x 4 bytes per edge, 2 x 8 from 2^31 nodes: :func:`index_dtype`) and float32
+    ``edge_attr`` ((d + 1) x 4). Working memory
     (transient, at the peak of :func:`radius_graph`): the pairs from the k-d tree and their sorted copy,
     about 40 bytes per edge, plus the tree (about 3 d x 8 bytes per node).
     """
-    held = num_edges * (2 * 8 + (dim + 1) * 4)
+    held = num_edges * (2 * np.dtype(index_dtype(num_nodes)).itemsize + (dim + 1) * 4)
     return held + num_edges * 40 + num_nodes * 24 * dim
 
 
@@ -130,7 +138,7 @@ def radius_graph(
             src, dst = src[order], dst[order]
             keep = src != dst
             parts.append(np.stack([src[keep], dst[keep]]))
-        edge_index = np.concatenate(parts, axis=1) if parts else np.zeros((2, 0), dtype=np.int64)
+        edge_index = (np.concatenate(parts, axis=1) if parts else np.zeros((2, 0))).astype(index_dtype(n))
     if warn_isolated and n > 1:
         isolated = n - int(np.count_nonzero(np.bincount(edge_index[1], minlength=n)))
         if isolated:
@@ -143,11 +151,11 @@ def radius_graph(
 
 
 def _all_pairs(tree: cKDTree, n: int, radius: float) -> np.ndarray:
-    """Every directed pair within ``radius``, sorted by (target, source): [2, E] int64."""
+    """Every directed pair within ``radius``, sorted by (target, source): [2, E] of :func:`index_dtype`."""
     pairs = tree.query_pairs(radius, output_type="ndarray")  # [E / 2, 2] int64, i < j
+    it = index_dtype(n)
     if n < 2 or len(pairs) == 0:
-        return np.zeros((2, 0), dtype=np.int64)
-    it = np.int32 if n < 2**31 else np.int64
+        return np.zeros((2, 0), dtype=it)
     a, b = pairs[:, 0].astype(it), pairs[:, 1].astype(it)
     del pairs
     dst, src = np.concatenate([b, a]), np.concatenate([a, b])  # both directions
@@ -156,9 +164,9 @@ def _all_pairs(tree: cKDTree, n: int, radius: float) -> np.ndarray:
     m = sp.csr_matrix((np.ones(len(dst), dtype=np.int8), (dst, src)), shape=(n, n))
     del dst, src
     m.sort_indices()
-    edge_index = np.empty((2, m.nnz), dtype=np.int64)
+    edge_index = np.empty((2, m.nnz), dtype=it)
     edge_index[0] = m.indices
-    edge_index[1] = np.repeat(np.arange(n, dtype=np.int64), np.diff(m.indptr))
+    edge_index[1] = np.repeat(np.arange(n, dtype=it), np.diff(m.indptr))
     return edge_index
 
 

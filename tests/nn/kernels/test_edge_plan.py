@@ -53,6 +53,16 @@ def test_per_edge_arrays_are_int32_and_chunks_read_as_int64(order):
         assert torch.equal(rows, plan.perm[c.e0:c.e1].long()) and torch.equal(targets, ei[1, rows])
 
 
+@pytest.mark.parametrize("order", ORDERS)
+def test_plan_of_an_int32_graph_equals_the_int64_one(order):
+    """A radius graph's int32 edge_index (graph.index_dtype) gives the very plan of its int64 copy."""
+    ei = torch.randint(0, 60, (2, 500), generator=torch.Generator().manual_seed(4))
+    a, b = EdgePlan.build(ei, 60, chunk=64, order=order), EdgePlan.build(ei.int(), 60, chunk=64, order=order)
+    for name in ("perm", "sources", "source_degree", "dst_sorted", "in_degree"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert a.chunks == b.chunks
+
+
 def test_locality_order_keeps_neighbours_close():
     """On a grid graph with shuffled node ids, the locality (RCM) order puts every source within a few rows of
     the grid of its neighbours; the degree order (ids shuffled) does not."""

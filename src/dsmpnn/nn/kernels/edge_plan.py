@@ -179,7 +179,7 @@ class EdgePlan:
             raise ValueError(f"chunk must be at least 1 edge, got {chunk}")
         if order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
-        src, dst = edge_index[0].long(), edge_index[1].long()
+        src, dst = edge_index[0], edge_index[1]  # views, int32 or int64 (no int64 copies of an int32 graph)
         out_degree = torch.bincount(src, minlength=num_src)  # [num_src] (raises on negative ids)
         in_degree = torch.bincount(dst, minlength=num_nodes)  # [num_nodes]
         if out_degree.shape[0] != num_src or in_degree.shape[0] != num_nodes:
@@ -191,7 +191,7 @@ class EdgePlan:
             perm = torch.argsort(out_degree[src] * num_src + src, stable=True)  # [E]
             slot_key = out_degree * num_src + torch.arange(num_src, device=src.device)
             sources = torch.argsort(slot_key)[num_src - int((out_degree > 0).sum()):]  # [S], degree > 0 only
-            dst_sorted = dst[perm]
+            dst_sorted = dst[perm].long()
             if small:
                 perm, dst_sorted = perm.int(), dst_sorted.int()
         else:
