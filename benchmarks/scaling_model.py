@@ -24,9 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dsmpnn.bench.scaling_measure import (DEFAULT_MESHES, QUICK_RUN, format_report, plot_scaling_model,
-                                          run_scaling_model)
 from dsmpnn.bench.scale import write_json, write_text
+from dsmpnn.bench.scaling_measure import DEFAULT_MESHES, QUICK_RUN, run_scaling_model
+from dsmpnn.bench.scaling_report import format_report, plot_scaling_model
 
 HERE = Path(__file__).resolve().parent
 

@@ -841,8 +841,8 @@ def _bench_scale(args: argparse.Namespace) -> int:
 
 def _bench_model(args: argparse.Namespace) -> int:
     from dsmpnn.bench.scale import write_json, write_text
-    from dsmpnn.bench.scaling_measure import (DEFAULT_MESHES, QUICK_RUN, format_report, plot_scaling_model,
-                                              run_scaling_model)
+    from dsmpnn.bench.scaling_measure import DEFAULT_MESHES, QUICK_RUN, run_scaling_model
+    from dsmpnn.bench.scaling_report import format_report, plot_scaling_model
     from dsmpnn.data.textfile import read_json
 
     _check_output_files(args, "out", "plot", "report")

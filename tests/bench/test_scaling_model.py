@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from dsmpnn.bench.scaling_measure import format_report, gpu_machine, law_fits, loads_for, model_flops, \
-    plot_scaling_model, predict_scenarios
+from dsmpnn.bench.scaling_measure import gpu_machine, law_fits, loads_for, model_flops, predict_scenarios
 from dsmpnn.bench.scaling_model import (ComputeCosts, Link, Machine, Network, RankLoads, crossover, efficiency,
                                         exchange_seconds, extrapolate_loads, fit_alpha_beta, fit_linear_costs,
                                         fit_power_law, predict_step, rank_loads, single_rank_loads)
+from dsmpnn.bench.scaling_report import format_report, plot_scaling_model
 from dsmpnn.graph import build_halo_plans, partition
 
 SIZES = np.array([2.0**k for k in range(10, 27, 2)])  # 1 KiB .. 64 MiB
