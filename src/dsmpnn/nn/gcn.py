@@ -66,6 +66,7 @@ class GCN(nn.Module):
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_attr: torch.Tensor | None = None,
                 exchange: Exchange | None = None) -> torch.Tensor:
         h = self.encoder(x)  # [N, hidden]
+        edge_index = edge_index.long()  # graphs hold int32 ids; PyG's scatter kernels are int64 on every device
         for layer, conv in enumerate(self.convs):
             if exchange is not None:
                 h = exchange(h, layer)
