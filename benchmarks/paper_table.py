@@ -58,7 +58,8 @@ VARIANTS = {  # dataset: [(variant, overrides on the MPNN config)]: the Darcy le
                 ("radius 0.2 + lr 5e-3 + edge features", ["graph.radius=0.2", *BASE3]),
                 ("m=1024 + lr 5e-3 + edge features", ["graph.sample_nodes=1024", *BASE3]),
                 # round 4: both receptive-field levers of round 3 together
-                ("radius 0.2 + 8 layers + lr 5e-3 + edge features", ["graph.radius=0.2", "model.layers=8", *BASE3])],
+                ("radius 0.2 + 8 layers + lr 5e-3 + edge features", ["graph.radius=0.2", "model.layers=8", *BASE3]),
+                ("radius 0.2 + lr 5e-3 + edge features, seed 1", ["graph.radius=0.2", *BASE3, "train.seed=1"])],
 }
 SWEEP = [("lr 1e-3", ["train.lr=0.001"]), ("lr 2e-3", ["train.lr=0.002"]), ("lr 5e-3", ["train.lr=0.005"]),
          ("6 layers", ["model.layers=6"]), ("LayerNorm", ["model.layer_norm=true"]),
