@@ -2,6 +2,7 @@ import dataclasses
 import math
 import time
 import typing
+from pathlib import Path
 
 import pytest
 
@@ -167,3 +168,10 @@ def test_error_messages_cut_huge_values_before_formatting():
         Config.from_dict({"model": {"kernel_hidden": list(range(10**5))}})
     assert time.perf_counter() - t0 < 5  # ~0.05 s; formatting the whole values would take far longer
     assert len(str(e.value)) < 200 and len(str(e2.value)) < 200
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    """The configs in configs/ (the README's and the paper table's) are valid as shipped."""
+    cfg = load_config(path)
+    assert cfg.graph.radius > 0 and cfg.train.epochs >= 1
