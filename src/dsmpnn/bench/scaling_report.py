@@ -28,6 +28,12 @@ def _beyond(curve: dict) -> str:
     return f"> {curve['P'][-1]}"
 
 
+def _row_head(cv: dict) -> str:
+    """The first three cells of a curve's table row: machine, mesh, scaling and size."""
+    size = f"N={cv['nodes']:.0e}" if cv["scaling"] == "strong" else f"N/P={cv['nodes_per_rank']:.0e}"
+    return f"| {cv['machine']} | {cv['dim']}-D {cv['method']} | {cv['scaling']} {size} | "
+
+
 def _at(curve: dict, key: str, P: int) -> float | None:
     return curve[key][curve["P"].index(P)] if P in curve["P"] else None
 
@@ -74,15 +80,13 @@ def _efficiencies(result: dict, table_parts: Sequence[int]) -> list[str]:
                   f"| machine | mesh | scaling | {hdr} | crossover P (exchange > {cross_what}) |",
                   "|---|---|---|" + "---|" * len(table_parts) + "---|"]
         for cv in result["curves"]:
-            size = f"N={cv['nodes']:.0e}" if cv["scaling"] == "strong" else f"N/P={cv['nodes_per_rank']:.0e}"
             cells = []
             for P in table_parts:
                 v = _at(cv, key_eff, P)
                 mark = "*" if P in cv["extrapolated_P"] else ""
                 cells.append("-" if v is None else f"{v:.2f}{mark}")
             cross = cv["crossover_P_overlap" if key_eff.endswith("overlap") else "crossover_P"]
-            lines.append(f"| {cv['machine']} | {cv['dim']}-D {cv['method']} | {cv['scaling']} {size} | "
-                         + " | ".join(cells) + f" | {cross or _beyond(cv)} |")
+            lines.append(_row_head(cv) + " | ".join(cells) + f" | {cross or _beyond(cv)} |")
         lines.append("")
     lines.append("`*`: halo volumes extrapolated by the surface-to-volume law from a smaller partitioned mesh.")
     lines.append("")
@@ -106,8 +110,7 @@ def _breakdown(result: dict, table_parts: Sequence[int]) -> list[str]:
         comm = layers * p["exchange_layer_s"] + p["allreduce_s"]
         t1 = cv["step_s"][0]
         e_free = efficiency(t1, p["step_s"] - comm, p["P"], cv["scaling"] == "strong")
-        size = f"N={cv['nodes']:.0e}" if cv["scaling"] == "strong" else f"N/P={cv['nodes_per_rank']:.0e}"
-        lines.append(f"| {cv['machine']} | {cv['dim']}-D {cv['method']} | {cv['scaling']} {size} | "
+        lines.append(_row_head(cv) +
                      f"{p['step_s'] * 1e3:.3g} | {layers * p['compute_layer_s'] * 1e3:.3g} | "
                      f"{layers * m['compute']['layer_s'] * 1e3:.3g} | {layers * p['exchange_layer_s'] * 1e3:.3g} | "
                      f"{p['allreduce_s'] * 1e3:.3g} | {p['rest_s'] * 1e3:.3g} | "
@@ -144,9 +147,8 @@ def _sensitivity(result: dict, last: int) -> list[str]:
                   f"| machine | mesh | scaling | E({last}) | E({last}) overlap | crossover P |",
                   "|---|---|---|---|---|---|"]
         for cv in result["gpu_sensitivity"] + _pick(result["curves"], machine=result["machines"][-1]["name"]):
-            size = f"N={cv['nodes']:.0e}" if cv["scaling"] == "strong" else f"N/P={cv['nodes_per_rank']:.0e}"
             e, eo = _at(cv, "efficiency", last), _at(cv, "efficiency_overlap", last)
-            lines.append(f"| {cv['machine']} | {cv['dim']}-D {cv['method']} | {cv['scaling']} {size} | "
+            lines.append(_row_head(cv) +
                          f"{'-' if e is None else f'{e:.2f}'} | {'-' if eo is None else f'{eo:.2f}'} | "
                          f"{cv['crossover_P'] or _beyond(cv)} |")
         lines.append("")
