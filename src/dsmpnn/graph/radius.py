@@ -65,9 +65,8 @@ def graph_bytes(num_edges: int, dim: int, num_nodes: int = 0) -> int:
     """Bytes to build a radius graph of ``num_edges`` edges in ``dim`` dimensions and hold it for the model.
 
     Held: ``edge_index`` (2 x 4 bytes per edge, 2 x 8 from 2^31 nodes: :func:`index_dtype`) and float32
-    ``edge_attr`` ((d + 1) x 4). Working memory
-    (transient, at the peak of :func:`radius_graph`): the pairs from the k-d tree and their sorted copy,
-    about 40 bytes per edge, plus the tree (about 3 d x 8 bytes per node).
+    ``edge_attr`` ((d + 1) x 4). Working memory (transient, at the peak of :func:`radius_graph`): the pairs from
+    the k-d tree and their sorted copy, about 40 bytes per edge, plus the tree (about 3 d x 8 bytes per node).
     """
     held = num_edges * (2 * np.dtype(index_dtype(num_nodes)).itemsize + (dim + 1) * 4)
     return held + num_edges * 40 + num_nodes * 24 * dim
