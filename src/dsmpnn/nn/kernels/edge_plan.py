@@ -191,9 +191,8 @@ class EdgePlan:
             perm = torch.argsort(out_degree[src] * num_src + src, stable=True)  # [E]
             slot_key = out_degree * num_src + torch.arange(num_src, device=src.device)
             sources = torch.argsort(slot_key)[num_src - int((out_degree > 0).sum()):]  # [S], degree > 0 only
-            dst_sorted = dst[perm].long()
-            if small:
-                perm, dst_sorted = perm.int(), dst_sorted.int()
+            dst_sorted = dst[perm]  # the graph's id type
+            perm, dst_sorted = (perm.int(), dst_sorted.int()) if small else (perm, dst_sorted.long())
         else:
             perm, sources, dst_sorted = _locality_order(src, dst, out_degree, num_nodes, small)
         source_degree = out_degree[sources]  # [S]
