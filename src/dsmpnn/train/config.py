@@ -14,6 +14,7 @@ Command-line overrides use dotted keys: ``train.epochs=5 model.hidden=16 graph.m
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 import warnings
@@ -91,7 +92,7 @@ class _Section:
     def check_key(cls, name: str, value: Any) -> None:
         """Check one key's value against its :class:`Rule` (a ConfigError naming ``section.name``)."""
         f = next(f for f in fields(cls) if f.name == name)
-        nullable = type(None) in typing.get_args(typing.get_type_hints(cls)[name])
+        nullable = type(None) in typing.get_args(_type_hints(cls)[name])
         f.metadata["rule"].check(f"{cls.section}.{name}", value, nullable)
 
     def check_together(self) -> None:
@@ -367,6 +368,12 @@ def _one_line(error: Exception, limit: int = 300) -> str:
 # --- from a mapping to the dataclasses ------------------------------------------------------------------------
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """``typing.get_type_hints(cls)`` of a config dataclass, resolved once (every key's check reads it)."""
+    return typing.get_type_hints(cls)
+
+
 def _build(cls: type, obj: Any, where: str, section: str, origins: dict[str, str]) -> Any:
     """``cls`` from the mapping ``obj``; each key's errors name its origin (``origins``, else ``where``)."""
     if obj is None:
@@ -378,10 +385,10 @@ def _build(cls: type, obj: Any, where: str, section: str, origins: dict[str, str
     unknown = sorted((k for k in obj if k not in known), key=str)
     if unknown:
         listed = ", ".join(brief(k, 40) for k in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
-        prefixes = [f"{section}.{k}" if section else f"{k}." for k in unknown]
-        src = next((o for key, o in origins.items() for p in prefixes if key == p or key.startswith(p)), where)
+        named = {f"{section}.{k}" if section else k for k in unknown}  # as an override's key (top level: its section)
+        src = next((o for key, o in origins.items() if (key if section else key.split(".")[0]) in named), where)
         raise ConfigError(f"{src}: unknown key(s) [{listed}] in {what}; valid keys are {sorted(known)}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     kwargs = {}
     for name, value in obj.items():
         hint = hints[name]
@@ -390,7 +397,7 @@ def _build(cls: type, obj: Any, where: str, section: str, origins: dict[str, str
             continue
         try:
             kwargs[name] = _check_type(value, hint, f"{section}.{name}")
-            cls.check_key(name, kwargs[name])
+            cls.check_key(name, kwargs[name])  # here, not only in cls(...), to name where the value came from
         except ConfigError as e:
             raise ConfigError(f"{origins.get(f'{section}.{name}', where)}: {e}") from None
     try:
