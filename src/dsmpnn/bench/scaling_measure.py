@@ -518,7 +518,7 @@ def predict_scenarios(survey: dict[tuple[int, str, int, int], RankLoads], machin
                         "exchange_over_compute": [p.exchange_layer_s / p.compute_layer_s for p in preds],
                         "crossover_P": crossover(preds), "crossover_P_overlap": crossover(preds, overlap=True),
                         "extrapolated_P": extrapolated,
-                        "breakdown": {k: [p.as_dict()[k] for p in preds] for k in BREAKDOWN}}))
+                        "breakdown": {k: [getattr(p, k) for p in preds] for k in BREAKDOWN}}))
     return curves
 
 
