@@ -202,13 +202,7 @@ def _bench(nodes, radius, channels, hidden, repeats, device, seed, aggr, dtype, 
     pos = np.random.default_rng(seed).random((nodes, 2))
     graph = build_graph(pos, radius, dtype=dtype, warn_isolated=False)
     ei, ea = graph.edge_index.to(device), graph.edge_attr.to(device)
-    torch.manual_seed(seed)
-    if nnconv:  # the same weights in both
-        ref = _nnconv(channels, channels, ea.shape[1], hidden, "add" if aggr == "sum" else aggr).to(device, dtype)
-        conv = ECConv.from_pyg(ref).to(device, dtype)
-    else:  # NNConv's kernel MLP (Linear, ReLU, Linear) without needing torch_geometric
-        conv = ECConv(channels, channels, ea.shape[1], [hidden], aggr, act="relu").to(device, dtype)
-    conv.edge_chunk = edge_chunk
+    conv, ref = _convolutions(channels, hidden, ea.shape[1], aggr, nnconv, edge_chunk, seed, device, dtype)
     gen = torch.Generator(device=device).manual_seed(seed)
     x = torch.randn(nodes, channels, generator=gen, device=device, dtype=dtype).requires_grad_()
     g = torch.randn(nodes, channels, generator=gen, device=device, dtype=dtype)
@@ -217,32 +211,14 @@ def _bench(nodes, radius, channels, hidden, repeats, device, seed, aggr, dtype, 
     plan = cached_edge_plan(ei, nodes, chunk=edge_chunk)
     flops = ecconv_flops(nodes, graph.num_edges, int(plan.sources.shape[0]), channels, channels,
                          [ea.shape[1], hidden])
-    essential = flops["forward"] + flops["backward"]
-
     runners = {"ecconv": _Runner(conv, x, ei, ea, g, device)}
     if with_bmm:  # its own edge_index tensor: the plan cache keeps one plan (order) per tensor
         runners["ecconv_bmm"] = _Runner(conv, x, ei.clone(), ea, g, device, native=False)
-    if nnconv:
-        runners["nnconv"] = _Runner(ref, x, ei, ea, g, device)
-    calls = {"ecconv": ecconv_calls, "ecconv_bmm": ecconv_calls, "nnconv": 1}
-    a = torch.randn(dense_size, dense_size, device=device, dtype=dtype)
-    b = torch.randn(dense_size, dense_size, device=device, dtype=dtype)
-    a @ b
-    dense_times = []
-    for r in runners.values():
-        r.step()  # warm-up (and the plan of ECConv, cached for the calls below)
-        r.fwd.clear(), r.bwd.clear()
-    for _ in range(repeats):  # interleaved rounds: every method sees the same load
-        for name, r in runners.items():
-            for _ in range(calls[name]):
-                r.step()
-        dense_times.append(time_calls(lambda: a @ b, 1, device).min)
-    for _ in range(repeats):
-        for name, r in runners.items():
-            for _ in range(calls[name]):
-                r.timed_infer()
-    del a, b
-    dense = 2.0 * dense_size**3 / min(dense_times) / 1e9
+    if ref is not None:  # PyG's scatter wants int64 ids (radius graphs hold int32 ones): NNConv's own copy
+        ei_long = ei.long()
+        runners["nnconv"] = _Runner(ref, x, ei_long, ea, g, device)
+    dense_times = _timed_rounds(runners, {"ecconv": ecconv_calls, "ecconv_bmm": ecconv_calls, "nnconv": 1},
+                                repeats, dense_size, device, dtype)
 
     result = {
         "config": {"nodes": nodes, "radius": radius, "channels": channels, "hidden": hidden, "aggr": aggr,
@@ -254,52 +230,103 @@ def _bench(nodes, radius, channels, hidden, repeats, device, seed, aggr, dtype, 
                   "max_in_degree": int(plan.in_degree.max()) if graph.num_edges else 0,
                   "plan_s": plan_time.min, "chunks": len(plan.chunks)},
         "flops": flops,
-        "dense": {"size": dense_size, "gflops": dense, "gflops_median": 2.0 * dense_size**3 / float(
-            np.median(dense_times)) / 1e9},
+        "dense": {"size": dense_size, "gflops": 2.0 * dense_size**3 / min(dense_times) / 1e9,
+                  "gflops_median": 2.0 * dense_size**3 / float(np.median(dense_times)) / 1e9,
+                  "round_times_s": dense_times},
         "ecconv": runners["ecconv"].result(),
     }
-    result["dense"]["round_times_s"] = dense_times
-    ec = result["ecconv"]
-    ec["gflops"] = essential / ec["total_s"] / 1e9
-    ec["gflops_forward"] = flops["forward"] / ec["forward_s"] / 1e9
-    ec["dense_equivalent_s"] = essential / (dense * 1e9)
-    ec["time_over_dense_equivalent"] = ec["total_s"] / ec["dense_equivalent_s"]
-    ec["time_over_dense_equivalent_median"] = ec["total_median_s"] / (
-        essential / (result["dense"]["gflops_median"] * 1e9))
-    ec["fraction_of_dense"] = ec["gflops"] / dense
-    paired = [(f + b) * (2.0 * dense_size**3 / dense_times[i // ecconv_calls]) / essential
-              for i, (f, b) in enumerate(zip(ec["forward_times_s"], ec["backward_times_s"]))]
-    ec["time_over_dense_equivalent_paired"] = min(paired)
-    ec["time_over_dense_equivalent_paired_median"] = float(np.median(paired))
+    _add_efficiency(result, ecconv_calls)
     if with_bmm:
         bm = result["ecconv_bmm"] = runners["ecconv_bmm"].result()
+        ec = result["ecconv"]
         result["fused_speedup"] = {key: bm[f"{key}_s"] / ec[f"{key}_s"] for key in
                                    ("forward", "backward", "total", "total_median", "inference")}
         diff_paths = runners["ecconv"].infer() - runners["ecconv_bmm"].infer()
         result["fused_vs_bmm_max_abs_diff"] = diff_paths.abs().max().item()
-    if nnconv:
+    if ref is not None:
         with torch.no_grad():
-            diff = (conv(x, ei, ea) - ref(x, ei, ea)).abs().max().item()
-        nn_res = runners["nnconv"].result()
-        result["nnconv"] = nn_res
-        result["max_abs_diff"] = diff
-        result["ratios"] = {
-            "speedup_forward": nn_res["forward_s"] / ec["forward_s"],
-            "speedup_backward": nn_res["backward_s"] / ec["backward_s"],
-            "speedup_total": nn_res["total_s"] / ec["total_s"],
-            "speedup_total_median": nn_res["total_median_s"] / ec["total_median_s"],
-            "speedup_inference": nn_res["inference_s"] / ec["inference_s"],
-            "memory_ratio": nn_res["peak_bytes"] / max(ec["peak_bytes"], 1),
-            "memory_ratio_inference": nn_res["peak_bytes_inference"] / max(ec["peak_bytes_inference"], 1),
-        }
-        result["targets"] = {
-            "speedup_total >= 10": result["ratios"]["speedup_total"] >= 10,
-            "memory_ratio >= 10": result["ratios"]["memory_ratio"] >= 10,
-            "time_over_dense_equivalent <= 3": ec["time_over_dense_equivalent"] <= 3,
-        }
+            result["max_abs_diff"] = (conv(x, ei, ea) - ref(x, ei_long, ea)).abs().max().item()
+        _add_nnconv_ratios(result, runners["nnconv"].result())
     result["machine"]["load_average_start"] = load_start
     result["machine"]["load_average_end"] = _load()
     return result
+
+
+def _convolutions(channels: int, hidden: int, edge_dim: int, aggr: str, nnconv: bool, edge_chunk: int, seed: int,
+                  device: str, dtype: torch.dtype) -> tuple[ECConv, nn.Module | None]:
+    """ECConv and (with ``nnconv``) PyG's NNConv holding the same weights; without it, ECConv with NNConv's kernel
+    MLP (Linear, ReLU, Linear), not needing torch_geometric."""
+    torch.manual_seed(seed)
+    ref = None
+    if nnconv:
+        ref = _nnconv(channels, channels, edge_dim, hidden, "add" if aggr == "sum" else aggr).to(device, dtype)
+        conv = ECConv.from_pyg(ref).to(device, dtype)
+    else:
+        conv = ECConv(channels, channels, edge_dim, [hidden], aggr, act="relu").to(device, dtype)
+    conv.edge_chunk = edge_chunk
+    return conv, ref
+
+
+def _timed_rounds(runners: dict[str, _Runner], calls: dict[str, int], repeats: int, dense_size: int, device: str,
+                  dtype: torch.dtype) -> list[float]:
+    """One warm-up step per runner, then ``repeats`` interleaved rounds of training steps (``calls[name]`` each)
+    and one dense [S, S] x [S, S] matmul, then ``repeats`` rounds of inference calls: every method sees the same
+    load. Returns the matmul's seconds per round."""
+    a = torch.randn(dense_size, dense_size, device=device, dtype=dtype)
+    b = torch.randn(dense_size, dense_size, device=device, dtype=dtype)
+    a @ b
+    for r in runners.values():
+        r.step()  # warm-up (and the plan of ECConv, cached for the calls below)
+        r.fwd.clear(), r.bwd.clear()
+    dense_times = []
+    for _ in range(repeats):
+        for name, r in runners.items():
+            for _ in range(calls[name]):
+                r.step()
+        dense_times.append(time_calls(lambda: a @ b, 1, device).min)
+    for _ in range(repeats):
+        for name, r in runners.items():
+            for _ in range(calls[name]):
+                r.timed_infer()
+    return dense_times
+
+
+def _add_efficiency(result: dict, ecconv_calls: int) -> None:
+    """ECConv's achieved GFLOP/s and its time against the dense-equivalent time (FLOPs / dense GFLOP/s): fastest
+    against fastest, median against median, and paired per round (each call against its round's matmul)."""
+    ec, flops, dense = result["ecconv"], result["flops"], result["dense"]
+    essential = flops["forward"] + flops["backward"]
+    ec["gflops"] = essential / ec["total_s"] / 1e9
+    ec["gflops_forward"] = flops["forward"] / ec["forward_s"] / 1e9
+    ec["dense_equivalent_s"] = essential / (dense["gflops"] * 1e9)
+    ec["time_over_dense_equivalent"] = ec["total_s"] / ec["dense_equivalent_s"]
+    ec["time_over_dense_equivalent_median"] = ec["total_median_s"] / (essential / (dense["gflops_median"] * 1e9))
+    ec["fraction_of_dense"] = ec["gflops"] / dense["gflops"]
+    matmul_flops = 2.0 * dense["size"]**3
+    paired = [(f + b) * (matmul_flops / dense["round_times_s"][i // ecconv_calls]) / essential
+              for i, (f, b) in enumerate(zip(ec["forward_times_s"], ec["backward_times_s"]))]
+    ec["time_over_dense_equivalent_paired"] = min(paired)
+    ec["time_over_dense_equivalent_paired_median"] = float(np.median(paired))
+
+
+def _add_nnconv_ratios(result: dict, nn_res: dict) -> None:
+    """NNConv's timings, its time and memory over ECConv's, and the issue-5 targets."""
+    ec = result["ecconv"]
+    result["nnconv"] = nn_res
+    result["ratios"] = {
+        "speedup_forward": nn_res["forward_s"] / ec["forward_s"],
+        "speedup_backward": nn_res["backward_s"] / ec["backward_s"],
+        "speedup_total": nn_res["total_s"] / ec["total_s"],
+        "speedup_total_median": nn_res["total_median_s"] / ec["total_median_s"],
+        "speedup_inference": nn_res["inference_s"] / ec["inference_s"],
+        "memory_ratio": nn_res["peak_bytes"] / max(ec["peak_bytes"], 1),
+        "memory_ratio_inference": nn_res["peak_bytes_inference"] / max(ec["peak_bytes_inference"], 1),
+    }
+    result["targets"] = {
+        "speedup_total >= 10": result["ratios"]["speedup_total"] >= 10,
+        "memory_ratio >= 10": result["ratios"]["memory_ratio"] >= 10,
+        "time_over_dense_equivalent <= 3": ec["time_over_dense_equivalent"] <= 3,
+    }
 
 
 def format_table(result: dict) -> str:
