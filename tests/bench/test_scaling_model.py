@@ -186,3 +186,20 @@ def test_survey_cache_round_trip(tmp_path):
         for name in ("owned", "halo", "edges", "cut_edges", "pair_recv", "pair_send", "pair_rows"):
             assert np.array_equal(getattr(back[key], name), getattr(loads, name))
     assert load_survey(path, {2: 10.0, 3: 24.0}, 0) == {} and load_survey(tmp_path / "none.npz", NEIGHBORS, 0) == {}
+
+
+def test_run_scaling_model_end_to_end_on_tiny_meshes(tmp_path):
+    """Measure (gloo exchange, ECConv, MPNN step), survey, predict and report on the smallest sizes the fits take."""
+    from dsmpnn.bench.scaling_measure import run_scaling_model
+    from dsmpnn.bench.scaling_report import format_report
+
+    cache = tmp_path / "survey.npz"
+    result = run_scaling_model(((2, 4000, ("rcb",), (2, 4)),), conv_points=((1500, 8), (1500, 16), (3000, 8)),
+                               mpnn_nodes=(1500, 3000), exchange_sizes=(1024, 1 << 16), exchange_rounds=2,
+                               survey_cache=cache, echo=None)
+    assert set(result["exchange"]) >= {"all_to_all", "p2p", "all_reduce"}
+    assert result["cpu_costs"]["edge_s"] > 0 and result["cpu_gflops_per_edge_work"] > 0
+    assert [m["name"] for m in result["machines"]][:2] == ["cpu-gloo-all_to_all", "cpu-gloo-p2p"]
+    assert len(result["survey"]) == 2 and cache.is_file()  # P = 2, 4 of the one mesh
+    assert result["curves"] and result["measured_vs_predicted"] is None
+    assert "crossover P" in format_report(result, (2, 4))

@@ -14,9 +14,9 @@ What is measured on this machine (one thread per process throughout):
   with the radius graph of ``neighbors`` neighbours per node, split by the library's partitioners into P = 2..1024,
   loads per rank counted by :func:`~dsmpnn.bench.scaling_model.rank_loads`.
 
-What is assumed (GPU; :func:`gpu_machine`): FLOP counts of the factorised ECConv (:func:`~dsmpnn.bench.conv.ecconv_flops`)
-at an effective throughput, fixed per-layer and per-step overheads, and published NVLink / InfiniBand / NCCL
-numbers; see :data:`GPU_ASSUMPTIONS`.
+What is assumed (GPU; :func:`gpu_machine`): FLOP counts of the factorised ECConv
+(:func:`~dsmpnn.bench.conv.ecconv_flops`) at an effective throughput, fixed per-layer and per-step overheads, and
+published NVLink / InfiniBand / NCCL numbers; see :data:`GPU_ASSUMPTIONS`.
 """
 
 from __future__ import annotations
@@ -141,8 +141,9 @@ def measure_exchange(sizes: Sequence[int] = EXCHANGE_SIZES, channels: int = 32,
                      modes: Sequence[str] = ("all_to_all", "p2p"), rounds: int = 7) -> dict:
     """Two gloo processes exchange ``size`` bytes each way with the library's HaloExchange; per mode the bytes,
     the slower rank's median and min seconds per exchange over ``rounds`` rounds, and the alpha-beta fit on the
-    mins (the medians of a shared host include waits for a core). Also ``"all_reduce"``: ``dist.all_reduce`` of ``size`` bytes, whose fit is the two-rank ring,
-    :math:`t = 2\alpha + b/\beta` (its ``alpha_s`` is the fitted intercept / 2, the per-step latency)."""
+    mins (the medians of a shared host include waits for a core). Also ``"all_reduce"``: ``dist.all_reduce`` of
+    ``size`` bytes, whose fit is the two-rank ring, :math:`t = 2\alpha + b/\beta` (its ``alpha_s`` is the fitted
+    intercept / 2, the per-step latency)."""
     from dsmpnn.distributed import run_processes  # noqa: PLC0415
 
     per_rank = run_processes(_exchange_rank, 2, (list(sizes), channels, list(modes), rounds), threads=1)
@@ -266,7 +267,8 @@ def measure_mpnn_step(nodes: Sequence[int] = (10_000, 30_000, 60_000), neighbors
                          "step_median_s": float(np.median(times)), "wall_min_s": min(wall),
                          "wall_median_s": float(np.median(wall))})
             if echo:
-                echo(f"  MPNN step N={n:>6} edges={g.num_edges:>8}: CPU time {min(times):.4f} s (wall {min(wall):.4f} s)")
+                echo(f"  MPNN step N={n:>6} edges={g.num_edges:>8}: CPU time {min(times):.4f} s "
+                     f"(wall {min(wall):.4f} s)")
     finally:
         torch.set_num_threads(old)
     return rows
@@ -557,12 +559,13 @@ def compare_measured(measured: dict, machine: Machine, parameters: int) -> list[
     ``benchmarks/bench_scaling.py --json`` output (its mesh rebuilt and partitioned exactly as it was).
 
     Measured step: the slowest rank's fastest step (``step_min_s``; the median where the file has no min), the
-    statistic the model's costs were fitted with. The measured "exchange" is the time a rank spends inside the exchange calls, which includes waiting for a
-    slower peer to arrive; the model puts that wait in the compute of the slowest rank, so only the step times
-    compare like with like. ``measured_cpu_s``: the slowest rank's CPU seconds per step (its fastest step), to
-    compare with ``predicted_compute_s`` (layers and the rest of the step on a core of its own; the CPU time also
-    holds the exchanges' copies and gloo's work). ``predicted_shared_cores_step_s``: the compute stretched by P / cores when the ranks
-    outnumber the cores (P = 4 on this 2-core machine)."""
+    statistic the model's costs were fitted with. The measured "exchange" is the time a rank spends inside the
+    exchange calls, which includes waiting for a slower peer to arrive; the model puts that wait in the compute of
+    the slowest rank, so only the step times compare like with like. ``measured_cpu_s``: the slowest rank's CPU
+    seconds per step (its fastest step), to compare with ``predicted_compute_s`` (layers and the rest of the step on
+    a core of its own; the CPU time also holds the exchanges' copies and gloo's work).
+    ``predicted_shared_cores_step_s``: the compute stretched by P / cores when the ranks outnumber the cores (P = 4
+    on this 2-core machine)."""
     args = measured["args"]
     layers, channels, neighbors = args["layers"], args["hidden"], args["neighbors"]
     cores = os.cpu_count() or 1
@@ -600,8 +603,9 @@ def run_scaling_model(meshes: Sequence[MeshSpec], measured: dict | None = None,
                       echo: Callable[[str], None] | None = print) -> dict:
     """Measure, fit, survey, predict; returns everything as one JSON-able dict (see :func:`format_report`).
 
-    ``meshes``: the (dim, N, methods, P values) to partition; ``measured``: a ``benchmarks/bench_scaling.py --json`` output
-    to compare with (None: no comparison); ``sensitivity``: other GPU throughputs [FLOP/s] to re-predict with;
+    ``meshes``: the (dim, N, methods, P values) to partition; ``measured``: a ``benchmarks/bench_scaling.py
+    --json`` output to compare with (None: no comparison); ``sensitivity``: other GPU throughputs [FLOP/s] to
+    re-predict with;
     ``survey_cache``: an ``.npz`` of partition loads (:func:`save_survey`) read when it exists (only the partitions
     it lacks are computed) and written after the survey.
     """
@@ -611,6 +615,52 @@ def run_scaling_model(meshes: Sequence[MeshSpec], measured: dict | None = None,
     t_start = time.perf_counter()
     info = machine_info("cpu")
     info["load_average_start"] = list(os.getloadavg())
+    meas = _measure_costs(channels, kernel_hidden, layers, conv_points, mpnn_nodes, exchange_sizes, exchange_rounds,
+                          say)
+    costs, flops = meas["costs"], meas["flops"]
+    say("# 3. halo volumes of real partitions")
+    t_survey = time.perf_counter()
+    survey = _survey(meshes, survey_cache, echo, say)
+    t_survey = time.perf_counter() - t_survey
+    parameters = mpnn_parameters(channels, kernel_hidden, layers)
+    links = {mode: Link(r["alpha_s"], r["beta_bytes_per_s"]) for mode, r in meas["exchange"].items()}
+    machines = [cpu_machine(costs, links["all_to_all"], True, "cpu-gloo-all_to_all", links["all_reduce"]),
+                cpu_machine(costs, links["p2p"], False, "cpu-gloo-p2p", links["all_reduce"]),
+                gpu_machine(flops, costs.forward_fraction)]
+    say("# 4. predictions")
+    curves = predict_scenarios(survey, machines, layers, channels, parameters)
+    gpu_sens = [gpu_machine(flops, costs.forward_fraction, rate) for rate in sensitivity]
+    sens_curves = predict_scenarios(survey, gpu_sens, layers, channels, parameters)
+    comparison = None
+    if measured is not None:
+        say("# 5. predicted vs measured (benchmarks/bench_scaling.py)")
+        comparison = compare_measured(measured, machines[0], parameters)
+    info["load_average_end"] = list(os.getloadavg())
+    return {
+        "machine": info,
+        "settings": {"channels": channels, "kernel_hidden": kernel_hidden, "layers": layers, "halo_hops": 1,
+                     "parameters": parameters, "dtype": "float32",
+                     "neighbors": {str(d): k for d, k in NEIGHBORS.items()},
+                     "meshes": [[d, n, list(m), list(p)] for d, n, m, p in meshes]},
+        "exchange": meas["exchange"], "ecconv": meas["conv_rows"], "mpnn_step": meas["mpnn_rows"],
+        "cpu_costs": vars(costs), "cpu_fit_quality": meas["quality"], "flops": flops,
+        "cpu_gflops_per_edge_work": meas["cpu_rate"] / 1e9,
+        "gpu_assumptions": GPU_ASSUMPTIONS,
+        "machines": [_machine_json(mach) for mach in machines],
+        "survey": [dict(loads.summary(), partition_s=loads._derived.get("partition_s"),
+                        count_s=loads._derived.get("count_s")) for loads in survey.values()],
+        "survey_seconds": t_survey, "law_fits": law_fits(survey),
+        "curves": curves, "gpu_sensitivity": sens_curves,
+        "measured_vs_predicted": comparison, "measured_raw": measured,
+        "wall_s": time.perf_counter() - t_start,
+    }
+
+
+def _measure_costs(channels: int, kernel_hidden: int, layers: int, conv_points: Sequence[tuple[int, float]] | None,
+                   mpnn_nodes: Sequence[int], exchange_sizes: Sequence[int], exchange_rounds: int,
+                   say: Callable[[str], None]) -> dict:
+    """Steps 1 and 2: the gloo exchange's latency and bandwidth, the ECConv layer and MPNN step times on one
+    thread and the CPU cost terms fitted to them, the FLOPs per edge and node."""
     say("# 1. gloo halo exchange between 2 processes (HaloExchange.apply_forward)")
     exchange = measure_exchange(exchange_sizes, channels, rounds=exchange_rounds)
     for mode, r in exchange.items():
@@ -628,8 +678,14 @@ def run_scaling_model(meshes: Sequence[MeshSpec], measured: dict | None = None,
     cpu_rate = flops["layer_per_edge"] / costs.edge_s
     say(f"  FLOPs per layer: {flops['layer_per_edge']} per edge, {flops['layer_per_node']} per node -> this core "
         f"runs the per-edge work at {cpu_rate / 1e9:.1f} GFLOP/s")
-    say("# 3. halo volumes of real partitions")
-    t_survey = time.perf_counter()
+    return {"exchange": exchange, "conv_rows": conv_rows, "mpnn_rows": mpnn_rows, "costs": costs,
+            "quality": quality, "flops": flops, "cpu_rate": cpu_rate}
+
+
+def _survey(meshes: Sequence[MeshSpec], survey_cache: str | Path | None, echo: Callable[[str], None] | None,
+            say: Callable[[str], None]) -> dict:
+    """Step 3: the partition loads of ``meshes``, read from ``survey_cache`` where it has them, the rest computed;
+    the cache rewritten with exactly the partitions of ``meshes``."""
     survey = load_survey(survey_cache, NEIGHBORS, 0) if survey_cache else {}
     if survey:
         say(f"  {len(survey)} partitions read from {survey_cache}")
@@ -640,42 +696,13 @@ def run_scaling_model(meshes: Sequence[MeshSpec], measured: dict | None = None,
     survey.update(survey_partitions(missing, echo=echo))
     if survey_cache:
         save_survey(survey, survey_cache, NEIGHBORS, 0)
-    t_survey = time.perf_counter() - t_survey
-    fits = law_fits(survey)
-    parameters = mpnn_parameters(channels, kernel_hidden, layers)
-    links = {mode: Link(r["alpha_s"], r["beta_bytes_per_s"]) for mode, r in exchange.items()}
-    machines = [cpu_machine(costs, links["all_to_all"], True, "cpu-gloo-all_to_all", links["all_reduce"]),
-                cpu_machine(costs, links["p2p"], False, "cpu-gloo-p2p", links["all_reduce"]),
-                gpu_machine(flops, costs.forward_fraction)]
-    say("# 4. predictions")
-    curves = predict_scenarios(survey, machines, layers, channels, parameters)
-    gpu_sens = [gpu_machine(flops, costs.forward_fraction, rate) for rate in sensitivity]
-    sens_curves = predict_scenarios(survey, gpu_sens, layers, channels, parameters)
-    comparison = None
-    if measured is not None:
-        say("# 5. predicted vs measured (benchmarks/bench_scaling.py)")
-        comparison = compare_measured(measured, machines[0], parameters)
-    info["load_average_end"] = list(os.getloadavg())
-    return {
-        "machine": info,
-        "settings": {"channels": channels, "kernel_hidden": kernel_hidden, "layers": layers, "halo_hops": 1,
-                     "parameters": parameters, "dtype": "float32", "neighbors": {str(d): k for d, k in NEIGHBORS.items()},
-                     "meshes": [[d, n, list(m), list(p)] for d, n, m, p in meshes]},
-        "exchange": exchange, "ecconv": conv_rows, "mpnn_step": mpnn_rows,
-        "cpu_costs": vars(costs), "cpu_fit_quality": quality, "flops": flops,
-        "cpu_gflops_per_edge_work": cpu_rate / 1e9,
-        "gpu_assumptions": GPU_ASSUMPTIONS,
-        "machines": [{"name": m.name, "notes": m.notes, "compute": vars(m.compute),
-                      "network": {"intra": vars(m.network.intra),
-                                  "collective": vars(m.network.collective) if m.network.collective else None,
-                                  "inter": vars(m.network.inter) if m.network.inter else None,
-                                  "ranks_per_node": m.network.ranks_per_node, "call_s": m.network.call_s,
-                                  "dense_messages": m.network.dense_messages, "allreduce": m.network.allreduce}}
-                     for m in machines],
-        "survey": [dict(loads.summary(), partition_s=loads._derived.get("partition_s"),
-                        count_s=loads._derived.get("count_s")) for loads in survey.values()],
-        "survey_seconds": t_survey, "law_fits": fits,
-        "curves": curves, "gpu_sensitivity": sens_curves,
-        "measured_vs_predicted": comparison, "measured_raw": measured,
-        "wall_s": time.perf_counter() - t_start,
-    }
+    return survey
+
+
+def _machine_json(m: Machine) -> dict:
+    """A modelled machine as JSON: its compute and network terms."""
+    net = m.network
+    return {"name": m.name, "notes": m.notes, "compute": vars(m.compute),
+            "network": {"intra": vars(net.intra), "collective": vars(net.collective) if net.collective else None,
+                        "inter": vars(net.inter) if net.inter else None, "ranks_per_node": net.ranks_per_node,
+                        "call_s": net.call_s, "dense_messages": net.dense_messages, "allreduce": net.allreduce}}
