@@ -65,7 +65,8 @@ VARIANTS = {  # dataset: [(variant, overrides on the MPNN config)]: the Darcy le
                 # round 4: both receptive-field levers of round 3 together
                 ("radius 0.2 + 8 layers + lr 5e-3 + edge features", ["graph.radius=0.2", "model.layers=8", *BASE3]),
                 ("radius 0.2 + lr 5e-3 + edge features, seed 1", ["graph.radius=0.2", *BASE3, "train.seed=1"])],
-    "step3d": [("1 layer", ["model.layers=1"])],  # with the one-layer GCN of GCN_VARIANTS: does depth help here?
+    # with the one-layer GCN of GCN_VARIANTS: does depth help here, or latent width (64: the 4-layer budget)?
+    "step3d": [("1 layer", ["model.layers=1"]), ("1 layer, width 64", ["model.layers=1", "model.hidden=64"])],
 }
 GCN_VARIANTS = {  # dataset: [(variant, overrides on the GCN config)]: the MPNN's best lever, for the GCN too
     "darcy64": [("radius 0.2 + lr 5e-3", ["graph.radius=0.2", "train.lr=0.005"])],
