@@ -1,6 +1,10 @@
+import numpy as np
+import pytest
 import torch
 
+from dsmpnn.graph import build_graph
 from dsmpnn.nn import MPNN
+from dsmpnn.nn.kernels import backend, native
 
 
 def test_shapes_and_exchange_called_per_layer():
@@ -85,3 +89,27 @@ def test_inference_in_pieces_equals_the_training_forward(monkeypatch):
         pieces = model(x, ei, ea)
     torch.testing.assert_close(pieces, ref.detach(), rtol=1e-12, atol=1e-12)
     assert RowwiseKernel.from_module(model.convs[0].kernel_hidden) is not None
+
+
+@pytest.mark.parametrize("choice", ["fused", "bmm", "padded"])
+def test_an_int32_graph_equals_its_int64_copy_on_every_backend(choice, monkeypatch):
+    """Radius graphs hold int32 node ids (graph.index_dtype): the MPNN gives the outputs and gradients of their
+    int64 copy on every backend, the degree-padded one of CUDA included (its products run on CPU here)."""
+    if choice == "fused" and native._compiler() is None:
+        pytest.skip("no C++ compiler")
+    monkeypatch.setattr(backend, "FUSED", choice == "fused")
+    monkeypatch.setattr(backend, "PADDED", choice == "padded")
+    g = build_graph(np.random.default_rng(0).random((150, 2)), 0.15, dtype=torch.float64)
+    assert g.edge_index.dtype == torch.int32
+    torch.manual_seed(0)
+    model = MPNN(3, 2, 3, hidden=8, layers=2, kernel_hidden=(6,)).double()
+    x = torch.randn(150, 3, dtype=torch.float64)
+    results = []
+    for ei in (g.edge_index, g.edge_index.long()):
+        model.zero_grad()
+        xi = x.clone().requires_grad_()
+        out = model(xi, ei, g.edge_attr)
+        out.square().sum().backward()
+        results.append([out.detach(), xi.grad] + [p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
