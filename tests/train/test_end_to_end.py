@@ -53,8 +53,12 @@ def test_cli_train_evaluate_predict(darcy, tmp_path, capsys):
     sample_file = darcy / Dataset(darcy).split("test")[0]
     capsys.readouterr()
     assert main(["predict", str(run), "--input", str(sample_file), "--out", str(tmp_path / "p.npz")]) == 0
-    peak = re.search(r"peak memory per rank \[GiB\]: ([0-9.]+)\n", capsys.readouterr().out)  # one process
+    out = capsys.readouterr().out
+    peak = re.search(r"peak memory per rank \[GiB\]: ([0-9.]+)\n", out)  # one process
     assert peak and 0 < float(peak.group(1)) < 64
+    # said before the wait, then where the time went
+    assert f"{sample_file.name} in " in out and "144 nodes; predicting on the full radius graph" in out
+    assert out.index("predicting on") < out.index("wrote ") and re.search(r"seconds: read [0-9.]+, graph \+ model", out)
     with np.load(tmp_path / "p.npz") as f:
         z = dict(f)
         assert z["pred"].shape == (144, 1)

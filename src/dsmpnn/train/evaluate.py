@@ -6,6 +6,8 @@ import dataclasses
 import io
 import json
 import os
+import sys
+import time
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -231,15 +233,25 @@ def predict_file(run_dir: str | Path, input_path: str | Path, out_path: str | Pa
             check_xdmf_blocks(out_path, blocks if blocks is not None else sample.cell_blocks)
         return sample, blocks
 
+    t0 = time.perf_counter()
     sample, blocks = strategy.agreed(read)
+    t_read = time.perf_counter()
+    if strategy.is_main:  # what the (possibly minutes long) wait is for
+        graph = "the full radius graph" if cfg.eval.mode == "full" else f"{cfg.eval.samples} sampled graphs"
+        ranks = f"{ctx.world_size} ranks" if ctx.world_size > 1 else "one process"
+        echo(f"read {input_path} in {t_read - t0:.1f} s: {sample.num_nodes} nodes; predicting on {graph} "
+             f"(radius {cfg.graph.radius:g}), {ranks}")
+        sys.stdout.flush()
     stats = GraphStats()
     pred = strategy.predict(run.model, strategy.hold(sample), stats)
     _warn_isolated(strategy, cfg, stats, f"mesh '{sample.name}'")
+    t_pred = time.perf_counter()
     written = _write_prediction(sample, blocks, pred, inputs, targets, out_path) if strategy.is_main else []
     peaks = strategy.gather_objects(peak_rss())  # after the write: also waits for rank 0 to finish it
     if not strategy.is_main:
         return None
-    echo(f"wrote {out_path} ({sample.num_nodes} nodes, fields {written})")
+    echo(f"wrote {out_path} ({sample.num_nodes} nodes, fields {written}); seconds: read {t_read - t0:.1f}, "
+         f"graph + model {t_pred - t_read:.1f}, write {time.perf_counter() - t_pred:.1f}")
     echo("peak memory per rank [GiB]: " + ", ".join(f"{p / 2**30:.2f}" for p in peaks))
     return pred
 
