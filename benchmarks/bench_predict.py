@@ -82,6 +82,7 @@ def make_mesh(work: Path, nodes: int) -> Path:
 
 
 PEAK_LINE = re.compile(r"peak memory per rank \[GiB\]: ([0-9., ]+)")
+PHASE_LINE = re.compile(r"seconds: read ([0-9.]+), graph \+ model ([0-9.]+), write ([0-9.]+)")
 
 
 def predict(dsmpnn: str, run: Path, mesh: Path, out: Path, nproc: int, partition: str) -> dict:
@@ -97,7 +98,9 @@ def predict(dsmpnn: str, run: Path, mesh: Path, out: Path, nproc: int, partition
     if found is None:
         raise SystemExit(f"{' '.join(cmd)}: no 'peak memory per rank' line in its output:\n{proc.stdout[-2000:]}")
     peaks = [float(v) for v in found.group(1).split(",")]
-    return {"nproc": nproc, "command": " ".join(cmd), "wall_s": wall, "peak_gib_per_rank": peaks}
+    phases = PHASE_LINE.search(proc.stdout)  # what predict says of its own phases (launch and start-up excluded)
+    seconds = dict(zip(("read", "graph_and_model", "write"), map(float, phases.groups()))) if phases else None
+    return {"nproc": nproc, "command": " ".join(cmd), "wall_s": wall, "phase_s": seconds, "peak_gib_per_rank": peaks}
 
 
 def main(argv: list[str] | None = None) -> None:
