@@ -68,14 +68,14 @@ VARIANTS = {  # dataset: [(variant, overrides on the MPNN config)]: the Darcy le
     # with the one-layer GCN of GCN_VARIANTS: does depth help here, or latent width (64: the 4-layer budget)?
     "step3d": [("1 layer", ["model.layers=1"]), ("1 layer, width 64", ["model.layers=1", "model.hidden=64"])],
 }
-VARIANTS["step3d_n128"] = VARIANTS["step3d_r10"] = VARIANTS["step3d"]
+VARIANTS["step3d_n128"] = VARIANTS["step3d_r10"] = VARIANTS["airfoil_low"] = VARIANTS["step3d"]
 GCN_VARIANTS = {  # dataset: [(variant, overrides on the GCN config)]: the MPNN's best lever, for the GCN too
     "darcy64": [("radius 0.2 + lr 5e-3", ["graph.radius=0.2", "train.lr=0.005"])],
     # is the GCN's pressure on the 3D step message passing, or its width (174 against the MPNN's 32) applied
     # node by node? One layer at the same width
     "step3d": [("1 layer, width 174", ["model.layers=1", "model.gcn_hidden=174"])],
 }
-GCN_VARIANTS["step3d_n128"] = GCN_VARIANTS["step3d_r10"] = GCN_VARIANTS["step3d"]
+GCN_VARIANTS["step3d_n128"] = GCN_VARIANTS["step3d_r10"] = GCN_VARIANTS["airfoil_low"] = GCN_VARIANTS["step3d"]
 SWEEP = [("lr 1e-3", ["train.lr=0.001"]), ("lr 2e-3", ["train.lr=0.002"]), ("lr 5e-3", ["train.lr=0.005"]),
          ("6 layers", ["model.layers=6"]), ("LayerNorm", ["model.layer_norm=true"]),
          ("no residual", ["model.residual=false"]),
