@@ -66,7 +66,9 @@ VARIANTS = {  # dataset: [(variant, overrides on the MPNN config)]: the Darcy le
                 ("radius 0.2 + 8 layers + lr 5e-3 + edge features", ["graph.radius=0.2", "model.layers=8", *BASE3]),
                 ("radius 0.2 + lr 5e-3 + edge features, seed 1", ["graph.radius=0.2", *BASE3, "train.seed=1"])],
     # with the one-layer GCN of GCN_VARIANTS: does depth help here, or latent width (64: the 4-layer budget)?
-    "step3d": [("1 layer", ["model.layers=1"]), ("1 layer, width 64", ["model.layers=1", "model.hidden=64"])],
+    # and four layers with the budget moved from the kernel MLPs (H 32 -> 13) to the latent (32 -> 48)
+    "step3d": [("1 layer", ["model.layers=1"]), ("1 layer, width 64", ["model.layers=1", "model.hidden=64"]),
+               ("width 48, kernel MLP 13", ["model.hidden=48", "model.kernel_hidden=[13]"])],
 }
 VARIANTS["step3d_n128"] = VARIANTS["step3d_r10"] = VARIANTS["airfoil_low"] = VARIANTS["step3d"]
 GCN_VARIANTS = {  # dataset: [(variant, overrides on the GCN config)]: the MPNN's best lever, for the GCN too
