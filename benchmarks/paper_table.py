@@ -50,7 +50,7 @@ DATASETS = {  # name: (title, generate arguments, MPNN config, GCN config)
                     "configs/paper/step3d.yaml", "configs/paper/step3d_gcn.yaml"),
 }
 BASE3 = ["train.lr=0.005", "graph.edge_features=inputs"]
-VARIANTS = {  # dataset: [(variant, overrides on the MPNN config)]: the Darcy levers towards 0.02
+VARIANTS = {  # dataset: [(variant, overrides on the MPNN config)]: the Darcy levers towards 0.02; the 3D step's GCN
     "darcy64": [("edge features a_i, a_j", ["graph.edge_features=inputs"]),
                 ("lr 5e-3", ["train.lr=0.005"]),
                 ("lr 5e-3 + edge features, 60 epochs", ["train.lr=0.005", "graph.edge_features=inputs",
@@ -65,8 +65,9 @@ VARIANTS = {  # dataset: [(variant, overrides on the MPNN config)]: the Darcy le
                 # round 4: both receptive-field levers of round 3 together
                 ("radius 0.2 + 8 layers + lr 5e-3 + edge features", ["graph.radius=0.2", "model.layers=8", *BASE3]),
                 ("radius 0.2 + lr 5e-3 + edge features, seed 1", ["graph.radius=0.2", *BASE3, "train.seed=1"])],
-    # with the one-layer GCN of GCN_VARIANTS: does depth help here, or latent width (64: the 4-layer budget)?
-    # and four layers with the budget moved from the kernel MLPs (H 32 -> 13) to the latent (32 -> 48)
+    # question (with the one-layer GCN of GCN_VARIANTS): does depth help there, or latent width (64: the 4-layer
+    # budget)? And four layers with the budget moved from the kernel MLPs (H 32 -> 13) to the latent (32 -> 48).
+    # The same rows on the other 3D step sets and, as the control, airfoil low fidelity.
     "step3d": [("1 layer", ["model.layers=1"]), ("1 layer, width 64", ["model.layers=1", "model.hidden=64"]),
                ("width 48, kernel MLP 13", ["model.hidden=48", "model.kernel_hidden=[13]"])],
 }
