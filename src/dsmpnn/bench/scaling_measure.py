@@ -620,7 +620,7 @@ def run_scaling_model(meshes: Sequence[MeshSpec], measured: dict | None = None,
     costs, flops = meas["costs"], meas["flops"]
     say("# 3. halo volumes of real partitions")
     t_survey = time.perf_counter()
-    survey = _survey(meshes, survey_cache, echo, say)
+    survey = _survey(meshes, survey_cache, echo)
     t_survey = time.perf_counter() - t_survey
     parameters = mpnn_parameters(channels, kernel_hidden, layers)
     links = {mode: Link(r["alpha_s"], r["beta_bytes_per_s"]) for mode, r in meas["exchange"].items()}
@@ -682,13 +682,13 @@ def _measure_costs(channels: int, kernel_hidden: int, layers: int, conv_points: 
             "quality": quality, "flops": flops, "cpu_rate": cpu_rate}
 
 
-def _survey(meshes: Sequence[MeshSpec], survey_cache: str | Path | None, echo: Callable[[str], None] | None,
-            say: Callable[[str], None]) -> dict:
+def _survey(meshes: Sequence[MeshSpec], survey_cache: str | Path | None,
+            echo: Callable[[str], None] | None) -> dict:
     """Step 3: the partition loads of ``meshes``, read from ``survey_cache`` where it has them, the rest computed;
     the cache rewritten with exactly the partitions of ``meshes``."""
     survey = load_survey(survey_cache, NEIGHBORS, 0) if survey_cache else {}
-    if survey:
-        say(f"  {len(survey)} partitions read from {survey_cache}")
+    if survey and echo:
+        echo(f"  {len(survey)} partitions read from {survey_cache}")
     missing = [(d, n, [m for m in ms if any((d, m, P, n) not in survey for P in ps if 2 <= P <= n // 8)], ps)
                for d, n, ms, ps in meshes]
     survey = {k: v for k, v in survey.items()
